@@ -1,0 +1,53 @@
+"""Checks a config before anything expensive happens.
+
+Names (model, dataset, optimizer, ...) are checked where they are looked up;
+this file checks what no lookup would catch: keys that do not exist in
+`configs/default.py` (a typo in a config file would otherwise be ignored),
+values of the wrong type, and out-of-range numbers.
+"""
+import ml_collections
+
+from cnn.errors import UserError
+
+
+def default_config() -> ml_collections.ConfigDict:
+  from configs import default  # pylint: disable=import-outside-toplevel
+  return default.get_config()
+
+
+def _check_types(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                 prefix: str = "") -> None:
+  for key in config.keys():
+    if key not in reference:
+      raise UserError(f"unknown config key {prefix + key!r}; valid keys: "
+                      f"{', '.join(sorted(reference.keys()))}")
+    value, expected = config[key], reference[key]
+    if key == "model_kwargs":  # free-form: checked by the model's constructor
+      continue
+    if isinstance(expected, ml_collections.ConfigDict):
+      _check_types(value, expected, prefix + key + ".")
+    elif isinstance(expected, bool) != isinstance(value, bool) or (
+        isinstance(expected, (int, float)) and not isinstance(value, (int, float))) or (
+        isinstance(expected, str) and not isinstance(value, str)) or (
+        isinstance(expected, (tuple, list)) and not isinstance(value, (tuple, list))):
+      raise UserError(f"config.{prefix + key} must be a {type(expected).__name__} "
+                      f"(like {expected!r}), got {value!r}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError with the fix, or returns None."""
+  _check_types(config, default_config())
+  if config.num_epochs <= 0:
+    raise UserError(f"config.num_epochs={config.num_epochs} must be > 0")
+  if isinstance(config.num_epochs, float) and not config.num_epochs.is_integer():
+    raise UserError(f"config.num_epochs={config.num_epochs} must be a whole number")
+  if config.learning_rate <= 0:
+    raise UserError(f"config.learning_rate={config.learning_rate} must be > 0")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise UserError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
+  if config.log_every_steps <= 0:
+    raise UserError(f"config.log_every_steps={config.log_every_steps} must be > 0")
+  if config.keep_checkpoints < 1:
+    raise UserError(f"config.keep_checkpoints={config.keep_checkpoints} must be >= 1")
+  if not config.train_split or not config.test_split:
+    raise UserError("config.train_split and config.test_split must name tfds splits")

@@ -1,0 +1,131 @@
+"""Batches for training and evaluation, built with tf.data from in-memory splits.
+
+Every random choice is a pure function of (seed, epoch, step): the epoch's
+example order is a seeded permutation and augmentation uses stateless TF ops
+keyed by the same numbers. Hence
+  * a run resumed at step k sees exactly the batches an uninterrupted run sees;
+  * the global batch does not depend on how many devices or hosts share it:
+    each process takes its contiguous slice of every global batch.
+"""
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from cnn.datasets import DatasetSpec
+from cnn.errors import UserError, unknown_name
+
+# tf.data must not take accelerator memory that JAX needs.
+tf.config.set_visible_devices([], "GPU")
+
+AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Which slice of every global batch this process feeds."""
+  global_batch_size: int
+  process_index: int = 0
+  process_count: int = 1
+
+  @property
+  def local_batch_size(self) -> int:
+    return self.global_batch_size // self.process_count
+
+  def local_slice(self) -> slice:
+    start = self.process_index * self.local_batch_size
+    return slice(start, start + self.local_batch_size)
+
+
+def check_batch_size(batch_size: int, device_count: int, what: str = "batch_size") -> None:
+  if batch_size <= 0 or batch_size % device_count:
+    raise UserError(f"config.{what}={batch_size} must be a positive multiple of the "
+                    f"{device_count} devices; e.g. --config.{what}="
+                    f"{max(1, round(batch_size / device_count)) * device_count}")
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Full batches per epoch; the remainder is a different set each epoch."""
+  return num_examples // global_batch_size
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def normalize(images: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
+  """uint8 pixels -> float32 with zero mean, unit variance per channel."""
+  images = tf.cast(images, tf.float32) / 255.0
+  return (images - tf.constant(spec.mean)) / tf.constant(spec.std)
+
+
+def draw_crops_and_flips(seed: tf.Tensor, n: int, padding: int, flip: bool
+                         ) -> tuple[tf.Tensor, tf.Tensor]:
+  """Per-image crop offsets [n, 2] in [0, 2*padding] and flip flags [n]."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  offsets = tf.random.stateless_uniform([n, 2], crop_seed, 0, 2 * padding + 1, tf.int32)
+  flips = tf.random.stateless_uniform([n], flip_seed) < (0.5 if flip else 0.0)
+  return offsets, flips
+
+
+def pad_crop_flip(images: tf.Tensor, offsets: tf.Tensor, flips: tf.Tensor,
+                  padding: int) -> tf.Tensor:
+  """He et al. (2016) CIFAR augmentation on a whole batch: zero-pad each side
+  by `padding`, crop the original size at `offsets`, mirror where `flips`."""
+  height, width = images.shape[1], images.shape[2]
+  padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+  rows = offsets[:, :1] + tf.range(height)[None, :]
+  cols = offsets[:, 1:] + tf.range(width)[None, :]
+  cols = tf.where(flips[:, None], tf.reverse(cols, axis=[1]), cols)
+  images = tf.gather(padded, rows, axis=1, batch_dims=1)
+  return tf.gather(images, cols, axis=2, batch_dims=1)
+
+
+def train_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
+                  shard: Shard, seed: int, epoch: int, start_step: int = 0,
+                  augment: str = "pad_crop_flip", crop_padding: int = 4
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """This process's part of each global training batch of one epoch, from
+  `start_step` on. Yields {"image": float32 NHWC, "label": int32}."""
+  if augment not in AUGMENTATIONS:
+    raise unknown_name("augmentation", augment, AUGMENTATIONS)
+  steps = steps_per_epoch(len(images), shard.global_batch_size)
+  order = epoch_permutation(seed, epoch, len(images))[: steps * shard.global_batch_size]
+  order = order.reshape(steps, shard.global_batch_size)
+  step_ids = np.arange(start_step, steps, dtype=np.int64)
+  ds = tf.data.Dataset.from_tensor_slices((order[start_step:, shard.local_slice()], step_ids))
+  images_t, labels_t = tf.constant(images), tf.constant(labels)
+
+  def make_batch(indices, step):
+    batch = tf.gather(images_t, indices)
+    if augment != "none":
+      # Drawn for the whole global batch, then sliced: independent of sharding.
+      key = tf.stack([tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64) * 1_000_003 + step])
+      offsets, flips = draw_crops_and_flips(
+          key, shard.global_batch_size, crop_padding, augment == "pad_crop_flip")
+      local = shard.local_slice()
+      batch = pad_crop_flip(batch, offsets[local], flips[local], crop_padding)
+    return {"image": normalize(batch, spec), "label": tf.gather(labels_t, indices)}
+
+  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(2).as_numpy_iterator()
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
+                 shard: Shard) -> Iterator[dict[str, np.ndarray]]:
+  """Every example exactly once, in order. The last global batch is padded
+  with zero images whose `mask` is 0, so nothing is dropped or counted twice."""
+  gbs = shard.global_batch_size
+  num_batches = -(-len(images) // gbs)
+  padding = num_batches * gbs - len(images)
+  mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(padding, np.float32)])
+  images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+  labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
+  local = shard.local_slice()
+  split = lambda a: a.reshape(num_batches, gbs, *a.shape[1:])[:, local]
+  ds = tf.data.Dataset.from_tensor_slices(
+      {"image": split(images), "label": split(labels), "mask": split(mask)})
+  ds = ds.map(lambda b: {**b, "image": normalize(b["image"], spec)},
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(2).as_numpy_iterator()

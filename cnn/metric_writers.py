@@ -1,0 +1,64 @@
+"""Where metrics go: a JSON-lines history, TensorBoard events and the console.
+
+Only process 0 writes (see `train.py`); everything here is host-side.
+"""
+import json
+import logging
+import time
+from pathlib import Path
+
+from flax.metrics import tensorboard
+
+
+class MetricWriter:
+  """Writes one record per epoch to `metrics.jsonl` and TensorBoard.
+
+  The JSON-lines file is rewritten from the full history each epoch, so after
+  a resume it holds each epoch exactly once.
+  """
+
+  def __init__(self, workdir: str):
+    self._jsonl = Path(workdir) / "metrics.jsonl"
+    self._tensorboard = tensorboard.SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+  def write_epoch(self, history: list[dict]) -> None:
+    record = history[-1]
+    for key, value in record.items():
+      if key not in ("epoch", "step") and isinstance(value, (int, float)):
+        self._tensorboard.scalar(key, value, record["epoch"])
+    self._tensorboard.flush()
+    tmp = self._jsonl.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    tmp.replace(self._jsonl)
+
+  def close(self) -> None:
+    self._tensorboard.close()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+  """Console progress line: step, loss, images/s and time left for the run."""
+
+  def __init__(self, total_steps: int, steps_per_epoch: int, global_batch_size: int,
+               start_step: int):
+    self._total, self._per_epoch, self._batch = total_steps, steps_per_epoch, global_batch_size
+    self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def reset_clock(self, step: int) -> None:
+    """Call after compilation so its seconds do not count as training speed."""
+    self._last_step, self._last_time = step, time.perf_counter()
+
+  def report(self, step: int, loss: float, accuracy: float) -> None:
+    now = time.perf_counter()
+    steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    epoch, in_epoch = divmod(step - 1, self._per_epoch)
+    eta = (self._total - step) / max(steps_per_s, 1e-9)
+    logging.info("epoch %d/%d step %d/%d | loss %.4f acc %.4f | %.0f img/s | ETA %s",
+                 epoch + 1, -(-self._total // self._per_epoch), in_epoch + 1, self._per_epoch,
+                 loss, accuracy, steps_per_s * self._batch, format_duration(eta))

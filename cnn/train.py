@@ -1,0 +1,293 @@
+"""Training and evaluation: data -> model -> optax -> orbax, for any config.
+
+Reads top to bottom: the state, the loss, the two jitted steps, evaluation,
+then `train_and_evaluate`, which owns the loop, checkpoints and metrics.
+
+Data parallelism follows JAX's current recommendation (jit over a device mesh
+with `NamedSharding`, not `pmap`): the state is replicated, each batch is
+sharded along its first axis over a 1-D "data" mesh, and XLA inserts the
+collectives. BatchNorm therefore normalises over the global batch, exactly as
+on one device.
+"""
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cnn import checkpoint, datasets, input_pipeline, metric_writers, optim
+from cnn.config_validation import validate_config
+from cnn.errors import UserError
+from cnn.models import create_model
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+  def apply_gradients(self, *, grads, batch_stats, loss):
+    """`loss` feeds optimisers that need it (reduce-on-plateau)."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params, value=loss)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, batch_stats=batch_stats)
+
+
+def count_params(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
+                       key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+  variables = jax.jit(model.init, static_argnames="train")(
+      {"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
+def cross_entropy_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float
+                       ) -> jnp.ndarray:
+  """Per-example loss; smoothing mixes the one-hot target with uniform."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def zero_sums() -> dict[str, jnp.ndarray]:
+  """Running sums of an epoch's training metrics (checkpointed for resume)."""
+  return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32),
+          "count": jnp.zeros((), jnp.float32)}
+
+
+def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Array,
+               label_smoothing: float) -> tuple[TrainState, dict, jnp.ndarray]:
+  """One SGD step; returns the new state, updated epoch sums, the batch loss."""
+  rng = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"], rngs={"dropout": rng})
+    losses = cross_entropy_loss(logits, batch["label"], label_smoothing)
+    return losses.mean(), (logits, updates["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats, loss=loss)
+  n = jnp.float32(batch["label"].shape[0])
+  correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+  sums = {"loss": sums["loss"] + loss * n, "correct": sums["correct"] + correct,
+          "count": sums["count"] + n}
+  return state, sums, loss
+
+
+def eval_step(state: TrainState, batch: dict) -> dict[str, jnp.ndarray]:
+  """Sums over the real (mask == 1) examples of a padded batch."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], train=False)
+  losses = cross_entropy_loss(logits, batch["label"], 0.0)
+  correct = jnp.argmax(logits, -1) == batch["label"]
+  mask = batch["mask"]
+  return {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask),
+          "count": jnp.sum(mask)}
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """This process's rows -> one array sharded over all devices of all hosts."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def evaluate(eval_fn: Callable, state: TrainState, batches: Iterator[dict],
+             sharding: NamedSharding) -> dict[str, float]:
+  totals = None
+  for batch in batches:
+    sums = eval_fn(state, to_global(batch, sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count,
+          "count": int(count)}
+
+
+def best_epoch(history: list[dict]) -> dict:
+  """The epoch record with the highest validation accuracy (earliest on ties)."""
+  scored = [r for r in history if r.get("val_accuracy") is not None]
+  return max(scored, key=lambda r: r["val_accuracy"]) if scored else history[-1]
+
+
+class Experiment:
+  """Everything built once from the config: data, model, optimizer, steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    validate_config(config)
+    self.config = config
+    self.spec = datasets.get_spec(config.dataset)
+    self.mesh = make_mesh()
+    input_pipeline.check_batch_size(config.batch_size, jax.device_count())
+    input_pipeline.check_batch_size(config.eval_batch_size, jax.device_count(), "eval_batch_size")
+    if config.augment not in input_pipeline.AUGMENTATIONS:
+      raise datasets.unknown_name("augmentation", config.augment, input_pipeline.AUGMENTATIONS)
+    self.model = create_model(config.model, num_classes=self.spec.num_classes,
+                              dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+    builder = datasets.prepare(self.spec, config.data_dir or None,
+                               datasets.resolve_archive_dir(config.archive_dir))
+    self.class_names = datasets.class_names(builder)
+    self.splits = {name: datasets.load_split(builder, split) for name, split in (
+        ("train", config.train_split), ("validation", config.validation_split),
+        ("test", config.test_split)) if split}
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(
+        len(self.splits["train"][0]), config.batch_size)
+    if self.steps_per_epoch == 0:
+      raise UserError(f"train split {config.train_split!r} has fewer examples than "
+                      f"batch_size={config.batch_size}")
+    self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.schedule = optim.make_lr_schedule(config, self.steps_per_epoch)
+    self.tx = optim.make_optimizer(config, self.steps_per_epoch)
+    self.train_shard = input_pipeline.Shard(config.batch_size, jax.process_index(),
+                                            jax.process_count())
+    self.eval_shard = input_pipeline.Shard(config.eval_batch_size, jax.process_index(),
+                                           jax.process_count())
+    replicated = NamedSharding(self.mesh, P())
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    init_key, self.dropout_key = jax.random.split(jax.random.key(config.seed))
+    self.initial_state = jax.device_put(
+        create_train_state(self.model, self.tx, init_key, self.spec.image_shape), replicated)
+    self.train_step = jax.jit(
+        lambda state, sums, batch: train_step(state, sums, batch, self.dropout_key,
+                                              config.label_smoothing),
+        in_shardings=(replicated, replicated, self.batch_sharding),
+        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+    self.eval_step = jax.jit(eval_step, in_shardings=(replicated, self.batch_sharding),
+                             out_shardings=replicated)
+    self.zero_sums = lambda: jax.device_put(zero_sums(), replicated)
+
+  def fingerprint(self) -> dict:
+    return {"model": self.config.model, "dataset": self.config.dataset,
+            "model_kwargs": self.config.model_kwargs.to_dict(),
+            "num_params": count_params(self.initial_state.params)}
+
+  def train_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
+    images, labels = self.splits["train"]
+    return input_pipeline.train_batches(
+        images, labels, spec=self.spec, shard=self.train_shard, seed=self.config.seed,
+        epoch=epoch, start_step=start_step, augment=self.config.augment,
+        crop_padding=self.config.crop_padding)
+
+  def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
+    images, labels = self.splits[split]
+    return evaluate(self.eval_step, state, input_pipeline.eval_batches(
+        images, labels, spec=self.spec, shard=self.eval_shard), self.batch_sharding)
+
+  def learning_rate(self, state: TrainState) -> float:
+    return float(self.schedule(int(state.step))) * optim.plateau_scale(state.opt_state)
+
+
+def check_finite(loss: float, step: int) -> None:
+  if not np.isfinite(loss):
+    raise UserError(f"training diverged: loss is {loss} at step {step}; the last good "
+                    "checkpoint is kept; lower config.learning_rate or add warmup_epochs")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds a checkpoint), evaluates the
+  last and the best-by-validation checkpoints on the test split and writes
+  `results.json`. Returns the results."""
+  exp = Experiment(config)
+  is_writer = jax.process_index() == 0
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
+  state, sums, history = exp.initial_state, exp.zero_sums(), []
+  latest = manager.latest_step()
+  if latest is not None:
+    checkpoint.check_compatible(checkpoint.load_meta(manager, latest), exp.fingerprint(), workdir)
+    state, sums, meta = checkpoint.restore(manager, latest, state, sums)
+    history = meta["history"]
+    logging.info("resumed from %s at step %d (epoch %d)", manager.directory, latest,
+                 latest // exp.steps_per_epoch)
+  writer = metric_writers.MetricWriter(workdir) if is_writer else None
+  meta = lambda: {"fingerprint": exp.fingerprint(), "history": history}
+
+  step = int(state.step)
+  logging.info("%s on %s: %d params, %d steps/epoch, %d devices", config.model, config.dataset,
+               count_params(state.params), exp.steps_per_epoch, jax.device_count())
+  progress = metric_writers.Progress(exp.total_steps, exp.steps_per_epoch, config.batch_size, step)
+  compile_time = None
+  while step < exp.total_steps:
+    epoch, offset = divmod(step, exp.steps_per_epoch)
+    epoch_start = train_start = time.perf_counter()
+    timed_steps = 0
+    for batch in exp.train_batches(epoch, offset):
+      state, sums, loss = exp.train_step(state, sums, to_global(batch, exp.batch_sharding))
+      step += 1
+      if compile_time is None:  # the first step compiles: keep it out of the speed
+        jax.block_until_ready(loss)
+        train_start = time.perf_counter()
+        compile_time = train_start - epoch_start
+        progress.reset_clock(step)
+      else:
+        timed_steps += 1
+      if step % config.log_every_steps == 0:
+        partial = jax.device_get(sums)
+        check_finite(float(loss), step)
+        progress.report(step, partial["loss"] / partial["count"],
+                        partial["correct"] / partial["count"])
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
+          and step % exp.steps_per_epoch:
+        check_finite(float(loss), step)
+        checkpoint.save(manager, step, state, sums, meta())
+    totals = jax.device_get(sums)
+    check_finite(float(totals["loss"]), step)
+    train_seconds = time.perf_counter() - train_start
+    record = {"epoch": epoch + 1, "step": step,
+              "train_loss": float(totals["loss"] / totals["count"]),
+              "train_accuracy": float(totals["correct"] / totals["count"]),
+              "learning_rate": exp.learning_rate(state),
+              "train_images_per_s": timed_steps * config.batch_size / max(train_seconds, 1e-9)}
+    if "validation" in exp.splits:
+      val = exp.evaluate(state, "validation")
+      record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    record["epoch_time_s"] = time.perf_counter() - epoch_start
+    history.append(record)
+    logging.info("epoch %d: %s", epoch + 1, json.dumps(
+        {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}))
+    sums = exp.zero_sums()
+    checkpoint.save(manager, step, state, sums, meta(), record.get("val_accuracy"))
+    if writer:
+      writer.write_epoch(history)
+  manager.wait_until_finished()
+
+  best = best_epoch(history)
+  last_test = exp.evaluate(state, "test")
+  best_test = last_test
+  if best["step"] != step:
+    best_state, _, _ = checkpoint.restore(manager, best["step"], state, exp.zero_sums())
+    best_test = exp.evaluate(best_state, "test")
+  results = {
+      "test_accuracy": best_test["accuracy"], "test_loss": best_test["loss"],
+      "test_count": best_test["count"], "best_epoch": best["epoch"],
+      "best_val_accuracy": best.get("val_accuracy"),
+      "last_test_accuracy": last_test["accuracy"], "last_test_loss": last_test["loss"],
+      "train_accuracy": history[-1]["train_accuracy"], "train_loss": history[-1]["train_loss"],
+      "num_params": count_params(state.params), "epochs": len(history),
+      "batch_size": config.batch_size, "steps": step,
+      "wall_time_s": sum(r["epoch_time_s"] for r in history),
+      "images_per_s": float(np.median([r["train_images_per_s"] for r in history])),
+      "compile_time_s": compile_time, "devices": jax.device_count(), "seed": config.seed,
+      "model": config.model, "dataset": config.dataset, "config": config.to_dict(),
+  }
+  if is_writer:
+    writer.close()
+    Path(workdir, "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+  logging.info("test accuracy %.4f (best epoch %d by validation), last %.4f",
+               results["test_accuracy"], best["epoch"], results["last_test_accuracy"])
+  manager.close()
+  return results

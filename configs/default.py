@@ -1,0 +1,51 @@
+"""Defaults every experiment config starts from; each field is a knob.
+
+Other files in configs/ call `default.get_config()` and override a few fields.
+Any field can be overridden on the command line: `--config.num_epochs=1`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # every random stream (init, dropout, data order, augmentation)
+
+  # Data (see cnn/datasets.py for the supported names).
+  config.dataset = "cifar10"
+  config.train_split = "train[:45000]"  # tfds split strings
+  config.validation_split = "train[45000:]"  # held out of train; "" = none
+  config.test_split = "test"
+  config.archive_dir = ""  # original archives for offline use; "" = $CNN_ARCHIVE_DIR
+  config.data_dir = ""  # where tfds keeps prepared data; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.augment = "pad_crop_flip"  # "none" | "pad_crop" | "pad_crop_flip"
+  config.crop_padding = 4  # pixels of zero padding before the random crop
+
+  # Model (see cnn/models/ for the registered names).
+  config.model = "resnet20_v1"
+  config.model_kwargs = ml_collections.ConfigDict()  # e.g. {"shortcut": "zero_pad"}
+  config.dtype = "float32"  # compute dtype; parameters stay float32
+
+  # Optimisation: He et al. (2016) CIFAR recipe.
+  config.optimizer = "sgd"  # "sgd" | "adam" | "adamw"
+  config.learning_rate = 0.1  # peak, for the global batch
+  config.momentum = 0.9  # sgd only; 0 = plain SGD
+  config.nesterov = False
+  config.weight_decay = 1e-4  # L2, coupled for sgd/adam, decoupled for adamw
+  config.lr_schedule = "step"  # "constant" | "step" | "cosine" | "plateau"
+  config.lr_boundaries = (0.5, 0.75)  # "step": fractions of the run where lr *= decay
+  config.lr_decay_factor = 0.1
+  config.warmup_epochs = 0.0  # linear warmup from 0, before the schedule
+  config.plateau_factor = 0.1  # "plateau": lr *= factor when the epoch's train loss
+  config.plateau_patience = 5  # has not improved for this many epochs,
+  config.plateau_cooldown = 0  # then wait this many epochs,
+  config.plateau_min_scale = 1e-3  # never going below lr * min_scale
+  config.label_smoothing = 0.0
+  config.batch_size = 128  # global, over all devices and hosts
+  config.eval_batch_size = 500
+  config.num_epochs = 182  # 64k iterations of batch 128 on 45k images
+
+  # Bookkeeping.
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
+  config.keep_checkpoints = 2  # latest ones kept, besides the best by validation
+  return config

@@ -1,0 +1,16 @@
+"""Shared MNIST settings: 55k train / 5k validation / 10k test, no flips
+(digits are not mirror-symmetric), small random shifts."""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = "mnist"
+  config.train_split = "train[:55000]"
+  config.validation_split = "train[55000:]"
+  config.augment = "pad_crop"
+  config.crop_padding = 2
+  config.weight_decay = 5e-4
+  config.lr_schedule = "cosine"
+  config.num_epochs = 30
+  return config

@@ -1,0 +1,15 @@
+"""ResNet-20 v2 (pre-activation) on CIFAR-10, He et al. (2016) recipe.
+
+  python main.py --config=configs/resnet20v2_cifar10.py --workdir=runs/resnet20v1_cifar10
+
+SGD 0.1, momentum 0.9, weight decay 1e-4, batch 128, 182 epochs on 45k images
+(64k iterations), lr / 10 at 50% and 75%; pad-4 crop + flip. Pre-activation (He et al. 2016b) adds
+about 0.5 point over v1 at this depth. About 0.3 h on one GPU.
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = "resnet20_v2"
+  return config

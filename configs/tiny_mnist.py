@@ -1,0 +1,20 @@
+"""A tiny real-data run for tests and a first look: ResNet-8 on 2048 MNIST
+training images, 2 epochs, evaluated on all 10,000 test images.
+
+  python main.py --config=configs/tiny_mnist.py --workdir=/tmp/tiny
+
+About half a minute on a 2-core CPU; expect roughly 85-95% test accuracy.
+"""
+from configs import mnist
+
+
+def get_config():
+  config = mnist.get_config()
+  config.model = "resnet8_v1"
+  config.train_split = "train[:2048]"
+  config.validation_split = "train[55000:56000]"
+  config.batch_size = 64
+  config.eval_batch_size = 1000
+  config.num_epochs = 2
+  config.log_every_steps = 8
+  return config

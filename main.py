@@ -1,0 +1,43 @@
+"""Trains and evaluates one experiment.
+
+  python main.py --config=configs/resnet20v1_cifar10.py --workdir=runs/r20
+  python main.py --config=configs/resnet20_mnist.py --workdir=W --config.num_epochs=1
+
+Rerunning the same command resumes from the latest checkpoint in --workdir.
+"""
+import logging as std_logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _show_only_our_info(record) -> bool:
+  """Library INFO chatter (orbax, tfds, jax) hides the progress lines."""
+  return record.levelno >= std_logging.WARNING or "/cnn/" in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_show_only_our_info)
+  from cnn import train  # pylint: disable=import-outside-toplevel
+  from cnn.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
