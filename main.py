@@ -39,5 +39,20 @@ def main(argv):
     sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but an unknown `--config.KEY` is one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    hint = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    hint = hint.replace(" Did you mean", "; did you mean")
+    print(f"error: unknown config key {hint}; valid keys are in configs/default.py",
+          file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

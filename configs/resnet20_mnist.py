@@ -6,7 +6,7 @@ SGD 0.1, momentum 0.9, wd 5e-4, batch 128, cosine over 30 epochs, +-2 pixel
 shifts. Published: 99.6% (pre-act ResNet-20). One epoch
 (`--config.num_epochs=1`) takes a few minutes on a 2-core CPU and reaches ~99%.
 """
-from configs import mnist
+from configs import _mnist as mnist
 
 
 def get_config():

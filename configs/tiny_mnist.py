@@ -5,7 +5,7 @@ training images, 2 epochs, evaluated on all 10,000 test images.
 
 About half a minute on a 2-core CPU; expect roughly 85-95% test accuracy.
 """
-from configs import mnist
+from configs import _mnist as mnist
 
 
 def get_config():

@@ -1,5 +1,6 @@
-"""Shared MNIST settings: 55k train / 5k validation / 10k test, no flips
-(digits are not mirror-symmetric), small random shifts."""
+"""Settings shared by the MNIST experiments (not an experiment itself):
+55k train / 5k validation / 10k test, no flips (digits are not mirror-symmetric),
+small random shifts."""
 from configs import default
 
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: real MNIST/CIFAR-10 prepared once per session through tfds.
+
+Data comes from `$CNN_ARCHIVE_DIR` (default: ../shared/datasets next to the
+repo) and is prepared into `$TFDS_DATA_DIR` (default: a session temp dir).
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def archive_dir() -> str:
+  path = os.environ.get("CNN_ARCHIVE_DIR") or str(REPO.parent / "shared" / "datasets")
+  if not Path(path, "mnist").is_dir():
+    pytest.fail(f"tests need the original MNIST/CIFAR-10 files: set CNN_ARCHIVE_DIR "
+                f"(tried {path}); see README 'Offline data'")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> str:
+  return os.environ.get("TFDS_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def data_env(archive_dir, tfds_dir) -> dict:
+  """Environment for subprocesses running main.py on the real data."""
+  return {**os.environ, "CNN_ARCHIVE_DIR": archive_dir, "TFDS_DATA_DIR": tfds_dir,
+          "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+
+
+def _prepared(name: str, archive_dir: str, tfds_dir: str):
+  from cnn import datasets
+  return datasets.prepare(datasets.get_spec(name), tfds_dir, archive_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist(archive_dir, tfds_dir):
+  return _prepared("mnist", archive_dir, tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def cifar10(archive_dir, tfds_dir):
+  return _prepared("cifar10", archive_dir, tfds_dir)

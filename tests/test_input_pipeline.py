@@ -1,0 +1,98 @@
+"""Real data through tfds, augmentation, sharding and exact evaluation counts."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cnn import datasets, input_pipeline
+from cnn.errors import UserError
+from cnn.input_pipeline import Shard
+
+MNIST = datasets.get_spec("mnist")
+
+
+def test_eval_counts_every_mnist_test_image_exactly_once(mnist):
+  images, labels = datasets.load_split(mnist, "test")
+  assert len(images) == 10_000
+  batches = list(input_pipeline.eval_batches(images, labels, spec=MNIST, shard=Shard(3000)))
+  assert len(batches) == 4  # 3 full batches and one padded with 2000 masked zeros
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert mask.sum() == 10_000 and mask[:10_000].all()
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:10_000], labels)
+
+
+def test_mnist_is_normalised_per_channel(mnist):
+  images, _ = datasets.load_split(mnist, "train[:5000]")
+  x = input_pipeline.normalize(tf.constant(images), MNIST).numpy()
+  assert abs(x.mean()) < 0.05 and abs(x.std() - 1.0) < 0.05
+
+
+def test_cifar10_from_extracted_batches_has_seed_splits(cifar10):
+  assert datasets.class_names(cifar10)[:3] == ["airplane", "automobile", "bird"]
+  train, _ = datasets.load_split(cifar10, "train[:45000]")
+  val, _ = datasets.load_split(cifar10, "train[45000:]")
+  test, test_labels = datasets.load_split(cifar10, "test")
+  assert (len(train), len(val), len(test)) == (45_000, 5_000, 10_000)
+  assert np.bincount(test_labels).tolist() == [1000] * 10
+  # Official per-channel test mean (shared/datasets/README.md).
+  np.testing.assert_allclose((test / 255.0).mean(axis=(0, 1, 2)),
+                             [0.49421, 0.48513, 0.45041], atol=1e-4)
+
+
+def test_missing_archives_name_the_files(tmp_path):
+  with pytest.raises(UserError, match="train-images-idx3-ubyte.gz.*mnist/"):
+    datasets.prepare(MNIST, str(tmp_path / "tfds"), str(tmp_path))
+
+
+def test_corrupt_extracted_cifar_batch_is_refused(tmp_path, archive_dir):
+  root = tmp_path / "cifar10" / "cifar-10-batches-bin"
+  root.mkdir(parents=True)
+  for f in datasets.DATASETS["cifar10"].archives[1]:
+    (root.parent / f).write_bytes(b"not the original")
+  with pytest.raises(UserError, match="corrupt archive .*data_batch_1.bin"):
+    datasets.prepare(datasets.get_spec("cifar10"), str(tmp_path / "tfds"), str(tmp_path))
+
+
+def test_pad_crop_flip_geometry():
+  images = tf.reshape(tf.range(2 * 4 * 4, dtype=tf.float32) + 1, (2, 4, 4, 1))
+  centre = tf.constant([[2, 2], [2, 2]])
+  same = input_pipeline.pad_crop_flip(images, centre, tf.constant([False, False]), 2)
+  np.testing.assert_array_equal(same, images)
+  flipped = input_pipeline.pad_crop_flip(images, centre, tf.constant([True, False]), 2)
+  np.testing.assert_array_equal(flipped[0], images[0, :, ::-1])
+  np.testing.assert_array_equal(flipped[1], images[1])
+  corner = input_pipeline.pad_crop_flip(images, tf.constant([[0, 0], [4, 4]]),
+                                        tf.constant([False, False]), 2)
+  np.testing.assert_array_equal(corner[0, 2:, 2:], images[0, :2, :2])
+  assert not np.any(corner[0, :2]) and not np.any(corner[1, 2:])
+
+
+def _batches(images, labels, **kwargs):
+  args = dict(spec=MNIST, seed=3, epoch=1, augment="pad_crop_flip", crop_padding=2)
+  return list(input_pipeline.train_batches(images, labels, **{**args, **kwargs}))
+
+
+def test_train_batches_are_a_function_of_seed_epoch_and_step():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (100, 8, 8, 1), dtype=np.uint8)
+  labels = np.arange(100, dtype=np.int32)
+  full = _batches(images, labels, shard=Shard(16))
+  assert len(full) == 6  # 100 // 16, remainder dropped
+  again = _batches(images, labels, shard=Shard(16))
+  resumed = _batches(images, labels, shard=Shard(16), start_step=4)
+  for a, b in zip(full, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  for a, b in zip(full[4:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  other_epoch = _batches(images, labels, shard=Shard(16), epoch=2)
+  assert not np.array_equal(full[0]["label"], other_epoch[0]["label"])
+  # Two processes' slices put together are the one-process global batch.
+  halves = [_batches(images, labels, shard=Shard(16, p, 2)) for p in range(2)]
+  for step, batch in enumerate(full):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key])
+
+
+def test_batch_size_must_divide_over_devices():
+  with pytest.raises(UserError, match="multiple of the 8 devices; e.g. --config.batch_size=96"):
+    input_pipeline.check_batch_size(100, 8)

@@ -1,0 +1,88 @@
+"""main.py end to end on real data, as a user runs it, and its error lines."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(env, *args, check=True):
+  result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"main.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
+  return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_env, tmp_path_factory, mnist):
+  workdir = tmp_path_factory.mktemp("tiny")
+  first = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
+  return workdir, first
+
+
+def test_tiny_config_trains_and_writes_results(tiny_run):
+  workdir, first = tiny_run
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["test_count"] == 10_000  # every test image, once
+  assert results["test_accuracy"] > 0.6  # chance is 0.1
+  assert results["epochs"] == 2 and results["num_params"] == 77_754
+  for key in ("test_loss", "best_val_accuracy", "train_accuracy", "batch_size", "wall_time_s",
+              "images_per_s", "seed", "config"):
+    assert results[key] is not None, key
+  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in history] == [1, 2]
+  assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history[0])
+  assert history[1]["train_loss"] < history[0]["train_loss"]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert "img/s" in first.stderr and "ETA" in first.stderr
+
+
+def test_rerun_resumes_instead_of_starting_over(tiny_run, data_env):
+  workdir, _ = tiny_run
+  before = json.loads((workdir / "results.json").read_text())
+  again = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
+  assert "resumed from" in again.stderr and "at step 64" in again.stderr
+  assert "img/s" not in again.stderr  # no training step was run
+  after = json.loads((workdir / "results.json").read_text())
+  assert after["test_accuracy"] == before["test_accuracy"]
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_run, data_env):
+  workdir, _ = tiny_run
+  result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}",
+                    "--config.model=resnet20_v1", check=False)
+  assert result.returncode == 2
+  assert "incompatible checkpoint (model: checkpoint has 'resnet8_v1'" in result.stderr
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["32", "64"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model=resnet21", "error: unknown model 'resnet21'; valid models: "),
+    ("--config.dataset=imagenet", "error: unknown dataset 'imagenet'; valid datasets: cifar10, "),
+    ("--config.learning_rat=0.1", "error: unknown config key 'learning_rat'; did you mean"),
+    ("--config.num_epochs=0", "error: config.num_epochs=0 must be > 0"),
+])
+def test_bad_config_is_one_clear_line(data_env, tmp_path, override, message):
+  result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path}",
+                    override, check=False)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(message), last
+  assert "Traceback" not in result.stderr
+
+
+def test_missing_offline_archives_say_which_files_to_put_where(data_env, tmp_path):
+  env = {**data_env, "CNN_ARCHIVE_DIR": str(tmp_path / "archives"),
+         "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+  (tmp_path / "archives").mkdir()
+  result = run_main(env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path / 'w'}",
+                    check=False)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: no offline archives for 'mnist' in {tmp_path / 'archives'}: "
+                         "put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in "), last

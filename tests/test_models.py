@@ -1,0 +1,96 @@
+"""Parameter counts against the papers and output shapes of every model."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn.errors import UserError
+from cnn.models import create_model, registry
+from cnn.models.resnet import zero_pad_shortcut
+from cnn.models.vgg import VGG_LAYERS
+
+
+def variables_of(name, shape=(1, 32, 32, 3), **kwargs):
+  model = create_model(name, num_classes=10, dtype=jnp.float32, **kwargs)
+  return model, jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(shape), train=False))
+
+
+def num_params(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def paper_cifar_resnet_params(n: int, projection: bool) -> int:
+  """He et al. (2016) Sec. 4.2 by hand: 3x3 conv stem, 3 stages of n basic
+  blocks (two 3x3 convs + 2 BN each) at 16/32/64 filters, dense 64->10; the
+  two downsampling shortcuts add a 1x1 conv + BN under option B."""
+  total, cin = 3 * 3 * 3 * 16 + 2 * 16, 16
+  for width in (16, 32, 64):
+    for _ in range(n):
+      total += 9 * cin * width + 9 * width * width + 4 * width
+      cin = width
+  if projection:
+    total += (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+  return total + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("depth,paper_millions", [(20, 0.27), (56, 0.85), (110, 1.7)])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_resnet_param_counts_match_paper(depth, paper_millions, version):
+  n = (depth - 2) // 6
+  _, option_a = variables_of(f"resnet{depth}_{version}", shortcut="zero_pad")
+  _, option_b = variables_of(f"resnet{depth}_{version}")
+  # v2 moves BN around (stem BN becomes the final BN): same count.
+  assert num_params(option_a["params"]) == paper_cifar_resnet_params(n, projection=False)
+  assert abs(num_params(option_a["params"]) / 1e6 - paper_millions) / paper_millions < 0.02
+  v2_projection_has_no_bn = 2 * 32 + 2 * 64 if version == "v2" else 0
+  assert num_params(option_b["params"]) == (
+      paper_cifar_resnet_params(n, projection=True) - v2_projection_has_no_bn)
+
+
+def test_resnet164_bottleneck_matches_paper():
+  _, variables = variables_of("resnet164_v2")
+  assert abs(num_params(variables["params"]) / 1e6 - 1.7) < 0.05  # He et al. 2016b Table 2
+
+
+def test_vgg16_conv_weights_match_paper():
+  """Configuration D of Simonyan & Zisserman (2015): its 13 conv layers."""
+  widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  expected = sum(9 * cin * cout for cin, cout in zip([3] + widths[:-1], widths))
+  _, variables = variables_of("vgg16")
+  kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(variables["params"])
+             if "Conv" in jax.tree_util.keystr(path) and x.ndim == 4]
+  assert len(kernels) == 13
+  assert sum(int(np.prod(k.shape)) for k in kernels) == expected == 14_710_464
+  assert [v for v in VGG_LAYERS[16] if v != "M"] == widths
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+@pytest.mark.parametrize("shape", [(2, 28, 28, 1), (2, 32, 32, 3)])
+def test_every_model_gives_logits_on_both_input_sizes(name, shape):
+  model, variables = variables_of(name, shape)
+  for train in (False, True):
+    logits = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros(shape), train=train, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.key(1)})[0], variables)
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+
+
+def test_zero_pad_shortcut_subsamples_and_pads():
+  x = jnp.arange(2 * 4 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 4, 2)
+  y = zero_pad_shortcut(x, filters=6, strides=2)
+  assert y.shape == (2, 2, 2, 6)
+  np.testing.assert_array_equal(y[..., 2:4], x[:, ::2, ::2, :])
+  assert not np.any(y[..., :2]) and not np.any(y[..., 4:])
+
+
+def test_unknown_model_lists_valid_names():
+  with pytest.raises(UserError, match="unknown model 'resnet21'.*resnet20_v1"):
+    create_model("resnet21", num_classes=10, dtype=jnp.float32)
+
+
+def test_bad_depth_and_kwargs_are_user_errors():
+  with pytest.raises(UserError, match="6n\\+2"):
+    variables_of("resnet20_v1", depth=21)
+  with pytest.raises(UserError, match="model_kwargs"):
+    create_model("vgg16", num_classes=10, dtype=jnp.float32, nonsense=1)
