@@ -16,6 +16,9 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                  "train: train (or resume) and evaluate; evaluate: write <workdir>/report/ "
+                  "from the workdir's best checkpoint.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -30,13 +33,20 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_show_only_our_info)
   from cnn import train  # pylint: disable=import-outside-toplevel
-  from cnn.errors import UserError  # pylint: disable=import-outside-toplevel
+  from cnn.errors import Preempted, UserError  # pylint: disable=import-outside-toplevel
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      from cnn import report  # pylint: disable=import-outside-toplevel
+      report.write_report(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Preempted as e:  # a clean stop: exit status 0, results.json not yet written
+    logging.flush()
+    print(f"preempted: {e}", file=sys.stderr)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -12,3 +12,8 @@ class UserError(Exception):
 def unknown_name(kind: str, name: str, valid) -> UserError:
   """`unknown model 'resnt20'; valid: resnet20_v1, ...` style error."""
   return UserError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+
+
+class Preempted(Exception):
+  """SIGTERM (or a multi-host preemption notice) arrived; a checkpoint of the
+  current step was saved and rerunning the same command resumes from it."""

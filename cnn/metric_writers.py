@@ -10,26 +10,33 @@ from pathlib import Path
 from flax.metrics import tensorboard
 
 
-class MetricWriter:
-  """Writes one record per epoch to `metrics.jsonl` and TensorBoard.
+def write_jsonl(path: Path, records: list[dict]) -> None:
+  """Atomically (re)writes a JSON-lines file."""
+  tmp = path.with_suffix(".jsonl.tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+  tmp.replace(path)
 
-  The JSON-lines file is rewritten from the full history each epoch, so after
-  a resume it holds each epoch exactly once.
+
+class MetricWriter:
+  """Writes each epoch to `metrics.jsonl` (the metrics: deterministic for a
+  config and seed), `timing.jsonl` (wall times and speeds) and TensorBoard.
+
+  The JSON-lines files are rewritten from the full history each epoch, so
+  after a resume they hold each epoch exactly once.
   """
 
   def __init__(self, workdir: str):
-    self._jsonl = Path(workdir) / "metrics.jsonl"
-    self._tensorboard = tensorboard.SummaryWriter(str(Path(workdir) / "tensorboard"))
+    self._workdir = Path(workdir)
+    self._tensorboard = tensorboard.SummaryWriter(str(self._workdir / "tensorboard"))
 
-  def write_epoch(self, history: list[dict]) -> None:
-    record = history[-1]
-    for key, value in record.items():
-      if key not in ("epoch", "step") and isinstance(value, (int, float)):
-        self._tensorboard.scalar(key, value, record["epoch"])
+  def write_epoch(self, history: list[dict], timing: list[dict]) -> None:
+    for record in (history[-1], timing[-1]):
+      for key, value in record.items():
+        if key not in ("epoch", "step") and isinstance(value, (int, float)):
+          self._tensorboard.scalar(key, value, record["epoch"])
     self._tensorboard.flush()
-    tmp = self._jsonl.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    tmp.replace(self._jsonl)
+    write_jsonl(self._workdir / "metrics.jsonl", history)
+    write_jsonl(self._workdir / "timing.jsonl", timing)
 
   def close(self) -> None:
     self._tensorboard.close()

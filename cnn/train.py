@@ -24,9 +24,9 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cnn import checkpoint, datasets, input_pipeline, metric_writers, optim
+from cnn import checkpoint, datasets, input_pipeline, metric_writers, optim, preemption
 from cnn.config_validation import validate_config
-from cnn.errors import UserError
+from cnn.errors import Preempted, UserError
 from cnn.models import create_model
 
 
@@ -60,9 +60,11 @@ def cross_entropy_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing
 
 
 def zero_sums() -> dict[str, jnp.ndarray]:
-  """Running sums of an epoch's training metrics (checkpointed for resume)."""
+  """Running sums of an epoch's training metrics (checkpointed for resume),
+  and the first step whose loss was not finite (-1: none), kept on device so
+  the guard costs no host sync per step."""
   return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32),
-          "count": jnp.zeros((), jnp.float32)}
+          "count": jnp.zeros((), jnp.float32), "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
 def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Array,
@@ -81,8 +83,10 @@ def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Arra
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats, loss=loss)
   n = jnp.float32(batch["label"].shape[0])
   correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+  first_bad = sums["first_nonfinite_step"]
+  first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), state.step, first_bad)
   sums = {"loss": sums["loss"] + loss * n, "correct": sums["correct"] + correct,
-          "count": sums["count"] + n}
+          "count": sums["count"] + n, "first_nonfinite_step": first_bad}
   return state, sums, loss
 
 
@@ -188,45 +192,131 @@ class Experiment:
     return evaluate(self.eval_step, state, input_pipeline.eval_batches(
         images, labels, spec=self.spec, shard=self.eval_shard), self.batch_sharding)
 
+  def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
+    """Logits and labels for every example of a split, in order."""
+    images, labels = self.splits[split]
+    predict = jax.jit(lambda s, x: s.apply_fn(
+        {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
+    logits = [jax.device_get(predict(state, to_global({"image": b["image"]},
+                                                      self.batch_sharding)["image"]))
+              for b in input_pipeline.eval_batches(images, labels, spec=self.spec,
+                                                   shard=self.eval_shard)]
+    return {"logits": np.concatenate(logits)[:len(labels)], "labels": labels}
+
   def learning_rate(self, state: TrainState) -> float:
     return float(self.schedule(int(state.step))) * optim.plateau_scale(state.opt_state)
 
 
-def check_finite(loss: float, step: int) -> None:
-  if not np.isfinite(loss):
-    raise UserError(f"training diverged: loss is {loss} at step {step}; the last good "
-                    "checkpoint is kept; lower config.learning_rate or add warmup_epochs")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds a checkpoint), evaluates the
-  last and the best-by-validation checkpoints on the test split and writes
-  `results.json`. Returns the results."""
-  exp = Experiment(config)
-  is_writer = jax.process_index() == 0
-  manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
-  state, sums, history = exp.initial_state, exp.zero_sums(), []
+def restore_for_evaluation(exp: Experiment, workdir: str, which: str = "best"
+                           ) -> tuple[TrainState, list[dict]]:
+  """The `best` (by validation accuracy) or `last` checkpoint of a finished or
+  running workdir, and its metric history."""
+  manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints)
   latest = manager.latest_step()
-  if latest is not None:
-    checkpoint.check_compatible(checkpoint.load_meta(manager, latest), exp.fingerprint(), workdir)
-    state, sums, meta = checkpoint.restore(manager, latest, state, sums)
-    history = meta["history"]
-    logging.info("resumed from %s at step %d (epoch %d)", manager.directory, latest,
-                 latest // exp.steps_per_epoch)
-  writer = metric_writers.MetricWriter(workdir) if is_writer else None
-  meta = lambda: {"fingerprint": exp.fingerprint(), "history": history}
+  if latest is None:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints; train first (same command "
+                    "without --mode)")
+  meta = checkpoint.load_meta(manager, latest)
+  checkpoint.check_compatible(meta, exp.fingerprint(), workdir)
+  step = best_epoch(meta["history"])["step"] if which == "best" and meta["history"] else latest
+  state, _, _ = checkpoint.restore(manager, step, exp.initial_state, exp.zero_sums())
+  manager.close()
+  return state, meta["history"]
 
-  step = int(state.step)
-  logging.info("%s on %s: %d params, %d steps/epoch, %d devices", config.model, config.dataset,
-               count_params(state.params), exp.steps_per_epoch, jax.device_count())
+
+def check_finite(sums: dict) -> None:
+  """Stops before anything non-finite is checkpointed."""
+  step = int(sums["first_nonfinite_step"])
+  if step >= 0:
+    raise UserError(f"training diverged: the loss is not finite at step {step}; the last "
+                    "good checkpoint is kept; lower config.learning_rate or add warmup_epochs")
+
+
+def check_writable(workdir: str) -> None:
+  try:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe = Path(workdir) / ".write_test"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
+                    "choose another --workdir") from None
+
+
+class Run:
+  """The mutable side of training: state, epoch sums, histories, checkpoints.
+
+  `history` holds one record of metrics per epoch (deterministic: the same
+  config and seed give the same numbers on CPU) and `timing` the matching wall
+  times and speeds; both are checkpointed so a resumed run continues them.
+  """
+
+  def __init__(self, exp: Experiment, workdir: str):
+    self.exp, self.workdir = exp, workdir
+    self.manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints)
+    self.state, self.sums = exp.initial_state, exp.zero_sums()
+    self.history, self.timing = [], []
+    latest = self.manager.latest_step()
+    if latest is not None:
+      checkpoint.check_compatible(checkpoint.load_meta(self.manager, latest),
+                                  exp.fingerprint(), workdir)
+      self.state, self.sums, meta = checkpoint.restore(self.manager, latest, self.state, self.sums)
+      self.history, self.timing = meta["history"], meta["timing"]
+      logging.info("resumed from %s at step %d (epoch %d)", self.manager.directory, latest,
+                   latest // exp.steps_per_epoch)
+    self.writer = metric_writers.MetricWriter(workdir) if jax.process_index() == 0 else None
+
+  @property
+  def step(self) -> int:
+    return int(self.state.step)
+
+  def save(self, val_accuracy: float | None = None) -> None:
+    check_finite(jax.device_get(self.sums))
+    meta = {"fingerprint": self.exp.fingerprint(), "history": self.history, "timing": self.timing}
+    checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
+
+  def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:
+    totals = jax.device_get(self.sums)
+    check_finite(totals)
+    record = {"epoch": epoch + 1, "step": self.step,
+              "train_loss": float(totals["loss"] / totals["count"]),
+              "train_accuracy": float(totals["correct"] / totals["count"]),
+              "learning_rate": self.exp.learning_rate(self.state)}
+    if "validation" in self.exp.splits:
+      val = self.exp.evaluate(self.state, "validation")
+      record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    self.history.append(record)
+    self.timing.append({"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - started,
+                        "train_images_per_s": timed_steps * self.exp.config.batch_size
+                                              / max(train_seconds, 1e-9)})
+    logging.info("epoch %d: %s", epoch + 1, json.dumps(
+        {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}))
+    self.sums = self.exp.zero_sums()
+    self.save(record.get("val_accuracy"))
+    if self.writer:
+      self.writer.write_epoch(self.history, self.timing)
+
+
+def _preempted(run: Run, step: int) -> Preempted:
+  run.manager.wait_until_finished()
+  return Preempted(f"stopped by SIGTERM at step {step}: checkpoint saved in "
+                   f"{run.manager.directory}; rerun the same command to resume")
+
+
+def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
+  """Trains until the last step; returns the first step's compile seconds
+  (None if nothing was left to train). Raises Preempted after saving."""
+  exp, config = run.exp, run.exp.config
+  step = run.step  # host-side copy: reading state.step would sync every step
   progress = metric_writers.Progress(exp.total_steps, exp.steps_per_epoch, config.batch_size, step)
   compile_time = None
   while step < exp.total_steps:
     epoch, offset = divmod(step, exp.steps_per_epoch)
     epoch_start = train_start = time.perf_counter()
-    timed_steps = 0
+    timed_steps, stop = 0, False
     for batch in exp.train_batches(epoch, offset):
-      state, sums, loss = exp.train_step(state, sums, to_global(batch, exp.batch_sharding))
+      run.state, run.sums, loss = exp.train_step(run.state, run.sums,
+                                                 to_global(batch, exp.batch_sharding))
       step += 1
       if compile_time is None:  # the first step compiles: keep it out of the speed
         jax.block_until_ready(loss)
@@ -236,58 +326,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         timed_steps += 1
       if step % config.log_every_steps == 0:
-        partial = jax.device_get(sums)
-        check_finite(float(loss), step)
+        partial = jax.device_get(run.sums)
+        check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
                         partial["correct"] / partial["count"])
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
-          and step % exp.steps_per_epoch:
-        check_finite(float(loss), step)
-        checkpoint.save(manager, step, state, sums, meta())
-    totals = jax.device_get(sums)
-    check_finite(float(totals["loss"]), step)
-    train_seconds = time.perf_counter() - train_start
-    record = {"epoch": epoch + 1, "step": step,
-              "train_loss": float(totals["loss"] / totals["count"]),
-              "train_accuracy": float(totals["correct"] / totals["count"]),
-              "learning_rate": exp.learning_rate(state),
-              "train_images_per_s": timed_steps * config.batch_size / max(train_seconds, 1e-9)}
-    if "validation" in exp.splits:
-      val = exp.evaluate(state, "validation")
-      record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-    record["epoch_time_s"] = time.perf_counter() - epoch_start
-    history.append(record)
-    logging.info("epoch %d: %s", epoch + 1, json.dumps(
-        {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}))
-    sums = exp.zero_sums()
-    checkpoint.save(manager, step, state, sums, meta(), record.get("val_accuracy"))
-    if writer:
-      writer.write_epoch(history)
-  manager.wait_until_finished()
+      stop = preemption.agreed_stop(stop_requested()) or run.manager.reached_preemption(step)
+      if step % exp.steps_per_epoch == 0:
+        break  # the end of the epoch saves anyway
+      if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
+        run.save()
+      if stop:
+        raise _preempted(run, step)
+    run.end_epoch(epoch, time.perf_counter() - train_start, timed_steps, epoch_start)
+    if stop:
+      raise _preempted(run, step)
+  return compile_time
 
-  best = best_epoch(history)
-  last_test = exp.evaluate(state, "test")
+
+def final_results(run: Run, compile_time: float | None) -> dict:
+  """Test metrics of the last and the best-by-validation checkpoints."""
+  exp, config = run.exp, run.exp.config
+  kept = set(run.manager.all_steps())
+  best = best_epoch([r for r in run.history if r["step"] in kept] or run.history[-1:])
+  last_test = exp.evaluate(run.state, "test")
   best_test = last_test
-  if best["step"] != step:
-    best_state, _, _ = checkpoint.restore(manager, best["step"], state, exp.zero_sums())
+  if best["step"] != run.step:
+    best_state, _, _ = checkpoint.restore(run.manager, best["step"], run.state, exp.zero_sums())
     best_test = exp.evaluate(best_state, "test")
-  results = {
+  return {
       "test_accuracy": best_test["accuracy"], "test_loss": best_test["loss"],
       "test_count": best_test["count"], "best_epoch": best["epoch"],
       "best_val_accuracy": best.get("val_accuracy"),
       "last_test_accuracy": last_test["accuracy"], "last_test_loss": last_test["loss"],
-      "train_accuracy": history[-1]["train_accuracy"], "train_loss": history[-1]["train_loss"],
-      "num_params": count_params(state.params), "epochs": len(history),
-      "batch_size": config.batch_size, "steps": step,
-      "wall_time_s": sum(r["epoch_time_s"] for r in history),
-      "images_per_s": float(np.median([r["train_images_per_s"] for r in history])),
+      "train_accuracy": run.history[-1]["train_accuracy"],
+      "train_loss": run.history[-1]["train_loss"],
+      "num_params": count_params(run.state.params), "epochs": len(run.history),
+      "batch_size": config.batch_size, "steps": run.step,
+      "wall_time_s": sum(t["epoch_time_s"] for t in run.timing),
+      "images_per_s": float(np.median([t["train_images_per_s"] for t in run.timing])),
       "compile_time_s": compile_time, "devices": jax.device_count(), "seed": config.seed,
       "model": config.model, "dataset": config.dataset, "config": config.to_dict(),
   }
-  if is_writer:
-    writer.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds a checkpoint), evaluates the
+  last and the best-by-validation checkpoints on the test split and writes
+  `results.json`. Returns the results."""
+  exp = Experiment(config)
+  check_writable(workdir)
+  run = Run(exp, workdir)
+  logging.info("%s on %s: %d params, %d steps/epoch, %d devices", config.model, config.dataset,
+               count_params(run.state.params), exp.steps_per_epoch, jax.device_count())
+  try:
+    with preemption.sigterm_flag() as stop_requested:
+      compile_time = train_epochs(run, stop_requested)
+    run.manager.wait_until_finished()
+    results = final_results(run, compile_time)
+  finally:
+    run.manager.wait_until_finished()
+    run.manager.close()
+    if run.writer:
+      run.writer.close()
+  if jax.process_index() == 0:
     Path(workdir, "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
   logging.info("test accuracy %.4f (best epoch %d by validation), last %.4f",
-               results["test_accuracy"], best["epoch"], results["last_test_accuracy"])
-  manager.close()
+               results["test_accuracy"], results["best_epoch"], results["last_test_accuracy"])
   return results

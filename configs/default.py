@@ -48,4 +48,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
   config.keep_checkpoints = 2  # latest ones kept, besides the best by validation
+  config.report_image_index = 0  # --mode=evaluate: test image whose activations are drawn
   return config

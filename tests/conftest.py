@@ -4,6 +4,7 @@ Data comes from `$CNN_ARCHIVE_DIR` (default: ../shared/datasets next to the
 repo) and is prepared into `$TFDS_DATA_DIR` (default: a session temp dir).
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,21 @@ def mnist(archive_dir, tfds_dir):
 @pytest.fixture(scope="session")
 def cifar10(archive_dir, tfds_dir):
   return _prepared("cifar10", archive_dir, tfds_dir)
+
+
+def run_main(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+  """`python main.py ARGS` from the repo root, as a user runs it."""
+  result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"main.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
+  return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_env, tmp_path_factory, mnist):
+  """One uninterrupted run of configs/tiny_mnist.py: the reference for the
+  end-to-end, resume and determinism tests."""
+  workdir = tmp_path_factory.mktemp("tiny")
+  first = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
+  return workdir, first

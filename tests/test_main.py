@@ -1,27 +1,9 @@
 """main.py end to end on real data, as a user runs it, and its error lines."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_main(env, *args, check=True):
-  result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-  if check and result.returncode != 0:
-    raise AssertionError(f"main.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
-  return result
-
-
-@pytest.fixture(scope="module")
-def tiny_run(data_env, tmp_path_factory, mnist):
-  workdir = tmp_path_factory.mktemp("tiny")
-  first = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
-  return workdir, first
+from conftest import run_main
 
 
 def test_tiny_config_trains_and_writes_results(tiny_run):

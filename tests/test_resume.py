@@ -1,0 +1,111 @@
+"""Preemption-proof, deterministic training: a run killed at any moment and
+restarted with the same command ends bitwise equal to an uninterrupted run."""
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cnn import checkpoint
+from conftest import REPO, run_main
+
+TINY = "--config=configs/tiny_mnist.py"
+
+
+def final_params(workdir) -> dict:
+  """The parameters (and BN statistics) of the workdir's last checkpoint."""
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  state = ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(steps[-1]) / "state")
+  return {"params": state["params"], "batch_stats": state["batch_stats"],
+          "opt_state": state["opt_state"], "step": state["step"]}
+
+
+def assert_bitwise_equal(a, b, path=""):
+  if isinstance(a, dict):
+    assert a.keys() == b.keys(), path
+    for key in a:
+      assert_bitwise_equal(a[key], b[key], f"{path}/{key}")
+  elif isinstance(a, (list, tuple)):
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+      assert_bitwise_equal(x, y, f"{path}/{i}")
+  else:
+    assert np.array_equal(np.asarray(a), np.asarray(b)), f"differs at {path}"
+
+
+def interrupt(env, workdir, when: str, sig: int, *extra: str) -> tuple[int, str]:
+  """Starts a run and sends `sig` once its stderr shows `when`."""
+  proc = subprocess.Popen([sys.executable, "main.py", TINY, f"--workdir={workdir}", *extra],
+                          cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if when in line:
+      proc.send_signal(sig)
+      break
+  rest = proc.communicate(timeout=300)[1]
+  return proc.returncode, "".join(seen) + rest
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tiny_run, data_env, tmp_path):
+  reference, _ = tiny_run
+  workdir = tmp_path / "killed"
+  code, _ = interrupt(data_env, workdir, "epoch 2/2 step 8/32", signal.SIGKILL,
+                      "--config.checkpoint_every_steps=5")
+  assert code == -signal.SIGKILL
+  assert not (workdir / "results.json").exists()
+  resumed = run_main(data_env, TINY, f"--workdir={workdir}", "--config.checkpoint_every_steps=5")
+  step = int(re.search(r"resumed from .* at step (\d+)", resumed.stderr).group(1))
+  assert 32 < step < 64 and step % 5 == 0  # mid-epoch: the input position was restored
+  assert_bitwise_equal(final_params(workdir), final_params(reference))
+  assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+  ours, theirs = (json.loads((w / "results.json").read_text()) for w in (workdir, reference))
+  assert ours["test_accuracy"] == theirs["test_accuracy"]
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_run, data_env, tmp_path):
+  reference, _ = tiny_run
+  workdir = tmp_path / "preempted"
+  code, stderr = interrupt(data_env, workdir, "epoch 1/2 step 16/32", signal.SIGTERM)
+  assert code == 0, stderr[-2000:]
+  step = int(re.search(r"preempted: stopped by SIGTERM at step (\d+)", stderr).group(1))
+  assert 16 <= step < 64
+  assert int(final_params(workdir)["step"]) == step
+  assert (workdir / "checkpoints" / str(step)).is_dir()
+  run_main(data_env, TINY, f"--workdir={workdir}")
+  assert_bitwise_equal(final_params(workdir), final_params(reference))
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_run, data_env, tmp_path):
+  reference, _ = tiny_run
+  run_main(data_env, TINY, f"--workdir={tmp_path}")
+  assert (tmp_path / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+  assert_bitwise_equal(final_params(tmp_path), final_params(reference))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path):
+  run_main(data_env, TINY, f"--workdir={tmp_path}", "--config.num_epochs=1")
+  good = final_params(tmp_path)
+  result = run_main(data_env, TINY, f"--workdir={tmp_path}", "--config.learning_rate=1e6",
+                    check=False)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert re.match(r"error: training diverged: the loss is not finite at step (3[3-9]|[4-6]\d);"
+                  r" the last good checkpoint is kept", last), last
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["32"]
+  assert_bitwise_equal(final_params(tmp_path), good)
+
+
+def test_half_written_checkpoint_is_never_the_latest(tiny_run, tmp_path):
+  reference, _ = tiny_run
+  workdir = tmp_path / "w"
+  shutil.copytree(reference, workdir)
+  partial = workdir / "checkpoints" / "99.orbax-checkpoint-tmp-1234"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "garbage").write_bytes(b"\0" * 100)
+  manager = checkpoint.make_manager(str(workdir), keep=2)
+  assert manager.latest_step() == 64
+  manager.close()
