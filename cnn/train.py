@@ -26,8 +26,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cnn import checkpoint, datasets, input_pipeline, metric_writers, optim, preemption
 from cnn.config_validation import validate_config
-from cnn.errors import Preempted, UserError
+from cnn.errors import Preempted, UserError, unknown_name
 from cnn.models import create_model
+
+
+BATCHNORM_MODES = ("global", "per_device")
 
 
 class TrainState(train_state.TrainState):
@@ -140,9 +143,13 @@ class Experiment:
     input_pipeline.check_batch_size(config.batch_size, jax.device_count())
     input_pipeline.check_batch_size(config.eval_batch_size, jax.device_count(), "eval_batch_size")
     if config.augment not in input_pipeline.AUGMENTATIONS:
-      raise datasets.unknown_name("augmentation", config.augment, input_pipeline.AUGMENTATIONS)
+      raise unknown_name("augmentation", config.augment, input_pipeline.AUGMENTATIONS)
+    if config.batchnorm not in BATCHNORM_MODES:
+      raise unknown_name("batchnorm", config.batchnorm, BATCHNORM_MODES)
+    norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
     self.model = create_model(config.model, num_classes=self.spec.num_classes,
-                              dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+                              dtype=jnp.dtype(config.dtype), norm_groups=norm_groups,
+                              **config.model_kwargs)
     builder = datasets.prepare(self.spec, config.data_dir or None,
                                datasets.resolve_archive_dir(config.archive_dir))
     self.class_names = datasets.class_names(builder)
@@ -235,7 +242,7 @@ def check_finite(sums: dict) -> None:
 def check_writable(workdir: str) -> None:
   try:
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    probe = Path(workdir) / ".write_test"
+    probe = Path(workdir) / f".write_test.{jax.process_index()}"
     probe.write_text("")
     probe.unlink()
   except OSError as e:

@@ -23,7 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Model (see cnn/models/ for the registered names).
   config.model = "resnet20_v1"
   config.model_kwargs = ml_collections.ConfigDict()  # e.g. {"shortcut": "zero_pad"}
-  config.dtype = "float32"  # compute dtype; parameters stay float32
+  config.dtype = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
+  config.batchnorm = "global"  # "global": statistics over the global batch (all devices);
+  #                              "per_device": each device's sub-batch, like pmap without axis_name
 
   # Optimisation: He et al. (2016) CIFAR recipe.
   config.optimizer = "sgd"  # "sgd" | "adam" | "adamw"

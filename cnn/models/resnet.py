@@ -129,12 +129,13 @@ class CifarResNet(nn.Module):
   widths: tuple[int, ...] = (16, 32, 64)
   shortcut: str = "projection"
   dtype: Any = jnp.float32
+  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     if self.shortcut not in SHORTCUTS:
       raise UserError(f"unknown shortcut {self.shortcut!r}; valid: {', '.join(SHORTCUTS)}")
-    conv, norm, act = make_layers(train, self.dtype)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups)
     n = blocks_per_stage(self.depth, self.block_cls)
     x = conv(self.widths[0], (3, 3), name="stem_conv")(x.astype(self.dtype))
     if not self.preactivation:

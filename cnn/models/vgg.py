@@ -32,10 +32,11 @@ class VGG(nn.Module):
   classifier_widths: Sequence[int] = (512, 512)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups)
     x = x.astype(self.dtype)
     for width in self.layers:
       if width == "M":
