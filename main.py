@@ -20,6 +20,10 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
                   "train: train (or resume) and evaluate; evaluate: write <workdir>/report/ "
                   "from the workdir's best checkpoint.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0 "
+                    "(not needed on TPU pods and under SLURM, which are detected).")
+flags.DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", 0, "Multi-process: index of this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,8 +36,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_show_only_our_info)
-  from cnn import train  # pylint: disable=import-outside-toplevel
+  from cnn import distributed, train  # pylint: disable=import-outside-toplevel
   from cnn.errors import Preempted, UserError  # pylint: disable=import-outside-toplevel
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

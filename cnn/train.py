@@ -9,6 +9,7 @@ sharded along its first axis over a 1-D "data" mesh, and XLA inserts the
 collectives. BatchNorm therefore normalises over the global batch, exactly as
 on one device.
 """
+import collections
 import json
 import logging
 import time
@@ -114,11 +115,24 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def prefetch_to_device(batches: Iterator[dict], sharding: NamedSharding, size: int
+                       ) -> Iterator[dict[str, jax.Array]]:
+  """Keeps `size` batches already on their devices ahead of the step that
+  consumes them, so the host-to-device copy overlaps with computation."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(to_global(batch, sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def evaluate(eval_fn: Callable, state: TrainState, batches: Iterator[dict],
              sharding: NamedSharding) -> dict[str, float]:
   totals = None
-  for batch in batches:
-    sums = eval_fn(state, to_global(batch, sharding))
+  for batch in prefetch_to_device(batches, sharding, 2):
+    sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
@@ -321,9 +335,10 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
     epoch, offset = divmod(step, exp.steps_per_epoch)
     epoch_start = train_start = time.perf_counter()
     timed_steps, stop = 0, False
-    for batch in exp.train_batches(epoch, offset):
-      run.state, run.sums, loss = exp.train_step(run.state, run.sums,
-                                                 to_global(batch, exp.batch_sharding))
+    batches = prefetch_to_device(exp.train_batches(epoch, offset), exp.batch_sharding,
+                                 config.prefetch_batches)
+    for batch in batches:
+      run.state, run.sums, loss = exp.train_step(run.state, run.sums, batch)
       step += 1
       if compile_time is None:  # the first step compiles: keep it out of the speed
         jax.block_until_ready(loss)

@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0
   config.batch_size = 128  # global, over all devices and hosts
   config.eval_batch_size = 500
+  config.prefetch_batches = 2  # batches copied to the devices ahead of the step
   config.num_epochs = 182  # 64k iterations of batch 128 on 45k images
 
   # Bookkeeping.

@@ -1,0 +1,30 @@
+"""Trains a few steps of configs/tiny_mnist.py and prints losses and validation
+metrics as JSON; run under different XLA_FLAGS device counts by
+tests/test_data_parallel.py (JAX fixes its device count at import)."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+
+from cnn import train  # noqa: E402
+from configs import tiny_mnist  # noqa: E402
+
+
+def main(learning_rate: float, batchnorm: str) -> None:
+  config = tiny_mnist.get_config()
+  config.update(train_split="train[:384]", num_epochs=1, learning_rate=learning_rate,
+                eval_batch_size=1000, batchnorm=batchnorm)
+  exp = train.Experiment(config)
+  state, sums, losses = exp.initial_state, exp.zero_sums(), []
+  for batch in train.prefetch_to_device(exp.train_batches(0, 0), exp.batch_sharding, 2):
+    state, sums, loss = exp.train_step(state, sums, batch)
+    losses.append(float(loss))
+  print(json.dumps({"devices": jax.device_count(), "losses": losses,
+                    "validation": exp.evaluate(state, "validation")}))
+
+
+if __name__ == "__main__":
+  main(float(sys.argv[1]), sys.argv[2])

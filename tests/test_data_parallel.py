@@ -1,0 +1,89 @@
+"""Data parallelism gives the answer of one device: 8 fake CPU devices in one
+process, and 2 processes x 2 devices joined by jax.distributed on localhost.
+
+Differences come only from the order of floating-point reductions (about
+1e-7 after one step); training amplifies them, the more the larger the
+learning rate, so these comparisons train a few steps at a small one.
+"""
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_main
+
+PROBE = str(REPO / "tests" / "data_parallel_probe.py")
+SMALL = ["--config=configs/tiny_mnist.py", "--config.num_epochs=1",
+         "--config.train_split=train[:384]", "--config.learning_rate=0.001",
+         "--config.eval_batch_size=1000"]
+
+
+def with_devices(env: dict, n: int) -> dict:
+  return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def probe(env: dict, devices: int, batchnorm: str = "global") -> dict:
+  out = subprocess.run([sys.executable, PROBE, "0.001", batchnorm], env=with_devices(env, devices),
+                       capture_output=True, text=True, timeout=300, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def test_eight_devices_train_like_one(data_env, mnist):
+  one, eight = probe(data_env, 1), probe(data_env, 8)
+  assert (one["devices"], eight["devices"]) == (1, 8)
+  assert len(one["losses"]) == 6
+  assert abs(one["losses"][0] - eight["losses"][0]) < 1e-6  # same data, init, BN statistics
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=0, atol=1e-5)
+  assert eight["validation"]["count"] == one["validation"]["count"] == 1000
+  assert eight["validation"]["accuracy"] == one["validation"]["accuracy"]
+  np.testing.assert_allclose(eight["validation"]["loss"], one["validation"]["loss"], atol=1e-5)
+
+
+def test_per_device_batchnorm_is_a_real_switch(data_env, mnist):
+  """Per-device statistics on 8 sub-batches of 8 differ from global ones."""
+  global_bn, per_device = probe(data_env, 8), probe(data_env, 8, "per_device")
+  assert abs(per_device["losses"][0] - global_bn["losses"][0]) > 1e-4
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_four_devices(data_env, mnist, tmp_path):
+  run_main(with_devices(data_env, 4), *SMALL, f"--workdir={tmp_path / 'single'}")
+  port = free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "main.py", *SMALL, f"--workdir={tmp_path / 'multi'}",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=with_devices(data_env, 2), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    errors = [p.communicate(timeout=110)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+  single, multi = (json.loads((tmp_path / w / "results.json").read_text())
+                   for w in ("single", "multi"))
+  assert multi["devices"] == single["devices"] == 4
+  assert multi["test_count"] == single["test_count"] == 10_000
+  assert multi["test_accuracy"] == single["test_accuracy"]
+  (s,), (m,) = ([json.loads(line) for line in (tmp_path / w / "metrics.jsonl").read_text().splitlines()]
+                for w in ("single", "multi"))
+  np.testing.assert_allclose([m["train_loss"], m["val_loss"]], [s["train_loss"], s["val_loss"]],
+                             rtol=0, atol=1e-5)
+  assert m["val_accuracy"] == s["val_accuracy"]
+
+
+def test_batch_size_not_divisible_by_devices_is_one_line(data_env, tmp_path):
+  result = run_main(with_devices(data_env, 8), "--config=configs/tiny_mnist.py",
+                    f"--workdir={tmp_path}", "--config.batch_size=100", check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: config.batch_size=100 must be a positive multiple of the 8 devices; "
+      "e.g. --config.batch_size=96")
