@@ -1,5 +1,6 @@
 """main.py end to end on real data, as a user runs it, and its error lines."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,9 @@ def test_checkpoint_of_another_model_is_refused(tiny_run, data_env):
     ("--config.dataset=imagenet", "error: unknown dataset 'imagenet'; valid datasets: cifar10, "),
     ("--config.learning_rat=0.1", "error: unknown config key 'learning_rat'; did you mean"),
     ("--config.num_epochs=0", "error: config.num_epochs=0 must be > 0"),
+    ("--config.num_epochs=ten", "error: flag --config.num_epochs=ten: invalid literal for int()"),
+    ("--config.optimizer=sgdd", "error: unknown optimizer 'sgdd'; valid optimizers: adam, adamw, sgd"),
+    ("--config.lr_schedule=linear", "error: unknown lr_schedule 'linear'; valid lr_schedules: "),
 ])
 def test_bad_config_is_one_clear_line(data_env, tmp_path, override, message):
   result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path}",
@@ -68,3 +72,31 @@ def test_missing_offline_archives_say_which_files_to_put_where(data_env, tmp_pat
   assert last.startswith(f"error: no offline archives for 'mnist' in {tmp_path / 'archives'}: "
                          "put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
                          "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in "), last
+
+
+def test_unwritable_workdir_is_one_line(data_env, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={blocker / 'w'}",
+                    check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: workdir {blocker / 'w'} is not writable (Not a directory); choose another --workdir")
+
+
+def test_corrupt_offline_archive_is_refused(data_env, archive_dir, tmp_path):
+  archives = tmp_path / "archives" / "mnist"
+  archives.mkdir(parents=True)
+  for f in (Path(archive_dir) / "mnist").glob("*.gz"):
+    data = f.read_bytes()
+    if f.name == "t10k-labels-idx1-ubyte.gz":
+      data = data[:-10] + bytes(10)  # damaged download
+    (archives / f.name).write_bytes(data)
+  env = {**data_env, "CNN_ARCHIVE_DIR": str(tmp_path / "archives"),
+         "TFDS_DATA_DIR": str(tmp_path / "tfds")}
+  result = run_main(env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path / 'w'}",
+                    check=False)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: corrupt archive for 'mnist' (checksum mismatch): "), last
+  assert last.endswith("replace it with the original file"), last

@@ -92,3 +92,27 @@ def test_best_epoch_selects_on_validation_not_test():
              {"epoch": 2, "step": 20, "val_accuracy": 0.7},
              {"epoch": 3, "step": 30, "val_accuracy": 0.7}]
   assert train.best_epoch(history)["epoch"] == 2
+
+
+def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
+  images, labels = datasets.load_split(mnist, "train[:32]")
+  batch = {"image": input_pipeline.normalize(tf.constant(images), datasets.get_spec("mnist")).numpy(),
+           "label": labels}
+  config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
+  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.bfloat16)
+  state = train.create_train_state(model, optim.make_optimizer(config, 10), jax.random.key(0),
+                                   (28, 28, 1))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+  hidden = jax.eval_shape(lambda: model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False,
+      capture_intermediates=True, mutable=["intermediates"]))[1]
+  conv_outputs = [x for p, x in jax.tree_util.tree_leaves_with_path(hidden)
+                  if "stem_conv" in jax.tree_util.keystr(p)]
+  assert conv_outputs and all(x.dtype == jnp.bfloat16 for x in conv_outputs)
+  step = jax.jit(lambda s, m, b: train.train_step(s, m, b, jax.random.key(1), 0.0))
+  sums, losses = train.zero_sums(), []
+  for _ in range(15):
+    state, sums, loss = step(state, sums, batch)
+    losses.append(float(loss))
+  assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
