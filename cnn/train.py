@@ -10,6 +10,7 @@ collectives. BatchNorm therefore normalises over the global batch, exactly as
 on one device.
 """
 import collections
+import functools
 import json
 import logging
 import time
@@ -140,8 +141,11 @@ def evaluate(eval_fn: Callable, state: TrainState, batches: Iterator[dict],
           "count": int(count)}
 
 
-def best_epoch(history: list[dict]) -> dict:
-  """The epoch record with the highest validation accuracy (earliest on ties)."""
+def best_epoch(history: list[dict], kept_steps=None) -> dict:
+  """The epoch record with the highest validation accuracy (earliest on ties),
+  among those whose checkpoint still exists if `kept_steps` is given."""
+  if kept_steps is not None:
+    history = [r for r in history if r["step"] in set(kept_steps)] or history[-1:]
   scored = [r for r in history if r.get("val_accuracy") is not None]
   return max(scored, key=lambda r: r["val_accuracy"]) if scored else history[-1]
 
@@ -196,7 +200,9 @@ class Experiment:
                              out_shardings=replicated)
     self.zero_sums = lambda: jax.device_put(zero_sums(), replicated)
 
+  @functools.cached_property
   def fingerprint(self) -> dict:
+    """What a checkpoint must match to be resumed by this config."""
     return {"model": self.config.model, "dataset": self.config.dataset,
             "model_kwargs": self.config.model_kwargs.to_dict(),
             "num_params": count_params(self.initial_state.params)}
@@ -238,8 +244,10 @@ def restore_for_evaluation(exp: Experiment, workdir: str, which: str = "best"
     raise UserError(f"no checkpoint in {workdir}/checkpoints; train first (same command "
                     "without --mode)")
   meta = checkpoint.load_meta(manager, latest)
-  checkpoint.check_compatible(meta, exp.fingerprint(), workdir)
-  step = best_epoch(meta["history"])["step"] if which == "best" and meta["history"] else latest
+  checkpoint.check_compatible(meta, exp.fingerprint, workdir)
+  step = latest
+  if which == "best" and meta["history"]:
+    step = best_epoch(meta["history"], manager.all_steps())["step"]
   state, _, _ = checkpoint.restore(manager, step, exp.initial_state, exp.zero_sums())
   manager.close()
   return state, meta["history"]
@@ -280,7 +288,7 @@ class Run:
     latest = self.manager.latest_step()
     if latest is not None:
       checkpoint.check_compatible(checkpoint.load_meta(self.manager, latest),
-                                  exp.fingerprint(), workdir)
+                                  exp.fingerprint, workdir)
       self.state, self.sums, meta = checkpoint.restore(self.manager, latest, self.state, self.sums)
       self.history, self.timing = meta["history"], meta["timing"]
       logging.info("resumed from %s at step %d (epoch %d)", self.manager.directory, latest,
@@ -293,7 +301,7 @@ class Run:
 
   def save(self, val_accuracy: float | None = None) -> None:
     check_finite(jax.device_get(self.sums))
-    meta = {"fingerprint": self.exp.fingerprint(), "history": self.history, "timing": self.timing}
+    meta = {"fingerprint": self.exp.fingerprint, "history": self.history, "timing": self.timing}
     checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
 
   def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:
@@ -368,8 +376,7 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
 def final_results(run: Run, compile_time: float | None) -> dict:
   """Test metrics of the last and the best-by-validation checkpoints."""
   exp, config = run.exp, run.exp.config
-  kept = set(run.manager.all_steps())
-  best = best_epoch([r for r in run.history if r["step"] in kept] or run.history[-1:])
+  best = best_epoch(run.history, run.manager.all_steps())
   last_test = exp.evaluate(run.state, "test")
   best_test = last_test
   if best["step"] != run.step:
