@@ -19,10 +19,14 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def real_mnist_batch(mnist, n: int) -> dict[str, np.ndarray]:
+  images, labels = datasets.load_split(mnist, f"train[:{n}]")
+  spec = datasets.get_spec("mnist")
+  return {"image": input_pipeline.normalize(tf.constant(images), spec).numpy(), "label": labels}
+
+
 def test_loss_falls_on_a_real_mnist_batch(mnist):
-  images, labels = datasets.load_split(mnist, "train[:64]")
-  batch = {"image": input_pipeline.normalize(tf.constant(images), datasets.get_spec("mnist")).numpy(),
-           "label": labels}
+  batch = real_mnist_batch(mnist, 64)
   config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
   model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
   tx = optim.make_optimizer(config, steps_per_epoch=30)
@@ -95,9 +99,7 @@ def test_best_epoch_selects_on_validation_not_test():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
-  images, labels = datasets.load_split(mnist, "train[:32]")
-  batch = {"image": input_pipeline.normalize(tf.constant(images), datasets.get_spec("mnist")).numpy(),
-           "label": labels}
+  batch = real_mnist_batch(mnist, 32)
   config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
   model = create_model("resnet8_v1", num_classes=10, dtype=jnp.bfloat16)
   state = train.create_train_state(model, optim.make_optimizer(config, 10), jax.random.key(0),
