@@ -54,11 +54,12 @@ def check_compatible(meta: dict, fingerprint: dict, workdir: str) -> None:
                     "use a new --workdir (nothing was overwritten)")
 
 
-def restore(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: Any
+def restore(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: Any = None
             ) -> tuple[Any, Any, dict]:
-  """Restores into the structure, dtypes and shardings of `state`/`epoch_sums`."""
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state),
-      epoch_sums=ocp.args.StandardRestore(epoch_sums),
-      meta=ocp.args.JsonRestore()))
-  return restored["state"], restored["epoch_sums"], restored["meta"]
+  """Restores into the structure, dtypes and shardings of `state`/`epoch_sums`;
+  without `epoch_sums` (evaluation) only the state and metadata are read."""
+  items = {"state": ocp.args.StandardRestore(state), "meta": ocp.args.JsonRestore()}
+  if epoch_sums is not None:
+    items["epoch_sums"] = ocp.args.StandardRestore(epoch_sums)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"], restored.get("epoch_sums"), restored["meta"]

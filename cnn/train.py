@@ -248,7 +248,7 @@ def restore_for_evaluation(exp: Experiment, workdir: str, which: str = "best"
   step = latest
   if which == "best" and meta["history"]:
     step = best_epoch(meta["history"], manager.all_steps())["step"]
-  state, _, _ = checkpoint.restore(manager, step, exp.initial_state, exp.zero_sums())
+  state, _, _ = checkpoint.restore(manager, step, exp.initial_state)
   manager.close()
   return state, meta["history"]
 
@@ -380,7 +380,7 @@ def final_results(run: Run, compile_time: float | None) -> dict:
   last_test = exp.evaluate(run.state, "test")
   best_test = last_test
   if best["step"] != run.step:
-    best_state, _, _ = checkpoint.restore(run.manager, best["step"], run.state, exp.zero_sums())
+    best_state, _, _ = checkpoint.restore(run.manager, best["step"], run.state)
     best_test = exp.evaluate(best_state, "test")
   return {
       "test_accuracy": best_test["accuracy"], "test_loss": best_test["loss"],

@@ -1,0 +1,128 @@
+"""Side-by-side results of finished runs, from each workdir's `results.json`.
+
+  python -m cnn.compare runs/resnet20_mnist runs/vgg16_mnist
+  python -m cnn.compare runs/* --out results/comparison   # -> comparison.md, .csv
+
+Prints the markdown table and writes it with a CSV of the raw numbers
+(fractions, seconds) next to it: to `./comparison.{md,csv}` by default, into a
+directory when `--out` is one, else to `<PREFIX>.md` and `<PREFIX>.csv`. Only
+the standard library is imported, so it answers at once.
+"""
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cnn.errors import UserError
+
+DEFAULT_NAME = "comparison"
+
+
+def _percent(value: float) -> str:
+  return f"{100 * value:.2f}"
+
+
+def _seconds(value: float) -> str:
+  minutes, seconds = divmod(round(value), 60)
+  hours, minutes = divmod(minutes, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  return f"{minutes}m{seconds:02d}s" if minutes else f"{value:.1f}s"
+
+
+# (header, results.json key, markdown formatter); the CSV holds the raw value.
+COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("model", "model", str),
+    ("dataset", "dataset", str),
+    ("epochs", "epochs", str),
+    ("batch size", "batch_size", str),
+    ("params", "num_params", lambda v: f"{v:,}"),
+    ("train acc %", "train_accuracy", _percent),
+    ("best val acc %", "best_val_accuracy", _percent),
+    ("test acc %", "test_accuracy", _percent),
+    ("wall time", "wall_time_s", _seconds),
+    ("images/s", "images_per_s", lambda v: f"{v:,.0f}"),
+)
+MISSING = "—"
+
+
+def load_results(workdir: str) -> dict:
+  path = Path(workdir) / "results.json"
+  if not path.is_file():
+    raise UserError(f"{path} not found: {workdir} is not a finished run; train it first "
+                    "(python main.py --config=... --workdir=" + workdir + ")")
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON ({e}); rerun the training command") from None
+
+
+def markdown_row(workdir: str, results: dict) -> list[str]:
+  return [workdir] + [MISSING if results.get(key) is None else fmt(results[key])
+                      for _, key, fmt in COLUMNS]
+
+
+def markdown(workdirs: Sequence[str], results: Sequence[dict]) -> str:
+  header = ["workdir"] + [name for name, _, _ in COLUMNS]
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+  lines += ["| " + " | ".join(markdown_row(w, r)) + " |" for w, r in zip(workdirs, results)]
+  return "\n".join(lines) + "\n"
+
+
+def csv_text(workdirs: Sequence[str], results: Sequence[dict]) -> str:
+  """Raw values (accuracies as fractions, times in seconds) for spreadsheets."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(["workdir"] + [key for _, key, _ in COLUMNS])
+  for workdir, result in zip(workdirs, results):
+    writer.writerow([workdir] + ["" if result.get(key) is None else result[key]
+                                 for _, key, _ in COLUMNS])
+  return buffer.getvalue()
+
+
+def output_paths(out: str | None) -> tuple[Path, Path]:
+  """`--out` as a directory (existing, or ending in '/') or a file prefix."""
+  prefix = Path(DEFAULT_NAME)
+  if out:
+    is_dir = out.endswith(("/", "\\")) or Path(out).is_dir()
+    prefix = Path(out) / DEFAULT_NAME if is_dir else Path(out)
+  return prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".csv")
+
+
+def compare(workdirs: Sequence[str], out: str | None = None) -> str:
+  """Writes the markdown and CSV tables; returns the markdown."""
+  results = [load_results(w) for w in workdirs]
+  md_path, csv_path = output_paths(out)
+  table = markdown(workdirs, results)
+  try:
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(table)
+    csv_path.write_text(csv_text(workdirs, results))
+  except OSError as e:
+    raise UserError(f"cannot write {md_path} ({e.strerror}); choose another --out") from None
+  return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cnn.compare", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs")
+  parser.add_argument("--out", default=None,
+                      help="directory or file prefix for the .md and .csv tables "
+                           f"(default: ./{DEFAULT_NAME})")
+  args = parser.parse_args(argv)
+  try:
+    table = compare(args.workdirs, args.out)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  sys.stdout.write(table)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

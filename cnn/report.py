@@ -1,0 +1,224 @@
+"""`main.py --mode=evaluate`: the analysis report of a trained workdir.
+
+Loads the checkpoint with the best validation accuracy (the one whose test
+accuracy `results.json` reports), predicts the whole test split once, and
+writes `<workdir>/report/`: per-class metrics (JSON + markdown), the confusion
+matrix, training curves, the most confidently misclassified test images,
+feature maps for one test image, and an `index.html` that shows them all.
+
+The metric functions are pure numpy so they can be checked against hand-made
+confusion matrices and sklearn; figures live in `cnn/plots.py` and the
+markdown/HTML text in `cnn/report_pages.py`.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from cnn import input_pipeline, plots, report_pages, train
+from cnn.errors import UserError
+
+REPORT_DIR = "report"
+NUM_MISCLASSIFIED = 24
+NUM_CONFUSED_PAIRS = 10
+
+
+# --- metrics (pure numpy) -------------------------------------------------------------------
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int
+                     ) -> np.ndarray:
+  """Counts [true, predicted], sklearn's orientation: row i = examples of class i."""
+  labels, predictions = np.asarray(labels, np.int64), np.asarray(predictions, np.int64)
+  flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+  return flat.reshape(num_classes, num_classes)
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+  """0 where the denominator is 0, as sklearn does with `zero_division=0`: a
+  class that is never predicted has precision 0, not NaN."""
+  numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+  out = np.zeros_like(numerator)
+  np.divide(numerator, denominator, out=out, where=denominator != 0)
+  return out
+
+
+def precision_recall_f1(cm: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-class precision, recall, F1 and support from a confusion matrix."""
+  true_positives = np.diag(cm).astype(float)
+  support = cm.sum(axis=1)
+  precision = _safe_divide(true_positives, cm.sum(axis=0))
+  recall = _safe_divide(true_positives, support)
+  f1 = _safe_divide(2 * precision * recall, precision + recall)
+  return {"precision": precision, "recall": recall, "f1-score": f1, "support": support}
+
+
+def classification_report(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+  """sklearn's `classification_report(output_dict=True)` layout, per class
+  under `classes` so the summary keys never collide with a class name."""
+  per_class = precision_recall_f1(cm)
+  support = per_class["support"]
+  total = int(support.sum())
+  metrics = ("precision", "recall", "f1-score")
+
+  def average(weights: np.ndarray) -> dict[str, float]:
+    averaged = {m: float(np.average(per_class[m], weights=weights)) for m in metrics}
+    return {**averaged, "support": total}
+
+  return {
+      "classes": {name: {**{m: float(per_class[m][i]) for m in metrics},
+                         "support": int(support[i])} for i, name in enumerate(class_names)},
+      "accuracy": float(np.trace(cm) / total) if total else 0.0,
+      "macro avg": average(np.ones(len(class_names))),
+      "weighted avg": average(support) if total else average(np.ones(len(class_names))),
+  }
+
+
+def most_confused_pairs(cm: np.ndarray, class_names: list[str], k: int = NUM_CONFUSED_PAIRS
+                        ) -> list[dict[str, Any]]:
+  """The k largest off-diagonal cells: which class is mistaken for which."""
+  errors = cm.astype(np.int64).copy()
+  np.fill_diagonal(errors, 0)
+  order = np.argsort(-errors, axis=None, kind="stable")[:k]
+  pairs = []
+  for true, predicted in zip(*np.unravel_index(order, cm.shape)):
+    count = int(errors[true, predicted])
+    if count == 0:
+      break
+    pairs.append({"true": class_names[true], "predicted": class_names[predicted],
+                  "count": count,
+                  "fraction_of_true": count / max(int(cm[true].sum()), 1)})
+  return pairs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  exp = np.exp(shifted)
+  return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def most_confident_errors(labels: np.ndarray, probabilities: np.ndarray, k: int
+                          ) -> np.ndarray:
+  """Indices of up to k misclassified examples, most confident first: the
+  errors a model is surest about say more than random ones."""
+  predictions = probabilities.argmax(axis=-1)
+  wrong = np.flatnonzero(predictions != labels)
+  confidence = probabilities[wrong, predictions[wrong]]
+  return wrong[np.argsort(-confidence, kind="stable")][:k]
+
+
+# --- feature maps -------------------------------------------------------------------------
+
+NOT_FEATURE_LAYERS = (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.Dropout, nn.Dense)
+
+
+def _is_feature_layer(module: nn.Module, method_name: str) -> bool:
+  """The model's top-level layers (convs, blocks, stages) without norms,
+  dropout and the classifier: their outputs are the feature maps a reader
+  wants, whatever the model family calls them."""
+  return (method_name == "__call__" and len(module.path) == 1
+          and not isinstance(module, NOT_FEATURE_LAYERS))
+
+
+def capture_feature_maps(state: train.TrainState, image: np.ndarray
+                         ) -> list[tuple[str, np.ndarray]]:
+  """(layer name, [H, W, C] output) of every feature layer, in call order,
+  for one normalised image, through flax's `capture_intermediates`."""
+  _, captured = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats}, image[None], train=False,
+      capture_intermediates=_is_feature_layer, mutable=["intermediates"])
+  layers = []
+  for name, outputs in captured["intermediates"].items():
+    output = np.asarray(jax.device_get(outputs["__call__"][0]))
+    if output.ndim == 4:
+      layers.append((name, output[0]))
+  return layers
+
+
+def stage_outputs(layers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+  """The first layer, then the last layer at each spatial resolution: the
+  first conv and the output of every stage, whatever the model calls them
+  (ResNet stages end with a block, VGG stages with the conv before a pool)."""
+  if not layers:
+    return []
+  chosen = [layers[0]]
+  for i, (name, maps) in enumerate(layers):
+    is_last_at_size = i + 1 == len(layers) or layers[i + 1][1].shape[:2] != maps.shape[:2]
+    if is_last_at_size and name != chosen[-1][0]:
+      chosen.append((name, maps))
+  return chosen
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+def read_history(workdir: str, fallback: list[dict]) -> list[dict]:
+  """Per-epoch records from `metrics.jsonl`, else those in the checkpoint."""
+  path = Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    return fallback
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_results(workdir: str) -> dict:
+  path = Path(workdir) / "results.json"
+  return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_image_index(index: int, num_images: int) -> int:
+  if not 0 <= index < num_images:
+    raise UserError(f"config.report_image_index={index} is outside the test split "
+                    f"(0..{num_images - 1}); e.g. --config.report_image_index=0")
+  return index
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Writes `<workdir>/report/` from the best-by-validation checkpoint and
+  returns the classification report."""
+  exp = train.Experiment(config)
+  state, checkpoint_history = train.restore_for_evaluation(exp, workdir, "best")
+  images, labels = exp.splits["test"]
+  index = check_image_index(int(config.get("report_image_index", 0)), len(labels))
+  predicted = exp.predict(state, "test")
+  probabilities = softmax(predicted["logits"].astype(np.float64))
+  predictions = probabilities.argmax(axis=-1)
+  names = exp.class_names
+  cm = confusion_matrix(labels, predictions, len(names))
+  best = train.best_epoch(checkpoint_history) if checkpoint_history else {}
+  report = {
+      "model": config.model, "dataset": config.dataset, "num_examples": int(len(labels)),
+      "checkpoint": {k: best.get(k) for k in ("epoch", "step", "val_accuracy")},
+      **classification_report(cm, names),
+      "most_confused": most_confused_pairs(cm, names),
+      "activations_image": {"index": index, "true": names[labels[index]],
+                            "predicted": names[predictions[index]],
+                            "confidence": float(probabilities[index].max())},
+  }
+  normalized = input_pipeline.normalize(images[index:index + 1], exp.spec).numpy()[0]
+  layers = stage_outputs(capture_feature_maps(state, normalized))
+  if jax.process_index() != 0:
+    return report
+
+  out = Path(workdir) / REPORT_DIR
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
+  (out / "classification_report.md").write_text(report_pages.markdown(report))
+  wrong = most_confident_errors(labels, probabilities, NUM_MISCLASSIFIED)
+  figures = {
+      "curves.png": plots.curves_figure(read_history(workdir, checkpoint_history)),
+      "confusion_matrix.png": plots.confusion_matrix_figure(cm, names),
+      "misclassified.png": plots.misclassified_figure(
+          images[wrong], [names[i] for i in labels[wrong]],
+          [names[i] for i in predictions[wrong]], probabilities[wrong, predictions[wrong]]),
+      "activations.png": plots.activations_figure(
+          images[index], layers, report_pages.activations_title(report["activations_image"])),
+  }
+  for filename, figure in figures.items():
+    plots.save(figure, out / filename)
+  (out / "index.html").write_text(report_pages.html(
+      report, read_results(workdir), config.to_dict(), list(figures)))
+  logging.info("report written to %s (test accuracy %.4f)", out, report["accuracy"])
+  return report

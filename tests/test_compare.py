@@ -1,0 +1,71 @@
+"""`python -m cnn.compare` on hand-written results.json files: formatting,
+output paths and errors (the run on real workdirs is in test_report.py)."""
+import csv
+import json
+
+import pytest
+
+from cnn import compare
+
+RESULTS = {"model": "resnet20_v1", "dataset": "cifar10", "epochs": 182, "batch_size": 128,
+           "num_params": 272_474, "train_accuracy": 0.99912, "best_val_accuracy": 0.9204,
+           "test_accuracy": 0.9151, "wall_time_s": 5025.4, "images_per_s": 2881.7}
+
+
+def make_workdir(path, **overrides) -> str:
+  path.mkdir()
+  (path / "results.json").write_text(json.dumps({**RESULTS, **overrides}))
+  return str(path)
+
+
+def test_markdown_row_is_human_readable(tmp_path):
+  workdir = make_workdir(tmp_path / "r20")
+  table = compare.markdown([workdir], [compare.load_results(workdir)])
+  header, rule, row = table.splitlines()
+  assert header == ("| workdir | model | dataset | epochs | batch size | params | train acc % | "
+                    "best val acc % | test acc % | wall time | images/s |")
+  assert rule.count("---:") == 8
+  assert row == (f"| {workdir} | resnet20_v1 | cifar10 | 182 | 128 | 272,474 | 99.91 | 92.04 | "
+                 "91.51 | 1h23m | 2,882 |")
+
+
+def test_missing_values_show_a_dash_and_csv_keeps_raw_numbers(tmp_path):
+  a = make_workdir(tmp_path / "a", best_val_accuracy=None, wall_time_s=42.0)
+  b = make_workdir(tmp_path / "b", wall_time_s=75)
+  results = [compare.load_results(a), compare.load_results(b)]
+  rows = compare.markdown([a, b], results).splitlines()[2:]
+  assert rows[0].split(" | ")[7] == "—" and rows[0].split(" | ")[9] == "42.0s"
+  assert rows[1].split(" | ")[9] == "1m15s"
+  table = list(csv.DictReader(compare.csv_text([a, b], results).splitlines()))
+  assert table[0]["best_val_accuracy"] == "" and table[1]["test_accuracy"] == "0.9151"
+
+
+@pytest.mark.parametrize("out,expected", [
+    (None, ("comparison.md", "comparison.csv")),
+    ("res/", ("res/comparison.md", "res/comparison.csv")),
+    ("res/mnist", ("res/mnist.md", "res/mnist.csv")),
+])
+def test_output_paths(out, expected):
+  assert tuple(map(str, compare.output_paths(out))) == expected
+
+
+def test_main_prints_and_writes_into_an_existing_directory(tmp_path, capsys):
+  workdir = make_workdir(tmp_path / "run")
+  assert compare.main([workdir, "--out", str(tmp_path)]) == 0
+  printed = capsys.readouterr().out
+  assert (tmp_path / "comparison.md").read_text() == printed
+  assert (tmp_path / "comparison.csv").read_text().startswith("workdir,model,dataset,")
+
+
+def test_default_writes_to_the_current_directory(tmp_path, monkeypatch, capsys):
+  workdir = make_workdir(tmp_path / "run")
+  monkeypatch.chdir(tmp_path)
+  assert compare.main([workdir]) == 0
+  assert "resnet20_v1" in capsys.readouterr().out
+  assert (tmp_path / "comparison.md").is_file() and (tmp_path / "comparison.csv").is_file()
+
+
+def test_a_workdir_without_results_is_one_error_line(tmp_path, capsys):
+  assert compare.main([str(tmp_path / "unfinished")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1 and "train it first" in err
