@@ -15,6 +15,7 @@ same as a download. With no archive directory, tfds downloads as usual.
 import dataclasses
 import hashlib
 import os
+import re
 import socket
 import urllib.parse
 from pathlib import Path
@@ -187,8 +188,10 @@ def prepare(spec: DatasetSpec, data_dir: str | None, archive_dir: str) -> tfds.c
   try:
     builder.download_and_prepare(download_config=download_config)
   except NonMatchingChecksumError as e:
-    raise UserError(f"corrupt archive for {spec.tfds_name!r} (checksum mismatch): "
-                    f"{str(e).splitlines()[0]}; replace it with the original file") from None
+    found = re.search(r"downloaded to (\S+?),", str(e))
+    path = found.group(1) if found else "one of the files"
+    raise UserError(f"corrupt archive for {spec.tfds_name!r}: {path} does not match the official "
+                    "checksum; replace it with the original file") from None
   except Exception as e:  # offline download failures come in many types
     if archive_dir:
       raise
