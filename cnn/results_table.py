@@ -1,0 +1,121 @@
+"""The README's experiment table, generated from the measured runs in results/.
+
+  python -m cnn.results_table record runs/resnet20_mnist --name resnet20_mnist \
+      --hardware "2-core CPU" --command "python main.py --config=configs/resnet20_mnist.py ..."
+  python -m cnn.results_table render                    # print the table
+  python -m cnn.results_table render --readme README.md # rewrite the README's table
+
+`record` keeps the numbers of a finished workdir (no checkpoints) as
+`results/<name>_seed<seed>.json`; `render` averages each experiment over its
+seeds. Rows without a results file say so and why. Only the standard library
+is imported.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from cnn.compare import load_results
+from cnn.errors import UserError
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+
+# name -> (seed codebase %, published %, our target %, why not run yet).
+EXPERIMENTS = {
+    "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6", "30 epochs: ~5 h of a 2-core CPU"),
+    "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "30 epochs: ~2.2 h of a 2-core CPU"),
+    "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5", "needs a GPU"),
+    "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.7", "needs a GPU"),
+    "resnet20v2_cifar10": ("90.98", "—", "≥ 92.0", "needs a GPU"),
+    "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3", "needs a GPU"),
+    "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5", "needs a GPU"),
+}
+KEPT = ("test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "last_test_accuracy",
+        "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
+        "devices", "seed", "model", "dataset", "config")
+
+
+def record(workdir: str, name: str, hardware: str, command: str,
+           results_dir: Path = RESULTS_DIR) -> Path:
+  """Copies a finished run's numbers into `results_dir`."""
+  results = load_results(workdir)
+  entry = {"name": name, "hardware": hardware, "command": command,
+           **{k: results.get(k) for k in KEPT}}
+  results_dir.mkdir(parents=True, exist_ok=True)
+  path = results_dir / f"{name}_seed{results['seed']}.json"
+  path.write_text(json.dumps(entry, indent=2) + "\n")
+  return path
+
+
+def load_all(results_dir: Path = RESULTS_DIR) -> dict[str, list[dict]]:
+  runs: dict[str, list[dict]] = {}
+  for path in sorted(results_dir.glob("*.json")):
+    entry = json.loads(path.read_text())
+    runs.setdefault(entry["name"], []).append(entry)
+  return runs
+
+
+def ours(entries: list[dict]) -> str:
+  """Mean ± sample std of test accuracy (%) over seeds."""
+  accuracies = [100 * e["test_accuracy"] for e in entries]
+  if len(accuracies) == 1:
+    return f"{accuracies[0]:.2f}"
+  return f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+
+
+def render(results_dir: Path = RESULTS_DIR) -> str:
+  runs = load_all(results_dir)
+  lines = ["| config | seed codebase | published | target | ours (test %) | seeds | epochs "
+           "| measured on, wall time |", "|---|---:|---|---|---|---:|---:|---|"]
+  for name in list(EXPERIMENTS) + sorted(set(runs) - set(EXPERIMENTS)):
+    seed, published, target, why = EXPERIMENTS.get(name, ("—", "—", "—", ""))
+    entries = runs.get(name)
+    if not entries:
+      lines.append(f"| `{name}` | {seed} | {published} | {target} | not yet run ({why}) | | | |")
+      continue
+    hours = statistics.mean(e["wall_time_s"] for e in entries) / 3600
+    lines.append(
+        f"| `{name}` | {seed} | {published} | {target} | {ours(entries)} | "
+        f"{len(entries)} | {entries[0]['epochs']} | {entries[0]['hardware']}, {hours:.2f} h |")
+  return "\n".join(lines) + "\n"
+
+
+def rewrite_readme(readme: Path, table: str) -> None:
+  text = readme.read_text()
+  if BEGIN not in text or END not in text:
+    raise UserError(f"{readme} has no {BEGIN} ... {END} block for the table")
+  head, rest = text.split(BEGIN, 1)
+  readme.write_text(head + BEGIN + "\n" + table + END + rest.split(END, 1)[1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cnn.results_table", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  add = commands.add_parser("record", help="keep a finished workdir's numbers in results/")
+  add.add_argument("workdir")
+  add.add_argument("--name", required=True, help="experiment name, e.g. resnet20_mnist")
+  add.add_argument("--hardware", required=True, help='e.g. "2-core CPU" or "1x H100"')
+  add.add_argument("--command", required=True, help="the exact training command")
+  show = commands.add_parser("render", help="print the table (and rewrite a README's)")
+  show.add_argument("--readme", default=None)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "record":
+      print(record(args.workdir, args.name, args.hardware, args.command))
+    else:
+      table = render()
+      if args.readme:
+        rewrite_readme(Path(args.readme), table)
+      sys.stdout.write(table)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

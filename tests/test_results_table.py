@@ -1,0 +1,40 @@
+"""The README's experiment table is generated from results/, never typed."""
+import json
+from pathlib import Path
+
+from cnn import results_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_workdir(path: Path, seed: int, accuracy: float) -> Path:
+  path.mkdir()
+  (path / "results.json").write_text(json.dumps({
+      "test_accuracy": accuracy, "seed": seed, "epochs": 30, "wall_time_s": 3600.0,
+      "best_val_accuracy": 0.99, "model": "resnet20_v2", "dataset": "mnist"}))
+  return path
+
+
+def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
+  results = tmp_path / "results"
+  for seed, accuracy in ((0, 0.9960), (1, 0.9964)):
+    results_table.record(str(fake_workdir(tmp_path / f"w{seed}", seed, accuracy)),
+                         "resnet20_mnist", "2-core CPU", "python main.py ...", results)
+  table = results_table.render(results)
+  row = next(line for line in table.splitlines() if "`resnet20_mnist`" in line)
+  assert "| 99.62 ± 0.03 | 2 | 30 | 2-core CPU, 1.00 h |" in row
+  assert "| `resnet56v1_cifar10` | 85.37 | 93.03 (He), 93.39 (re-impl.) | ≥ 93.3 | not yet run " \
+         "(needs a GPU) |" in table
+
+
+def test_readme_table_is_the_rendered_one():
+  readme = (REPO / "README.md").read_text()
+  block = readme.split(results_table.BEGIN)[1].split(results_table.END)[0]
+  assert block.strip() == results_table.render().strip()
+
+
+def test_rewrite_readme_replaces_only_the_block(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{results_table.BEGIN}\nold\n{results_table.END}\noutro\n")
+  results_table.rewrite_readme(readme, "| new |\n")
+  assert readme.read_text() == f"intro\n{results_table.BEGIN}\n| new |\n{results_table.END}\noutro\n"
