@@ -1,0 +1,20 @@
+"""ResNeXt-29 (8x64d) on CIFAR-10, Xie et al. (2017).
+
+  python main.py --config=configs/resnext29_8x64d_cifar10.py --workdir=runs/resnext29_8x64d_cifar10
+
+The paper's recipe (Sec. 5.3 and its CIFAR appendix; the authors' Torch
+code): SGD momentum 0.9, lr 0.1, weight decay 5e-4, batch 128, 300 epochs,
+lr / 10 at epochs 150 and 225; pad-4 crop + flip. Published: 3.65% error
+(96.35%), Table 7, with 34.4M parameters (34,426,698). 5.4 GFLOPs per image:
+a multi-GPU job (the paper used 8 GPUs). `--config.model=resnext29_16x64d`
+is the 68.1M, 3.58% model; `resnext29_2x32d` (3.75M) is a small one.
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model = "resnext29_8x64d"
+  config.weight_decay = 5e-4
+  config.num_epochs = 300
+  return config
