@@ -38,3 +38,14 @@ def test_rewrite_readme_replaces_only_the_block(tmp_path):
   readme.write_text(f"intro\n{results_table.BEGIN}\nold\n{results_table.END}\noutro\n")
   results_table.rewrite_readme(readme, "| new |\n")
   assert readme.read_text() == f"intro\n{results_table.BEGIN}\n| new |\n{results_table.END}\noutro\n"
+
+
+def test_record_from_the_command_line(tmp_path, monkeypatch):
+  workdir = fake_workdir(tmp_path / "w", 3, 0.9961)
+  monkeypatch.setattr(results_table, "RESULTS_DIR", tmp_path / "results")
+  code = results_table.main(["record", str(workdir), "--name", "vgg16_mnist",
+                             "--hardware", "2-core CPU", "--command", "python main.py ..."])
+  assert code == 0
+  entry = json.loads((tmp_path / "results" / "vgg16_mnist_seed3.json").read_text())
+  assert (entry["command"], entry["hardware"], entry["test_accuracy"]) == (
+      "python main.py ...", "2-core CPU", 0.9961)
