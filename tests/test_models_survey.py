@@ -272,9 +272,11 @@ def test_one_real_gradient_step_reaches_every_parameter():
   (value, updates), grads = step(variables, jax.random.key(2))
   (other_key_value, _), _ = step(variables, jax.random.key(3))  # same compiled step
   assert np.isfinite(value) and value != other_key_value
-  assert any("'se'" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(grads))
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+  grads_by_path = {jax.tree_util.keystr(p): g
+                   for p, g in jax.tree_util.tree_leaves_with_path(grads)}
+  assert any("'se'" in path for path in grads_by_path)
+  for path, g in grads_by_path.items():
+    assert np.all(np.isfinite(g)) and np.any(g != 0), path
   moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), updates["batch_stats"],
                        variables["batch_stats"])
   assert all(jax.tree.leaves(moved))
