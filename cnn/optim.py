@@ -21,8 +21,11 @@ def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
   warmup = int(config.warmup_epochs * steps_per_epoch)
   lr = config.learning_rate
   if config.lr_schedule == "step":
-    main = optax.piecewise_constant_schedule(
-        lr, {int(b * total) - warmup: config.lr_decay_factor for b in config.lr_boundaries})
+    factors: dict[int, float] = {}  # boundaries that round to one step compound
+    for boundary in config.lr_boundaries:
+      step = int(boundary * total) - warmup
+      factors[step] = factors.get(step, 1.0) * config.lr_decay_factor
+    main = optax.piecewise_constant_schedule(lr, factors)
   elif config.lr_schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
   else:  # constant, and plateau (which scales the updates itself)

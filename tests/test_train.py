@@ -62,6 +62,13 @@ def test_step_schedule_follows_he_et_al():
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
+def test_step_boundaries_on_the_same_step_compound():
+  """A run too short for its boundaries still gets every decay."""
+  schedule = optim.make_lr_schedule(
+      make_config(num_epochs=1, lr_boundaries=(0.5, 0.51, 0.75)), steps_per_epoch=10)
+  assert float(schedule(9)) == pytest.approx(0.1 * 0.1 ** 3)
+
+
 def test_cosine_with_warmup():
   schedule = optim.make_lr_schedule(
       make_config(lr_schedule="cosine", warmup_epochs=1.0, num_epochs=5), steps_per_epoch=10)
