@@ -10,16 +10,11 @@ the paper's). Published: 5.02% error (94.98%) without dropout, 5.24% with
 than the 1.7M pre-activation ResNet-164 (5.46%) with 16 layers. About 2 h on
 one GPU.
 """
-from configs import default
+from configs import _wide_resnet
 
 
 def get_config():
-  config = default.get_config()
+  config = _wide_resnet.get_config()
   config.model = "wrn16_4"
   config.model_kwargs.dropout_rate = 0.0
-  config.nesterov = True
-  config.weight_decay = 5e-4
-  config.num_epochs = 200
-  config.lr_boundaries = (0.3, 0.6, 0.8)  # epochs 60, 120, 160 of 200
-  config.lr_decay_factor = 0.2
   return config

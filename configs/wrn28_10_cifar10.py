@@ -9,16 +9,11 @@ pad-4 crop + flip, dropout 0.3 between each block's convolutions. Published:
 (36,479,194), 5.2 GFLOPs per image: about a day on one V100-class GPU, not a
 CPU job (`--config.model_kwargs.dropout_rate=0` for the no-dropout run).
 """
-from configs import default
+from configs import _wide_resnet
 
 
 def get_config():
-  config = default.get_config()
+  config = _wide_resnet.get_config()
   config.model = "wrn28_10"
   config.model_kwargs.dropout_rate = 0.3
-  config.nesterov = True
-  config.weight_decay = 5e-4
-  config.num_epochs = 200
-  config.lr_boundaries = (0.3, 0.6, 0.8)  # epochs 60, 120, 160 of 200
-  config.lr_decay_factor = 0.2
   return config
