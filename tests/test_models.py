@@ -6,6 +6,7 @@ import pytest
 
 from cnn.errors import UserError
 from cnn.models import create_model, registry
+from cnn.models.layers import fusion_barrier
 from cnn.models.resnet import zero_pad_shortcut
 from cnn.models.vgg import VGG_LAYERS
 
@@ -94,3 +95,14 @@ def test_bad_depth_and_kwargs_are_user_errors():
     variables_of("resnet20_v1", depth=21)
   with pytest.raises(UserError, match="model_kwargs"):
     create_model("vgg16", num_classes=10, dtype=jnp.float32, nonsense=1)
+
+
+def test_fusion_barrier_is_the_identity_for_values_and_gradients():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 4)), jnp.float32)
+  nan_first = x.at[0, 0, 0, 0].set(jnp.nan)  # takes the other branch
+  for value in (x, nan_first, x.astype(jnp.bfloat16)):
+    out = jax.jit(fusion_barrier)(value)
+    assert out.dtype == value.dtype
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(value, np.float32))
+  grad = jax.grad(lambda t: jnp.sum(fusion_barrier(t) * t))(x)
+  np.testing.assert_array_equal(grad, 2 * x)

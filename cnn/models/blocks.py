@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn.models.layers import fusion_barrier
+
 ModuleDef = Any
 
 SHORTCUTS = ("projection", "zero_pad")
@@ -237,11 +239,13 @@ def residual_stages(x: jnp.ndarray, block: Callable[..., nn.Module],
 
   `block(filters=..., strides=..., name=...)` builds one block; call this from
   a compact `__call__`, whose module becomes the blocks' parent (names
-  `stage{s}_block{b}`, as in the seed ResNets)."""
+  `stage{s}_block{b}`, as in the seed ResNets). Each block output passes a
+  `fusion_barrier` (a no-op except for speed on CPU; see layers.py)."""
   for stage, width in enumerate(widths):
     for b in range(blocks_per_stage):
       strides = 2 if stage > 0 and b == 0 else 1
       x = block(filters=width, strides=strides, name=f"stage{stage + 1}_block{b + 1}")(x)
+      x = fusion_barrier(x)
   return x
 
 
