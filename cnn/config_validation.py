@@ -35,6 +35,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.learning_rate={config.learning_rate} must be > 0")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
+  if config.cutout < 0:
+    raise UserError(f"config.cutout={config.cutout} must be >= 0 (0 = off)")
+  if config.mixup_alpha < 0:
+    raise UserError(f"config.mixup_alpha={config.mixup_alpha} must be >= 0 (0 = off)")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise UserError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 = off)")
   if config.log_every_steps <= 0:
     raise UserError(f"config.log_every_steps={config.log_every_steps} must be > 0")
   if config.keep_checkpoints < 1:

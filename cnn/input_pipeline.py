@@ -82,9 +82,24 @@ def pad_crop_flip(images: tf.Tensor, offsets: tf.Tensor, flips: tf.Tensor,
   return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
+def cutout_mask(seed: tf.Tensor, n: int, height: int, width: int, size: int) -> tf.Tensor:
+  """[n, height, width, 1] float mask, 0 on a `size` x `size` square per image
+  and 1 elsewhere. The square's centre is uniform over the image, so it may
+  stick out of the border (DeVries & Taylor 2017, Sec. 3.2)."""
+  centres = tf.random.stateless_uniform([n, 2], seed, 0, max(height, width), tf.int32)
+  centres = tf.minimum(centres, [height - 1, width - 1])
+  low = centres - size // 2
+  rows = tf.range(height)[None, :]
+  cols = tf.range(width)[None, :]
+  in_rows = (rows >= low[:, :1]) & (rows < low[:, :1] + size)  # [n, height]
+  in_cols = (cols >= low[:, 1:]) & (cols < low[:, 1:] + size)  # [n, width]
+  hole = in_rows[:, :, None] & in_cols[:, None, :]
+  return tf.cast(~hole, tf.float32)[..., None]
+
+
 def train_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
                   shard: Shard, seed: int, epoch: int, start_step: int = 0,
-                  augment: str = "pad_crop_flip", crop_padding: int = 4
+                  augment: str = "pad_crop_flip", crop_padding: int = 4, cutout: int = 0
                   ) -> Iterator[dict[str, np.ndarray]]:
   """This process's part of each global training batch of one epoch, from
   `start_step` on. Yields {"image": float32 NHWC, "label": int32}."""
@@ -99,14 +114,19 @@ def train_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
 
   def make_batch(indices, step):
     batch = tf.gather(images_t, indices)
+    # Random draws are for the whole global batch, then sliced: independent of sharding.
+    key = tf.stack([tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64) * 1_000_003 + step])
+    local = shard.local_slice()
     if augment != "none":
-      # Drawn for the whole global batch, then sliced: independent of sharding.
-      key = tf.stack([tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64) * 1_000_003 + step])
       offsets, flips = draw_crops_and_flips(
           key, shard.global_batch_size, crop_padding, augment == "pad_crop_flip")
-      local = shard.local_slice()
       batch = pad_crop_flip(batch, offsets[local], flips[local], crop_padding)
-    return {"image": normalize(batch, spec), "label": tf.gather(labels_t, indices)}
+    batch = normalize(batch, spec)
+    if cutout:  # after normalisation, so the hole is the dataset mean
+      mask = cutout_mask(tf.random.experimental.stateless_fold_in(key, 1),
+                         shard.global_batch_size, *spec.image_shape[:2], cutout)
+      batch = batch * mask[local]
+    return {"image": batch, "label": tf.gather(labels_t, indices)}
 
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(2).as_numpy_iterator()

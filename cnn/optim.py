@@ -10,7 +10,7 @@ import optax
 from cnn.errors import unknown_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "plateau")
+SCHEDULES = ("constant", "step", "cosine", "linear", "plateau")
 
 
 def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -28,6 +28,8 @@ def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
     main = optax.piecewise_constant_schedule(lr, factors)
   elif config.lr_schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
+  elif config.lr_schedule == "linear":  # after a warmup: the one-cycle triangle
+    main = optax.linear_schedule(lr, 0.0, max(total - warmup, 1))
   else:  # constant, and plateau (which scales the updates itself)
     main = optax.constant_schedule(lr)
   if warmup == 0:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -37,12 +38,23 @@ BATCHNORM_MODES = ("global", "per_device")
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  ema_params: Any = struct.field(default_factory=dict)  # {} = no EMA
 
-  def apply_gradients(self, *, grads, batch_stats, loss):
-    """`loss` feeds optimisers that need it (reduce-on-plateau)."""
+  def apply_gradients(self, *, grads, batch_stats, loss, ema_decay: float = 0.0):
+    """`loss` feeds optimisers that need it (reduce-on-plateau). With
+    `ema_decay`, `ema_params` follows the new parameters."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params, value=loss)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state, batch_stats=batch_stats)
+    params = optax.apply_updates(self.params, updates)
+    ema = self.ema_params
+    if ema_decay:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state,
+                        batch_stats=batch_stats, ema_params=ema)
+
+  @property
+  def eval_params(self):
+    """The parameters evaluation uses: the moving average when there is one."""
+    return self.ema_params or self.params
 
 
 def count_params(params) -> int:
@@ -50,11 +62,14 @@ def count_params(params) -> int:
 
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
-                       key: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+                       key: jax.Array, image_shape: tuple[int, ...], ema: bool = False
+                       ) -> TrainState:
   variables = jax.jit(model.init, static_argnames="train")(
       {"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+  params = variables["params"]
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           batch_stats=variables.get("batch_stats", {}), tx=tx,
+                           ema_params=jax.tree.map(jnp.copy, params) if ema else {})
 
 
 def cross_entropy_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float
@@ -72,20 +87,37 @@ def zero_sums() -> dict[str, jnp.ndarray]:
           "count": jnp.zeros((), jnp.float32), "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
+def mixup(images: jnp.ndarray, key: jax.Array, alpha: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Blends each image with its mirror in the batch (image i with n-1-i; the
+  batch order is already random) by one lam ~ Beta(alpha, alpha) per batch
+  (Zhang et al. 2018). Returns (mixed images, lam)."""
+  lam = jax.random.beta(key, alpha, alpha)
+  return lam * images + (1 - lam) * images[::-1], lam
+
+
 def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Array,
-               label_smoothing: float) -> tuple[TrainState, dict, jnp.ndarray]:
+               label_smoothing: float, mixup_alpha: float = 0.0, ema_decay: float = 0.0
+               ) -> tuple[TrainState, dict, jnp.ndarray]:
   """One SGD step; returns the new state, updated epoch sums, the batch loss."""
   rng = jax.random.fold_in(dropout_key, state.step)
+  images, labels = batch["image"], batch["label"]
+  if mixup_alpha:
+    rng, mix_key = jax.random.split(rng)
+    images, lam = mixup(images, mix_key, mixup_alpha)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         mutable=["batch_stats"], rngs={"dropout": rng})
-    losses = cross_entropy_loss(logits, batch["label"], label_smoothing)
+    losses = cross_entropy_loss(logits, labels, label_smoothing)
+    if mixup_alpha:
+      losses = lam * losses + (1 - lam) * cross_entropy_loss(logits, labels[::-1],
+                                                             label_smoothing)
     return losses.mean(), (logits, updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats, loss=loss)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats, loss=loss,
+                                ema_decay=ema_decay)
   n = jnp.float32(batch["label"].shape[0])
   correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
   first_bad = sums["first_nonfinite_step"]
@@ -95,10 +127,19 @@ def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Arra
   return state, sums, loss
 
 
-def eval_step(state: TrainState, batch: dict) -> dict[str, jnp.ndarray]:
+def eval_logits(state: TrainState, images: jnp.ndarray, flip: bool) -> jnp.ndarray:
+  """Inference logits (EMA parameters if kept); with `flip`, the mean of the
+  logits of the images and of their mirror images."""
+  variables = {"params": state.eval_params, "batch_stats": state.batch_stats}
+  logits = state.apply_fn(variables, images, train=False)
+  if flip:
+    logits = (logits + state.apply_fn(variables, images[:, :, ::-1], train=False)) / 2
+  return logits
+
+
+def eval_step(state: TrainState, batch: dict, flip: bool = False) -> dict[str, jnp.ndarray]:
   """Sums over the real (mask == 1) examples of a padded batch."""
-  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                          batch["image"], train=False)
+  logits = eval_logits(state, batch["image"], flip)
   losses = cross_entropy_loss(logits, batch["label"], 0.0)
   correct = jnp.argmax(logits, -1) == batch["label"]
   mask = batch["mask"]
@@ -190,13 +231,16 @@ class Experiment:
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     init_key, self.dropout_key = jax.random.split(jax.random.key(config.seed))
     self.initial_state = jax.device_put(
-        create_train_state(self.model, self.tx, init_key, self.spec.image_shape), replicated)
+        create_train_state(self.model, self.tx, init_key, self.spec.image_shape,
+                           ema=config.ema_decay > 0), replicated)
     self.train_step = jax.jit(
         lambda state, sums, batch: train_step(state, sums, batch, self.dropout_key,
-                                              config.label_smoothing),
+                                              config.label_smoothing, config.mixup_alpha,
+                                              config.ema_decay),
         in_shardings=(replicated, replicated, self.batch_sharding),
         out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
-    self.eval_step = jax.jit(eval_step, in_shardings=(replicated, self.batch_sharding),
+    self.eval_step = jax.jit(functools.partial(eval_step, flip=config.eval_flip),
+                             in_shardings=(replicated, self.batch_sharding),
                              out_shardings=replicated)
     self.zero_sums = lambda: jax.device_put(zero_sums(), replicated)
 
@@ -212,7 +256,7 @@ class Experiment:
     return input_pipeline.train_batches(
         images, labels, spec=self.spec, shard=self.train_shard, seed=self.config.seed,
         epoch=epoch, start_step=start_step, augment=self.config.augment,
-        crop_padding=self.config.crop_padding)
+        crop_padding=self.config.crop_padding, cutout=self.config.cutout)
 
   def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
     images, labels = self.splits[split]
@@ -222,8 +266,7 @@ class Experiment:
   def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
     """Logits and labels for every example of a split, in order."""
     images, labels = self.splits[split]
-    predict = jax.jit(lambda s, x: s.apply_fn(
-        {"params": s.params, "batch_stats": s.batch_stats}, x, train=False))
+    predict = jax.jit(functools.partial(eval_logits, flip=self.config.eval_flip))
     logits = [jax.device_get(predict(state, to_global({"image": b["image"]},
                                                       self.batch_sharding)["image"]))
               for b in input_pipeline.eval_batches(images, labels, spec=self.spec,
@@ -367,6 +410,7 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         run.save()
       if stop:
         raise _preempted(run, step)
+    jax.block_until_ready(run.sums)  # steps are dispatched ahead: time the work itself
     run.end_epoch(epoch, time.perf_counter() - train_start, timed_steps, epoch_start)
     if stop:
       raise _preempted(run, step)

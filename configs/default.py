@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ""  # where tfds keeps prepared data; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.augment = "pad_crop_flip"  # "none" | "pad_crop" | "pad_crop_flip"
   config.crop_padding = 4  # pixels of zero padding before the random crop
+  config.cutout = 0  # side of the square zeroed at a random place in each image (DeVries &
+  #                    Taylor 2017: 16 for CIFAR-10); 0 = off
+  config.mixup_alpha = 0.0  # mixup (Zhang et al. 2018): each image is blended with its batch
+  #                           mirror by lam ~ Beta(alpha, alpha), the loss likewise; 0 = off
 
   # Model (see cnn/models/ for the registered names).
   config.model = "resnet20_v1"
@@ -33,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9  # sgd only; 0 = plain SGD
   config.nesterov = False
   config.weight_decay = 1e-4  # L2, coupled for sgd/adam, decoupled for adamw
-  config.lr_schedule = "step"  # "constant" | "step" | "cosine" | "plateau"
+  config.lr_schedule = "step"  # "constant" | "step" | "cosine" | "linear" | "plateau"
+  #                               ("linear" decays to 0 at the end: with warmup, one-cycle)
   config.lr_boundaries = (0.5, 0.75)  # "step": fractions of the run where lr *= decay
   config.lr_decay_factor = 0.1
   config.warmup_epochs = 0.0  # linear warmup from 0, before the schedule
@@ -42,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.plateau_cooldown = 0  # then wait this many epochs,
   config.plateau_min_scale = 1e-3  # never going below lr * min_scale
   config.label_smoothing = 0.0
+  config.ema_decay = 0.0  # > 0: evaluate an exponential moving average of the parameters,
+  #                         updated every step with this decay (e.g. 0.99); 0 = off
+  config.eval_flip = False  # test-time augmentation: average the logits of each image and
+  #                           its mirror image (evaluation and the report)
   config.batch_size = 128  # global, over all devices and hosts
   config.eval_batch_size = 500
   config.prefetch_batches = 2  # batches copied to the devices ahead of the step

@@ -206,10 +206,20 @@ def test_se_resnet_names_are_the_resnets_with_se16():
   assert count("se_resnet20_v1") == 272_474 + 3 * (se_params(16) + se_params(32) + se_params(64))
 
 
+def test_resnet9_matches_page():
+  """Page (2018): 3x3 convs 3-64, 64-128, 2x 128-128, 128-256, 256-512,
+  2x 512-512, BN on each, a 512-10 linear layer without bias: "6.5M"."""
+  convs = [(3, 64), (64, 128), (128, 128), (128, 128), (128, 256), (256, 512), (512, 512),
+           (512, 512)]
+  expected = sum(9 * i * o + bn(o) for i, o in convs) + 512 * 10
+  assert expected == 6_573_120
+  assert count("resnet9") == expected
+
+
 # --- shapes of forward and backward passes --------------------------------------------------
 
 FAMILIES = ["wrn16_4", "resnext29_2x32d", "densenet_bc100_k12", "inception_small",
-            "mobilenet_v1", "se_resnet20_v2"]
+            "mobilenet_v1", "se_resnet20_v2", "resnet9"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)

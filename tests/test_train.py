@@ -94,8 +94,8 @@ def test_reduce_on_plateau_cuts_the_rate_after_patience_epochs():
 def test_unknown_optimizer_and_schedule_list_valid_names():
   with pytest.raises(UserError, match="unknown optimizer 'sgdd'.*adam, adamw, sgd"):
     optim.make_optimizer(make_config(optimizer="sgdd"), 10)
-  with pytest.raises(UserError, match="unknown lr_schedule 'linear'.*cosine"):
-    optim.make_lr_schedule(make_config(lr_schedule="linear"), 10)
+  with pytest.raises(UserError, match="unknown lr_schedule 'triangle'.*cosine, linear"):
+    optim.make_lr_schedule(make_config(lr_schedule="triangle"), 10)
 
 
 def test_best_epoch_selects_on_validation_not_test():

@@ -1,0 +1,371 @@
+"""The benchmark suite: our train step against PyTorch's, the input pipeline,
+a CIFAR-10 epoch end to end with its peak memory, and time-to-accuracy.
+
+  pip install -r requirements-bench.txt
+  CNN_ARCHIVE_DIR=../shared/datasets python benchmarks/run.py \
+      --out benchmarks/results/cpu.json --baseline benchmarks/baseline_cpu.json \
+      --readme README.md
+
+Machines are noisy, so every comparison is made in one run: the candidates of
+a table take turns (one round = each candidate once), and the table gives the
+median over `--repeats` rounds and the ratio of medians. PyTorch runs in a
+worker process (benchmarks/torch_twins.py) that sleeps while JAX is timed.
+
+1. Train step, images/s, fixed random batch already on the device: ResNet-20,
+   ResNet-56 and VGG-16 (fp32, and the variants we tried) vs their PyTorch twins.
+2. Input pipeline alone: CIFAR-10 train batches (tfds data cached in memory,
+   pad-crop-flip, normalisation) vs the images/s the ResNet-20 step consumes.
+3. End to end: `main.py` trains one CIFAR-10 epoch of ResNet-20 (45k images,
+   then the 5k validation images), and reports epoch time and the process's
+   peak resident memory (RSS).
+4. Time-to-accuracy: `main.py` on a short MNIST config (ResNet-8, 16,384
+   training images, 4 epochs), wall seconds of training until the validation
+   accuracy first reaches the threshold (compile time reported apart).
+
+`--baseline FILE` compares with a saved JSON and exits 1 if a train-step
+ratio vs PyTorch, or the pipeline's images/s, fell by more than 10%.
+`--render FILE --readme README.md` only rewrites the README's Performance
+block from a saved JSON; `--check` fails if that block is out of date.
+"""
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
+REGRESSION = 0.9  # a ratio below this fraction of the baseline's is a regression
+
+# (model, label, dtype, fusion_barrier): JAX candidates; PyTorch twins are added per model.
+STEP_CANDIDATES = {
+    "resnet20": [("resnet20_v1", "JAX fp32", "float32", True),
+                 ("resnet20_v1", "JAX fp32, no fusion barrier", "float32", False),
+                 ("resnet20_v1", "JAX bf16 compute", "bfloat16", True),
+                 ("resnet20_v2", "JAX fp32, v2 (pre-activation)", "float32", True)],
+    "resnet56": [("resnet56_v1", "JAX fp32", "float32", True),
+                 ("resnet56_v1", "JAX fp32, no fusion barrier", "float32", False),
+                 ("resnet56_v1", "JAX bf16 compute", "bfloat16", True)],
+    "vgg16": [("vgg16", "JAX fp32", "float32", True),
+              ("vgg16", "JAX bf16 compute", "bfloat16", True)],
+}
+STEPS = {"resnet20": 10, "resnet56": 4, "vgg16": 3}  # per timing: about 2-6 s each
+MNIST_THRESHOLD = 0.97
+
+
+class JaxStepper:
+  """Our real train step (cnn.train.train_step, SGD + Nesterov as the twin)
+  on one fixed batch; the state is threaded through, the step donates it."""
+
+  def __init__(self, model_name: str, dtype: str, batch_size: int, barrier: bool):
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from cnn import optim, train  # pylint: disable=import-outside-toplevel
+    from cnn.models import blocks, create_model  # pylint: disable=import-outside-toplevel
+    from configs import default  # pylint: disable=import-outside-toplevel
+    self._jax = jax
+    config = default.get_config()
+    config.nesterov, config.weight_decay = True, 5e-4
+    model = create_model(model_name, num_classes=10, dtype=jnp.dtype(dtype))
+    tx = optim.make_optimizer(config, steps_per_epoch=100)
+    self.state = train.create_train_state(model, tx, jax.random.key(0), (32, 32, 3))
+    self.sums = train.zero_sums()
+    rng = np.random.default_rng(0)
+    self.batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
+                  "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
+    self._step = jax.jit(lambda s, m, b: train.train_step(s, m, b, jax.random.key(1), 0.0),
+                         donate_argnums=(0, 1))
+    self.batch_size = batch_size
+    patch = (contextlib.nullcontext() if barrier
+             else _patched(blocks, "fusion_barrier", lambda x: x))
+    with patch:  # the first call traces and compiles
+      start = time.perf_counter()
+      self.run(1)
+      self.compile_s = time.perf_counter() - start
+    self.run(2)
+
+  def run(self, steps: int) -> None:
+    for _ in range(steps):
+      self.state, self.sums, _ = self._step(self.state, self.sums, self.batch)
+    self._jax.block_until_ready(self.state.params)
+
+  def images_per_s(self, steps: int) -> float:
+    start = time.perf_counter()
+    self.run(steps)
+    return self.batch_size * steps / (time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+  old = getattr(module, name)
+  setattr(module, name, value)
+  try:
+    yield
+  finally:
+    setattr(module, name, old)
+
+
+class TorchWorker:
+  """benchmarks/torch_twins.py in a child process."""
+
+  def __init__(self):
+    self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/torch_twins.py")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def images_per_s(self, model: str, batch_size: int, steps: int) -> float:
+    self.proc.stdin.write(f"{model} {batch_size} {steps}\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError("the PyTorch worker died; is torch installed (requirements-bench.txt)?")
+    return float(line)
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[dict]:
+  torch_worker = TorchWorker()
+  rows = []
+  try:
+    for model in models:
+      steppers = [(label, JaxStepper(name, dtype, batch_size, barrier), name)
+                  for name, label, dtype, barrier in STEP_CANDIDATES[model]]
+      torch_worker.images_per_s(model, batch_size, 1)  # build and warm up
+      samples = {label: [] for label, _, _ in steppers} | {"PyTorch fp32": []}
+      for _ in range(repeats):
+        for label, stepper, _ in steppers:
+          samples[label].append(stepper.images_per_s(STEPS[model]))
+        samples["PyTorch fp32"].append(
+            torch_worker.images_per_s(model, batch_size, STEPS[model]))
+      torch_median = statistics.median(samples["PyTorch fp32"])
+      for label, stepper, name in [*steppers, ("PyTorch fp32", None, model)]:
+        median = statistics.median(samples[label])
+        rows.append({"model": model, "variant": label, "registered_name": name,
+                     "batch_size": batch_size, "images_per_s": round(median, 1),
+                     "samples": [round(s, 1) for s in samples[label]],
+                     "vs_torch": round(median / torch_median, 3),
+                     "compile_s": round(stepper.compile_s, 2) if stepper else None})
+  finally:
+    torch_worker.close()
+  return rows
+
+
+def bench_input_pipeline(step_images_per_s: float, batch_size: int, repeats: int,
+                         batches: int) -> dict:
+  from cnn import datasets, input_pipeline  # pylint: disable=import-outside-toplevel
+  spec = datasets.get_spec("cifar10")
+  builder = datasets.prepare(spec, None,
+                             datasets.resolve_archive_dir(""))
+  images, labels = datasets.load_split(builder, "train[:45000]")
+  shard = input_pipeline.Shard(batch_size, 0, 1)
+  samples = []
+  for epoch in range(repeats):
+    iterator = input_pipeline.train_batches(images, labels, spec=spec, shard=shard, seed=0,
+                                            epoch=epoch)
+    next(iterator)  # tf.data start-up
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(iterator)
+    samples.append(batches * batch_size / (time.perf_counter() - start))
+  median = statistics.median(samples)
+  return {"images_per_s": round(median, 1), "samples": [round(s, 1) for s in samples],
+          "train_step_images_per_s": step_images_per_s,
+          "vs_train_step": round(median / step_images_per_s, 2), "batches": batches}
+
+
+def run_main(config: str, overrides: list[str], workdir: Path) -> tuple[dict, float, float]:
+  """Runs main.py; returns (results.json, wall seconds, peak RSS in MiB)."""
+  start = time.perf_counter()
+  proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), f"--config={config}",
+                           f"--workdir={workdir}", *overrides], cwd=ROOT)
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  if proc.returncode:
+    raise RuntimeError(f"main.py {config} failed with exit code {proc.returncode}")
+  results = json.loads((workdir / "results.json").read_text())
+  return results, time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def bench_cifar_epoch(train_split: str) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    results, wall, rss = run_main("configs/resnet20v1_cifar10.py",
+                                  ["--config.num_epochs=1", f"--config.train_split={train_split}"],
+                                  Path(tmp) / "w")
+    timing = [json.loads(line) for line in (Path(tmp) / "w/timing.jsonl").read_text().splitlines()]
+  return {"config": "configs/resnet20v1_cifar10.py", "train_split": train_split,
+          "epoch_time_s": round(timing[0]["epoch_time_s"], 1),
+          "train_images_per_s": round(timing[0]["train_images_per_s"], 1),
+          "compile_time_s": results["compile_time_s"], "process_wall_s": round(wall, 1),
+          "peak_rss_mib": round(rss), "test_accuracy": results["test_accuracy"]}
+
+
+def bench_time_to_accuracy(threshold: float) -> dict:
+  overrides = ["--config.train_split=train[:16384]", "--config.validation_split=train[55000:]",
+               "--config.num_epochs=4", "--config.batch_size=128"]
+  with tempfile.TemporaryDirectory() as tmp:
+    results, wall, _ = run_main("configs/tiny_mnist.py", overrides, Path(tmp) / "w")
+    read = lambda name: [json.loads(line) for line in  # noqa: E731
+                         (Path(tmp) / "w" / name).read_text().splitlines()]
+    metrics, timing = read("metrics.jsonl"), read("timing.jsonl")
+  elapsed, reached = 0.0, None
+  for record, times in zip(metrics, timing):
+    elapsed += times["epoch_time_s"]
+    if reached is None and record["val_accuracy"] >= threshold:
+      reached = {"epoch": record["epoch"], "seconds": round(elapsed, 1)}
+  return {"config": "configs/tiny_mnist.py " + " ".join(overrides), "threshold": threshold,
+          "reached": reached, "val_accuracy": [round(m["val_accuracy"], 4) for m in metrics],
+          "epoch_time_s": [round(t["epoch_time_s"], 1) for t in timing],
+          "compile_time_s": results["compile_time_s"], "process_wall_s": round(wall, 1),
+          "test_accuracy": results["test_accuracy"]}
+
+
+def machine() -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  cpu = next((line.split(":", 1)[1].strip() for line in
+              Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+             platform.processor())
+  try:
+    torch_version = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+  except subprocess.CalledProcessError:
+    torch_version = None
+  return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
+          "devices": [str(d.device_kind) for d in jax.devices()], "jax": jax.__version__,
+          "torch": torch_version, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------- rendering
+
+def render(result: dict, baseline: dict | None = None) -> str:
+  """The markdown tables of a result (and the ratio to a baseline)."""
+  base = {(r["model"], r["variant"]): r for r in (baseline or {}).get("train_step", [])}
+  m = result["machine"]
+  out = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores, backend "
+         f"{m['backend']}), jax {m['jax']}, torch {m['torch']}; medians of "
+         f"{result['repeats']} alternating rounds.", "",
+         "| model | variant | images/s | vs PyTorch | compile s |"
+         + (" vs baseline |" if baseline else ""),
+         "|---|---|---:|---:|---:|" + ("---:|" if baseline else "")]
+  for r in result["train_step"]:
+    row = (f"| {r['model']} | {r['variant']} | {r['images_per_s']:.0f} | {r['vs_torch']:.2f}x | "
+           f"{'' if r['compile_s'] is None else r['compile_s']} |")
+    if baseline:
+      old = base.get((r["model"], r["variant"]))
+      row += f" {r['vs_torch'] / old['vs_torch']:.2f} |" if old else " new |"
+    out.append(row)
+  pipe = result.get("input_pipeline")
+  if pipe:
+    out += ["", "| input pipeline (CIFAR-10, pad-crop-flip, batch 128) | images/s | "
+            "vs ResNet-20 step |", "|---|---:|---:|",
+            f"| tfds in memory + tf.data | {pipe['images_per_s']:.0f} | "
+            f"{pipe['vs_train_step']:.1f}x |"]
+  e2e, tta = result.get("cifar_epoch"), result.get("time_to_accuracy")
+  if e2e or tta:
+    out += ["", "| end to end | result |", "|---|---|"]
+  if e2e:
+    out += [f"| ResNet-20 v1, one CIFAR-10 epoch ({e2e['train_split']}, then 5k validation) | "
+            f"{e2e['epoch_time_s']:.0f} s ({e2e['train_images_per_s']:.0f} train images/s), "
+            f"compile {e2e['compile_time_s']:.1f} s |",
+            f"| peak host memory (RSS) of that run | {e2e['peak_rss_mib']} MiB |"]
+  if tta:
+    reached = (f"{tta['reached']['seconds']:.0f} s (epoch {tta['reached']['epoch']})"
+               if tta["reached"] else "not reached")
+    out += [f"| time to {tta['threshold']:.0%} MNIST validation accuracy (ResNet-8, 16k "
+            f"images/epoch) | {reached}, compile {tta['compile_time_s']:.1f} s apart |"]
+  return "\n".join(out) + "\n"
+
+
+def regressions(result: dict, baseline: dict) -> list[str]:
+  base = {(r["model"], r["variant"]): r for r in baseline.get("train_step", [])}
+  found = [f"{r['model']} {r['variant']}: {r['vs_torch']:.2f}x PyTorch, baseline "
+           f"{base[key]['vs_torch']:.2f}x"
+           for r in result["train_step"] if (key := (r["model"], r["variant"])) in base
+           and r["vs_torch"] < REGRESSION * base[key]["vs_torch"]]
+  old, new = baseline.get("input_pipeline"), result.get("input_pipeline")
+  if old and new and new["images_per_s"] < REGRESSION * old["images_per_s"]:
+    found.append(f"input pipeline: {new['images_per_s']:.0f} images/s, baseline "
+                 f"{old['images_per_s']:.0f}")
+  return found
+
+
+def rewrite_readme(readme: Path, table: str) -> bool:
+  """Replaces the Performance block; returns whether anything changed."""
+  text = readme.read_text()
+  if BEGIN not in text or END not in text:
+    raise SystemExit(f"{readme} has no {BEGIN} ... {END} block")
+  head, rest = text.split(BEGIN, 1)
+  new = head + BEGIN + "\n" + table + END + rest.split(END, 1)[1]
+  readme.write_text(new)
+  return new != text
+
+
+def readme_block(readme: Path) -> str:
+  return readme.read_text().split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", type=Path, help="write the JSON here")
+  parser.add_argument("--baseline", type=Path, help="compare with this JSON")
+  parser.add_argument("--readme", type=Path, help="rewrite this README's Performance block")
+  parser.add_argument("--render", type=Path, help="only render this JSON (with --readme)")
+  parser.add_argument("--check", action="store_true",
+                      help="with --render and --readme: fail if the README is out of date")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--models", default="resnet20,resnet56,vgg16")
+  parser.add_argument("--quick", action="store_true",
+                      help="a smoke run: 2 repeats, ResNet-20 only, a 6,400-image CIFAR epoch")
+  args = parser.parse_args()
+  if args.render:
+    result = json.loads(args.render.read_text())
+    table = render(result)
+    if args.check:
+      if readme_block(args.readme) != table:
+        print(f"{args.readme} Performance block is out of date: run "
+              f"python benchmarks/run.py --render {args.render} --readme {args.readme}")
+        return 1
+      return 0
+    if args.readme:
+      rewrite_readme(args.readme, table)
+    print(table)
+    return 0
+
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  repeats = 2 if args.quick else args.repeats
+  models = ["resnet20"] if args.quick else args.models.split(",")
+  result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
+            "machine": machine(), "repeats": repeats}
+  result["train_step"] = bench_train_steps(models, args.batch_size, repeats)
+  step = next(r for r in result["train_step"]
+              if r["model"] == "resnet20" and r["variant"] == "JAX fp32")["images_per_s"]
+  result["input_pipeline"] = bench_input_pipeline(step, args.batch_size, repeats, batches=300)
+  result["cifar_epoch"] = bench_cifar_epoch("train[:6400]" if args.quick else "train[:45000]")
+  result["time_to_accuracy"] = bench_time_to_accuracy(MNIST_THRESHOLD)
+  baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+  print(render(result, baseline))
+  if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+  if args.readme:
+    rewrite_readme(args.readme, render(result))
+  if baseline and (found := regressions(result, baseline)):
+    print("REGRESSION (more than 10% below the baseline):\n  " + "\n  ".join(found))
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
