@@ -300,15 +300,10 @@ def regressions(result: dict, baseline: dict) -> list[str]:
   return found
 
 
-def rewrite_readme(readme: Path, table: str) -> bool:
-  """Replaces the Performance block; returns whether anything changed."""
-  text = readme.read_text()
-  if BEGIN not in text or END not in text:
-    raise SystemExit(f"{readme} has no {BEGIN} ... {END} block")
-  head, rest = text.split(BEGIN, 1)
-  new = head + BEGIN + "\n" + table + END + rest.split(END, 1)[1]
-  readme.write_text(new)
-  return new != text
+def rewrite_readme(readme: Path, table: str) -> None:
+  """Replaces the Performance block (the results table's mechanism)."""
+  from cnn import results_table  # pylint: disable=import-outside-toplevel
+  results_table.rewrite_readme(readme, table, BEGIN, END)
 
 
 def readme_block(readme: Path) -> str:

@@ -83,12 +83,13 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
   return "\n".join(lines) + "\n"
 
 
-def rewrite_readme(readme: Path, table: str) -> None:
+def rewrite_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces what lies between the `begin` and `end` markers with `table`."""
   text = readme.read_text()
-  if BEGIN not in text or END not in text:
-    raise UserError(f"{readme} has no {BEGIN} ... {END} block for the table")
-  head, rest = text.split(BEGIN, 1)
-  readme.write_text(head + BEGIN + "\n" + table + END + rest.split(END, 1)[1])
+  if begin not in text or end not in text:
+    raise UserError(f"{readme} has no {begin} ... {end} block for the table")
+  head, rest = text.split(begin, 1)
+  readme.write_text(head + begin + "\n" + table + end + rest.split(end, 1)[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
