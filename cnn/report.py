@@ -129,7 +129,7 @@ def capture_feature_maps(state: train.TrainState, image: np.ndarray
   """(layer name, [H, W, C] output) of every feature layer, in call order,
   for one normalised image, through flax's `capture_intermediates`."""
   _, captured = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats}, image[None], train=False,
+      state.eval_variables, image[None], train=False,
       capture_intermediates=_is_feature_layer, mutable=["intermediates"])
   layers = []
   for name, outputs in captured["intermediates"].items():

@@ -36,25 +36,35 @@ from cnn.models import create_model
 BATCHNORM_MODES = ("global", "per_device")
 
 
+def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
+  """The decay of the average's update number `step` (0, 1, ...): `decay`,
+  capped by (1 + step) / (10 + step) early on (the warm-up of TensorFlow's
+  ExponentialMovingAverage), so a short run's average is not mostly the
+  initial weights."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 class TrainState(train_state.TrainState):
   batch_stats: Any
-  ema_params: Any = struct.field(default_factory=dict)  # {} = no EMA
+  ema: Any = struct.field(default_factory=dict)  # {} = no EMA; else {"params", "batch_stats"}
 
   def apply_gradients(self, *, grads, batch_stats, loss, ema_decay: float = 0.0):
     """`loss` feeds optimisers that need it (reduce-on-plateau). With
-    `ema_decay`, `ema_params` follows the new parameters."""
+    `ema_decay`, `ema` averages the new parameters and BatchNorm statistics."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params, value=loss)
     params = optax.apply_updates(self.params, updates)
-    ema = self.ema_params
+    ema = self.ema
     if ema_decay:
-      ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+      d = ema_decay_at(self.step, ema_decay)
+      ema = jax.tree.map(lambda e, x: d * e + (1 - d) * x, ema,
+                         {"params": params, "batch_stats": batch_stats})
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state,
-                        batch_stats=batch_stats, ema_params=ema)
+                        batch_stats=batch_stats, ema=ema)
 
   @property
-  def eval_params(self):
-    """The parameters evaluation uses: the moving average when there is one."""
-    return self.ema_params or self.params
+  def eval_variables(self) -> dict:
+    """The variables inference uses: the moving averages when kept."""
+    return self.ema or {"params": self.params, "batch_stats": self.batch_stats}
 
 
 def count_params(params) -> int:
@@ -66,10 +76,9 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
                        ) -> TrainState:
   variables = jax.jit(model.init, static_argnames="train")(
       {"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  params = variables["params"]
-  return TrainState.create(apply_fn=model.apply, params=params,
-                           batch_stats=variables.get("batch_stats", {}), tx=tx,
-                           ema_params=jax.tree.map(jnp.copy, params) if ema else {})
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  return TrainState.create(apply_fn=model.apply, tx=tx, **variables,
+                           ema=jax.tree.map(jnp.copy, variables) if ema else {})
 
 
 def cross_entropy_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float
@@ -130,7 +139,7 @@ def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Arra
 def eval_logits(state: TrainState, images: jnp.ndarray, flip: bool) -> jnp.ndarray:
   """Inference logits (EMA parameters if kept); with `flip`, the mean of the
   logits of the images and of their mirror images."""
-  variables = {"params": state.eval_params, "batch_stats": state.batch_stats}
+  variables = state.eval_variables
   logits = state.apply_fn(variables, images, train=False)
   if flip:
     logits = (logits + state.apply_fn(variables, images[:, :, ::-1], train=False)) / 2

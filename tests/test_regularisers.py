@@ -71,22 +71,33 @@ def test_mixup_blends_each_image_with_its_mirror_and_the_loss_follows():
   np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
 
 
-def test_ema_follows_the_parameters_and_is_what_evaluation_uses():
+def test_ema_averages_params_and_batch_stats_and_is_what_evaluation_uses():
   model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
   tx = optax.sgd(0.1)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1), ema=True)
-  assert train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1)).ema_params == {}
-  start = state.params
+  assert train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1)).ema == {}
   batch = {"image": np.random.default_rng(1).normal(size=(8, 28, 28, 1)).astype(np.float32),
            "label": np.arange(8, dtype=np.int32), "mask": np.ones(8, np.float32)}
-  state, _, _ = train.train_step(state, train.zero_sums(), batch, jax.random.key(1), 0.0,
-                                 ema_decay=0.9)
-  jax.tree.map(lambda e, p0, p1: np.testing.assert_allclose(e, 0.9 * p0 + 0.1 * p1, rtol=1e-5,
-                                                            atol=1e-7),
-               state.ema_params, start, state.params)
-  ema_only = state.replace(params=state.ema_params, ema_params={})
+  expected = {"params": state.params, "batch_stats": state.batch_stats}
+  for step in range(3):
+    state, _, _ = train.train_step(state, train.zero_sums(), batch, jax.random.key(1), 0.0,
+                                   ema_decay=0.9)
+    d = min(0.9, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25: the warm-up caps the decay
+    expected = jax.tree.map(lambda e, x: d * e + (1 - d) * x, expected,
+                            {"params": state.params, "batch_stats": state.batch_stats})
+  jax.tree.map(lambda e, x: np.testing.assert_allclose(e, x, rtol=1e-5, atol=1e-7),
+               state.ema, expected)
+  assert not np.allclose(state.ema["batch_stats"]["stem_bn"]["mean"],
+                         state.batch_stats["stem_bn"]["mean"])
+  ema_only = state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"],
+                           ema={})
   np.testing.assert_allclose(train.eval_step(state, batch)["loss"],
                              train.eval_step(ema_only, batch)["loss"], rtol=1e-6)
+
+
+def test_ema_decay_warms_up_then_stays_at_the_configured_value():
+  decays = [float(train.ema_decay_at(jnp.asarray(t), 0.99)) for t in (0, 10, 100, 989, 5000)]
+  np.testing.assert_allclose(decays, [0.1, 11 / 20, 101 / 110, 0.99, 0.99], rtol=1e-6)
 
 
 def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
