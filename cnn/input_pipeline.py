@@ -82,12 +82,16 @@ def pad_crop_flip(images: tf.Tensor, offsets: tf.Tensor, flips: tf.Tensor,
   return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
-def cutout_mask(seed: tf.Tensor, n: int, height: int, width: int, size: int) -> tf.Tensor:
-  """[n, height, width, 1] float mask, 0 on a `size` x `size` square per image
-  and 1 elsewhere. The square's centre is uniform over the image, so it may
-  stick out of the border (DeVries & Taylor 2017, Sec. 3.2)."""
+def draw_cutout_centres(seed: tf.Tensor, n: int, height: int, width: int) -> tf.Tensor:
+  """[n, 2] square centres, uniform over the image, so a square may stick out
+  of the border (DeVries & Taylor 2017, Sec. 3.2)."""
   centres = tf.random.stateless_uniform([n, 2], seed, 0, max(height, width), tf.int32)
-  centres = tf.minimum(centres, [height - 1, width - 1])
+  return tf.minimum(centres, [height - 1, width - 1])
+
+
+def cutout_mask(centres: tf.Tensor, height: int, width: int, size: int) -> tf.Tensor:
+  """[n, height, width, 1] float mask, 0 on the `size` x `size` square around
+  each of `centres` [n, 2] and 1 elsewhere."""
   low = centres - size // 2
   rows = tf.range(height)[None, :]
   cols = tf.range(width)[None, :]
@@ -123,8 +127,10 @@ def train_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
       batch = pad_crop_flip(batch, offsets[local], flips[local], crop_padding)
     batch = normalize(batch, spec)
     if cutout:  # after normalisation, so the hole is the dataset mean
-      mask = cutout_mask(tf.random.experimental.stateless_fold_in(key, 1),
-                         shard.global_batch_size, *spec.image_shape[:2], cutout)
+      height, width = spec.image_shape[:2]
+      centres = draw_cutout_centres(tf.random.experimental.stateless_fold_in(key, 1),
+                                    shard.global_batch_size, height, width)
+      mask = cutout_mask(centres, height, width, cutout)
       batch = batch * mask[local]
     return {"image": batch, "label": tf.gather(labels_t, indices)}
 

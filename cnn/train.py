@@ -27,7 +27,8 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cnn import checkpoint, datasets, input_pipeline, metric_writers, optim, preemption
+from cnn import (checkpoint, datasets, device_pipeline, input_pipeline, metric_writers, optim,
+                 preemption)
 from cnn.config_validation import validate_config
 from cnn.errors import Preempted, UserError, unknown_name
 from cnn.models import create_model
@@ -260,7 +261,26 @@ class Experiment:
             "model_kwargs": self.config.model_kwargs.to_dict(),
             "num_params": count_params(self.initial_state.params)}
 
+  @functools.cached_property
+  def device_data(self) -> device_pipeline.DeviceData:
+    """The training split copied to the devices (config.data_on_device)."""
+    images, labels = self.splits["train"]
+    c = self.config
+    return device_pipeline.DeviceData(
+        images, labels, spec=self.spec, batch_size=c.batch_size, seed=c.seed, augment=c.augment,
+        crop_padding=c.crop_padding, cutout=c.cutout,
+        replicated=NamedSharding(self.mesh, P()), batch_sharding=self.batch_sharding)
+
+  def device_batches(self, epoch: int, start_step: int) -> Iterator[dict[str, jax.Array]]:
+    """The epoch's global training batches from `start_step` on, on the devices:
+    made there (config.data_on_device) or by tf.data and copied ahead."""
+    if self.config.data_on_device:
+      return self.device_data.batches(epoch, start_step)
+    return prefetch_to_device(self.train_batches(epoch, start_step), self.batch_sharding,
+                              self.config.prefetch_batches)
+
   def train_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
+    """This process's host-side (tf.data) part of each training batch."""
     images, labels = self.splits["train"]
     return input_pipeline.train_batches(
         images, labels, spec=self.spec, shard=self.train_shard, seed=self.config.seed,
@@ -368,6 +388,7 @@ class Run:
       record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
     self.history.append(record)
     self.timing.append({"epoch": epoch + 1, "epoch_time_s": time.perf_counter() - started,
+                        "train_time_s": train_seconds,
                         "train_images_per_s": timed_steps * self.exp.config.batch_size
                                               / max(train_seconds, 1e-9)})
     logging.info("epoch %d: %s", epoch + 1, json.dumps(
@@ -395,9 +416,7 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
     epoch, offset = divmod(step, exp.steps_per_epoch)
     epoch_start = train_start = time.perf_counter()
     timed_steps, stop = 0, False
-    batches = prefetch_to_device(exp.train_batches(epoch, offset), exp.batch_sharding,
-                                 config.prefetch_batches)
-    for batch in batches:
+    for batch in exp.device_batches(epoch, offset):
       run.state, run.sums, loss = exp.train_step(run.state, run.sums, batch)
       step += 1
       if compile_time is None:  # the first step compiles: keep it out of the speed
@@ -445,6 +464,7 @@ def final_results(run: Run, compile_time: float | None) -> dict:
       "num_params": count_params(run.state.params), "epochs": len(run.history),
       "batch_size": config.batch_size, "steps": run.step,
       "wall_time_s": sum(t["epoch_time_s"] for t in run.timing),
+      "train_time_s": sum(t.get("train_time_s", 0.0) for t in run.timing),
       "images_per_s": float(np.median([t["train_images_per_s"] for t in run.timing])),
       "compile_time_s": compile_time, "devices": jax.device_count(), "seed": config.seed,
       "model": config.model, "dataset": config.dataset, "config": config.to_dict(),

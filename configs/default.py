@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128  # global, over all devices and hosts
   config.eval_batch_size = 500
   config.prefetch_batches = 2  # batches copied to the devices ahead of the step
+  config.data_on_device = False  # True: keep the training split in accelerator memory and
+  #                                 augment there (cnn/device_pipeline.py; small datasets)
   config.num_epochs = 182  # 64k iterations of batch 128 on 45k images
 
   # Bookkeeping.

@@ -13,13 +13,13 @@ from cnn import train  # noqa: E402
 from configs import tiny_mnist  # noqa: E402
 
 
-def main(learning_rate: float, batchnorm: str) -> None:
+def main(learning_rate: float, batchnorm: str, data_on_device: bool) -> None:
   config = tiny_mnist.get_config()
   config.update(train_split="train[:384]", num_epochs=1, learning_rate=learning_rate,
-                eval_batch_size=1000, batchnorm=batchnorm)
+                eval_batch_size=1000, batchnorm=batchnorm, data_on_device=data_on_device)
   exp = train.Experiment(config)
   state, sums, losses = exp.initial_state, exp.zero_sums(), []
-  for batch in train.prefetch_to_device(exp.train_batches(0, 0), exp.batch_sharding, 2):
+  for batch in exp.device_batches(0, 0):
     state, sums, loss = exp.train_step(state, sums, batch)
     losses.append(float(loss))
   print(json.dumps({"devices": jax.device_count(), "losses": losses,
@@ -27,4 +27,4 @@ def main(learning_rate: float, batchnorm: str) -> None:
 
 
 if __name__ == "__main__":
-  main(float(sys.argv[1]), sys.argv[2])
+  main(float(sys.argv[1]), sys.argv[2], sys.argv[3] == "on_device")

@@ -25,8 +25,9 @@ def with_devices(env: dict, n: int) -> dict:
   return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def probe(env: dict, devices: int, batchnorm: str = "global") -> dict:
-  out = subprocess.run([sys.executable, PROBE, "0.001", batchnorm], env=with_devices(env, devices),
+def probe(env: dict, devices: int, batchnorm: str = "global", data: str = "tf_data") -> dict:
+  out = subprocess.run([sys.executable, PROBE, "0.001", batchnorm, data],
+                       env=with_devices(env, devices),
                        capture_output=True, text=True, timeout=300, check=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -40,6 +41,14 @@ def test_eight_devices_train_like_one(data_env, mnist):
   assert eight["validation"]["count"] == one["validation"]["count"] == 1000
   assert eight["validation"]["accuracy"] == one["validation"]["accuracy"]
   np.testing.assert_allclose(eight["validation"]["loss"], one["validation"]["loss"], atol=1e-5)
+
+
+def test_eight_devices_train_like_one_with_data_on_device(data_env, mnist):
+  """Batches made on the devices are global too: sharding does not change them."""
+  one, eight = probe(data_env, 1, data="on_device"), probe(data_env, 8, data="on_device")
+  assert len(one["losses"]) == 6
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=0, atol=1e-5)
+  assert eight["validation"]["accuracy"] == one["validation"]["accuracy"]
 
 
 def test_per_device_batchnorm_is_a_real_switch(data_env, mnist):

@@ -23,7 +23,9 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def test_cutout_mask_zeroes_one_square_per_image_clipped_at_the_border():
-  mask = input_pipeline.cutout_mask(tf.constant([3, 4], tf.int64), 256, 32, 32, 8).numpy()
+  mask = input_pipeline.cutout_mask(
+      input_pipeline.draw_cutout_centres(tf.constant([3, 4], tf.int64), 256, 32, 32), 32, 32, 8
+  ).numpy()
   assert mask.shape == (256, 32, 32, 1) and set(np.unique(mask)) == {0.0, 1.0}
   holes = (mask[..., 0] == 0).sum(axis=(1, 2))
   assert holes.max() == 64 and holes.min() >= 16  # whole 8x8 inside, or a clipped corner
@@ -31,7 +33,9 @@ def test_cutout_mask_zeroes_one_square_per_image_clipped_at_the_border():
   for image in mask[..., 0] == 0:  # each hole is one rectangle
     rows, cols = np.nonzero(image)
     assert len(rows) == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
-  again = input_pipeline.cutout_mask(tf.constant([3, 4], tf.int64), 256, 32, 32, 8).numpy()
+  again = input_pipeline.cutout_mask(
+      input_pipeline.draw_cutout_centres(tf.constant([3, 4], tf.int64), 256, 32, 32), 32, 32, 8
+  ).numpy()
   np.testing.assert_array_equal(mask, again)
 
 
