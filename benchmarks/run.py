@@ -306,8 +306,8 @@ def rewrite_readme(readme: Path, table: str) -> None:
   results_table.rewrite_readme(readme, table, BEGIN, END)
 
 
-def readme_block(readme: Path) -> str:
-  return readme.read_text().split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+def readme_block(readme: Path, begin: str = BEGIN, end: str = END) -> str:
+  return readme.read_text().split(begin, 1)[1].split(end, 1)[0].lstrip("\n")
 
 
 def main() -> int:

@@ -1,0 +1,108 @@
+"""Time-to-94%: configs/speedrun_cifar10.py trained as a user runs it.
+
+  CNN_ARCHIVE_DIR=../shared/datasets python benchmarks/speedrun.py --seeds 0,1,2 \
+      --out benchmarks/results/speedrun_gpu.json
+
+Each seed is one `main.py` run in a fresh process. Per run it reports the
+training seconds (from the end of the first, compiling step to the last step;
+evaluation, data preparation and compilation are excluded, compile reported
+apart), the test accuracy after the fixed schedule (EMA weights and flip TTA,
+as the config says), and the time-to-94%: the training seconds of a run that
+ends at >= 94% test accuracy, "not reached" otherwise. As in the speedrun
+literature the schedule is fixed in advance and the test set is only read at
+its end. Extra arguments after `--` are passed to main.py, e.g. a reduced CPU
+run:
+
+  python benchmarks/speedrun.py -- --config.num_epochs=2 \
+      --config.warmup_epochs=0.4 --config.train_split=train[:4096] \
+      --config.test_split=test[:2000]
+
+`--render FILE... --readme README.md` rewrites the README's speedrun block
+from saved JSON files (`--check`: fail if it is out of date).
+"""
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cnn import results_table  # noqa: E402
+from run import machine, readme_block, run_main  # noqa: E402  (benchmarks/run.py)
+
+CONFIG = "configs/speedrun_cifar10.py"
+BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
+
+
+def one_run(seed: int, overrides: list[str], target: float) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    results, wall, rss = run_main(CONFIG, [f"--config.seed={seed}", *overrides], Path(tmp) / "w")
+  reached = results["test_accuracy"] >= target
+  return {"seed": seed, "test_accuracy": results["test_accuracy"],
+          "train_time_s": round(results["train_time_s"], 2),
+          "time_to_target_s": round(results["train_time_s"], 2) if reached else None,
+          "compile_time_s": round(results["compile_time_s"], 2),
+          "epochs": results["epochs"], "train_images_per_s": round(results["images_per_s"], 1),
+          "process_wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
+
+
+def render(result: dict) -> str:
+  target = f"{result['target']:.0%}"
+  m = result["machine"]
+  where = (f"{m['cpu']} ({m['cores']} cores)" if m["backend"] == "cpu" else
+           f"{len(m['devices'])}x {m['devices'][0]} ({m['cores']} host cores)")
+  lines = [f"Measured {result['date']} on {where}, backend {m['backend']}: "
+           f"`python benchmarks/speedrun.py"
+           f"{' -- ' + ' '.join(result['overrides']) if result['overrides'] else ''}`", "",
+           f"| seed | test accuracy | training s | time to {target} | compile s | images/s |",
+           "|---:|---:|---:|---:|---:|---:|"]
+  for r in result["runs"]:
+    reached = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] is not None else \
+        "not reached"
+    lines.append(f"| {r['seed']} | {100 * r['test_accuracy']:.2f}% | {r['train_time_s']:.1f} | "
+                 f"{reached} | {r['compile_time_s']:.1f} | {r['train_images_per_s']:.0f} |")
+  runs = result["runs"]
+  lines.append(f"| median | {100 * statistics.median(r['test_accuracy'] for r in runs):.2f}% | "
+               f"{statistics.median(r['train_time_s'] for r in runs):.1f} | "
+               f"{sum(r['time_to_target_s'] is not None for r in runs)}/{len(runs)} reached | | |")
+  return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--seeds", default="0", help="comma-separated, one run each")
+  parser.add_argument("--target", type=float, default=0.94)
+  parser.add_argument("--out", type=Path, help="write the JSON here")
+  parser.add_argument("--render", type=Path, nargs="+", help="only render these JSON files")
+  parser.add_argument("--readme", type=Path, help="rewrite this README's speedrun block")
+  parser.add_argument("--check", action="store_true", help="with --render and --readme: fail "
+                      "if the README is out of date")
+  parser.add_argument("overrides", nargs="*", help="main.py flags, after --")
+  args = parser.parse_args()
+  if args.render:
+    table = "\n".join(render(json.loads(f.read_text())) for f in args.render)
+    if args.check:
+      if readme_block(args.readme, BEGIN, END) != table:
+        print(f"{args.readme} speedrun block is out of date: run python benchmarks/speedrun.py "
+              f"--render {' '.join(map(str, args.render))} --readme {args.readme}")
+        return 1
+    elif args.readme:
+      results_table.rewrite_readme(args.readme, table, BEGIN, END)
+    print(table)
+    return 0
+  result = {"date": datetime.date.today().isoformat(), "machine": machine(),
+            "target": args.target, "overrides": args.overrides,
+            "runs": [one_run(int(s), args.overrides, args.target) for s in args.seeds.split(",")]}
+  print(render(result))
+  if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
