@@ -25,7 +25,22 @@ from jax import lax
 from jax.sharding import NamedSharding
 
 from cnn.datasets import DatasetSpec
+from cnn.errors import UserError
 from cnn.input_pipeline import epoch_permutation, steps_per_epoch
+
+MAX_MEMORY_FRACTION = 0.25  # of one device's memory, left for the model and activations
+
+
+def check_fits(num_bytes: int, devices: list) -> None:
+  """Refuses a split that would take more than a quarter of a device's memory
+  (devices that do not report their memory, like the CPU, are not checked)."""
+  for device in devices:
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    if limit and num_bytes > MAX_MEMORY_FRACTION * limit:
+      raise UserError(
+          f"config.data_on_device: the training split takes {num_bytes / 2**30:.2f} GiB, more "
+          f"than {MAX_MEMORY_FRACTION:.0%} of {device.device_kind}'s {limit / 2**30:.1f} GiB; "
+          "set --config.data_on_device=False to feed it from the host with tf.data")
 
 
 def normalize(images: jnp.ndarray, spec: DatasetSpec) -> jnp.ndarray:
@@ -91,6 +106,7 @@ class DeviceData:
                replicated: NamedSharding, batch_sharding: NamedSharding):
     self.num_examples, self.batch_size, self.seed = len(images), batch_size, seed
     self.replicated = replicated
+    check_fits(images.nbytes + labels.nbytes, list(replicated.mesh.local_devices))
     self.images, self.labels = self.put(images), self.put(labels.astype(np.int32))
     self._batch = jax.jit(
         functools.partial(make_batch, seed=seed, spec=spec, augment=augment,

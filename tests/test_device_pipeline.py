@@ -6,10 +6,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cnn import datasets, device_pipeline, input_pipeline, train
+from cnn.errors import UserError
 from conftest import run_main
 
 CIFAR = datasets.get_spec("cifar10")
@@ -77,6 +79,22 @@ def test_batches_are_a_function_of_seed_epoch_and_step():
   np.testing.assert_array_equal(full[0]["label"], plain["label"])
   holes = np.all(full[0]["image"] == 0, axis=-1).sum(axis=(1, 2))
   assert holes.max() == 16 and holes.min() >= 4  # the 4x4 square, maybe clipped
+
+
+class FakeGpu:
+  device_kind = "NVIDIA H100"
+
+  def memory_stats(self):
+    return {"bytes_limit": 80 * 2**30}
+
+
+def test_a_split_too_large_for_the_device_is_refused_with_the_fix():
+  cifar10_train = 50_000 * 32 * 32 * 3 + 50_000 * 4
+  device_pipeline.check_fits(cifar10_train, [FakeGpu()])
+  device_pipeline.check_fits(10**12, jax.devices("cpu"))  # no memory figure: not checked
+  with pytest.raises(UserError, match="takes 25.00 GiB, more than 25% of NVIDIA H100's 80.0 GiB; "
+                     "set --config.data_on_device=False"):
+    device_pipeline.check_fits(25 * 2**30, [FakeGpu()])
 
 
 def test_a_run_with_data_on_device_learns(data_env, mnist, tmp_path):
