@@ -35,6 +35,8 @@ EXPERIMENTS = {
     "resnet20v2_cifar10": ("90.98", "—", "≥ 92.0", "needs a GPU"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3", "needs a GPU"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5", "needs a GPU"),
+    "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8", "needs a GPU"),
+    "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8", "needs a GPU"),
 }
 KEPT = ("test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "last_test_accuracy",
         "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
