@@ -123,6 +123,7 @@ class DeviceData:
     steps = steps_per_epoch(self.num_examples, self.batch_size)
     order = epoch_permutation(self.seed, epoch, self.num_examples)[: steps * self.batch_size]
     order = self.put(order.reshape(steps, self.batch_size).astype(np.int32))
+    epoch_on_device = self.put(np.int32(epoch))  # once per epoch, not per step
     for step in range(start_step, steps):
-      yield self._batch(self.images, self.labels, order, self.put(np.int32(epoch)),
+      yield self._batch(self.images, self.labels, order, epoch_on_device,
                         self.put(np.int32(step)))
