@@ -9,6 +9,8 @@ import ml_collections
 
 from cnn.errors import UserError
 
+PROTOCOLS = ("validation", "paper")
+
 
 def default_config() -> ml_collections.ConfigDict:
   from configs import default  # pylint: disable=import-outside-toplevel
@@ -45,5 +47,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.log_every_steps={config.log_every_steps} must be > 0")
   if config.keep_checkpoints < 1:
     raise UserError(f"config.keep_checkpoints={config.keep_checkpoints} must be >= 1")
+  if config.protocol not in PROTOCOLS:
+    raise UserError(f"config.protocol={config.protocol!r} must be one of {', '.join(PROTOCOLS)}")
+  if config.protocol == "paper" and config.validation_split:
+    raise UserError("config.protocol='paper' reports the final model and holds nothing out: "
+                    "set --config.validation_split='' or use --config.protocol=validation")
+  if not 0.0 < config.warmup_factor <= 1.0:
+    raise UserError(f"config.warmup_factor={config.warmup_factor} must be in (0, 1]")
   if not config.train_split or not config.test_split:
     raise UserError("config.train_split and config.test_split must name tfds splits")

@@ -11,14 +11,23 @@ from cnn.errors import unknown_name
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear", "plateau")
+WARMUP_SHAPES = ("linear", "constant")
 
 
 def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """Per-step learning rate: an optional linear warmup, then the schedule."""
+  """Per-step learning rate: an optional warm phase, then the schedule.
+
+  The warm phase lasts `warmup_epochs` (rounded to whole steps) and is either
+  a linear ramp from 0 to the peak (Goyal et al. 2017) or, with
+  `warmup_shape="constant"`, the peak times `warmup_factor` (He et al.'s 0.01
+  for ResNet-110). Boundaries stay fractions of the whole run, warm phase
+  included."""
   if config.lr_schedule not in SCHEDULES:
     raise unknown_name("lr_schedule", config.lr_schedule, SCHEDULES)
+  if config.warmup_shape not in WARMUP_SHAPES:
+    raise unknown_name("warmup_shape", config.warmup_shape, WARMUP_SHAPES)
   total = int(config.num_epochs * steps_per_epoch)
-  warmup = int(config.warmup_epochs * steps_per_epoch)
+  warmup = round(config.warmup_epochs * steps_per_epoch)
   lr = config.learning_rate
   if config.lr_schedule == "step":
     factors: dict[int, float] = {}  # boundaries that round to one step compound
@@ -34,7 +43,11 @@ def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
     main = optax.constant_schedule(lr)
   if warmup == 0:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  if config.warmup_shape == "constant":
+    warm = optax.constant_schedule(lr * config.warmup_factor)
+  else:
+    warm = optax.linear_schedule(0.0, lr, warmup)
+  return optax.join_schedules([warm, main], [warmup])
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int

@@ -9,6 +9,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # every random stream (init, dropout, data order, augmentation)
+  config.protocol = "validation"  # how the reported test accuracy is chosen:
+  #   "validation": the epoch with the best accuracy on validation_split (held out of train);
+  #   "paper": train on the full training split, report the final model (no selection)
 
   # Data (see cnn/datasets.py for the supported names).
   config.dataset = "cifar10"
@@ -41,7 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   #                               ("linear" decays to 0 at the end: with warmup, one-cycle)
   config.lr_boundaries = (0.5, 0.75)  # "step": fractions of the run where lr *= decay
   config.lr_decay_factor = 0.1
-  config.warmup_epochs = 0.0  # linear warmup from 0, before the schedule
+  config.warmup_epochs = 0.0  # a warm phase before the schedule (rounded to whole steps)
+  config.warmup_shape = "linear"  # "linear": from 0 up to the peak; "constant": the peak
+  #                                 times warmup_factor (He et al.'s 0.01 for ResNet-110)
+  config.warmup_factor = 0.1  # "constant" warm phase only
   config.plateau_factor = 0.1  # "plateau": lr *= factor when the epoch's train loss
   config.plateau_patience = 5  # has not improved for this many epochs,
   config.plateau_cooldown = 0  # then wait this many epochs,

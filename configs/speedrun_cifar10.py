@@ -26,6 +26,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model = "resnet9"
+  config.protocol = "paper"  # all 50k images, the final model (airbench's protocol too)
   config.train_split = "train"
   config.validation_split = ""
   config.batch_size = 512

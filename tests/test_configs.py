@@ -39,13 +39,6 @@ def test_config_loads_and_is_valid(path):
     assert "python main.py --config=configs/" + path.name in open(path).read()
 
 
-def test_published_recipe_for_cifar_resnets():
-  config = load(Path(__file__).parents[1] / "configs" / "resnet56v1_cifar10.py")
-  assert (config.optimizer, config.learning_rate, config.momentum, config.weight_decay,
-          config.batch_size, config.num_epochs, tuple(config.lr_boundaries)) == (
-              "sgd", 0.1, 0.9, 1e-4, 128, 182, (0.5, 0.75))
-
-
 def test_unknown_key_and_bad_values_are_refused():
   config = default.get_config()
   config.learning_rat = 0.1

@@ -98,6 +98,20 @@ def squeeze_excite(y: jnp.ndarray, reduction: int, conv: ModuleDef, act: Callabl
   return SqueezeExcite(reduction, conv, act, name="se")(y) if reduction else y
 
 
+def last_norm(norm: ModuleDef, zero_init: bool) -> ModuleDef:
+  """The BatchNorm that ends a post-activation residual branch; with
+  `zero_init` its scale starts at 0, so every block starts as the identity
+  (Goyal et al. 2017, Sec. 5.1; timm's `zero_init_last`)."""
+  return functools.partial(norm, scale_init=nn.initializers.zeros) if zero_init else norm
+
+
+def last_conv(conv: ModuleDef, zero_init: bool) -> ModuleDef:
+  """The convolution that ends a pre-activation residual branch (which has no
+  BatchNorm after it); with `zero_init` its kernel starts at 0, the
+  pre-activation form of the same identity start (timm's `zero_init_last`)."""
+  return functools.partial(conv, kernel_init=nn.initializers.zeros) if zero_init else conv
+
+
 def zero_pad_shortcut(x: jnp.ndarray, filters: int, strides: int) -> jnp.ndarray:
   """Option A: identity on a strided grid, extra channels filled with zeros."""
   x = x[:, ::strides, ::strides, :]
@@ -130,12 +144,13 @@ class BasicBlockV1(nn.Module):
   norm: ModuleDef
   act: Callable
   se_reduction: int = 0
+  zero_init_last: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
     y = self.act(self.norm()(y))
-    y = self.norm()(self.conv(self.filters, (3, 3))(y))
+    y = last_norm(self.norm, self.zero_init_last)()(self.conv(self.filters, (3, 3))(y))
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
     if x.shape != y.shape:
       x = Shortcut(self.filters, self.strides, self.shortcut, self.conv, self.norm)(x)
@@ -156,6 +171,7 @@ class BasicBlockV2(nn.Module):
   act: Callable
   se_reduction: int = 0
   dropout: ModuleDef | None = None
+  zero_init_last: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -164,7 +180,7 @@ class BasicBlockV2(nn.Module):
     y = self.act(self.norm()(y))
     if self.dropout is not None:
       y = self.dropout()(y)
-    y = self.conv(self.filters, (3, 3))(y)
+    y = last_conv(self.conv, self.zero_init_last)(self.filters, (3, 3))(y)
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
     if x.shape != y.shape:
       x = Shortcut(self.filters, self.strides, self.shortcut, self.conv, None)(preact)
@@ -190,6 +206,7 @@ class BottleneckV1(nn.Module):
   base_width: int = 64
   expansion: int = 4
   se_reduction: int = 0
+  zero_init_last: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -198,7 +215,8 @@ class BottleneckV1(nn.Module):
     y = self.conv(inner, (3, 3), (self.strides, self.strides),
                   feature_group_count=self.cardinality)(y)
     y = self.act(self.norm()(y))
-    y = self.norm()(self.conv(self.filters * self.expansion, (1, 1))(y))
+    y = last_norm(self.norm, self.zero_init_last)()(
+        self.conv(self.filters * self.expansion, (1, 1))(y))
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
     if x.shape != y.shape:
       x = Shortcut(self.filters * self.expansion, self.strides, self.shortcut,
@@ -216,6 +234,7 @@ class BottleneckV2(nn.Module):
   act: Callable
   expansion: int = 4
   se_reduction: int = 0
+  zero_init_last: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -223,7 +242,8 @@ class BottleneckV2(nn.Module):
     y = self.conv(self.filters, (1, 1))(preact)
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(
         self.act(self.norm()(y)))
-    y = self.conv(self.filters * self.expansion, (1, 1))(self.act(self.norm()(y)))
+    y = last_conv(self.conv, self.zero_init_last)(self.filters * self.expansion, (1, 1))(
+        self.act(self.norm()(y)))
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
     if x.shape != y.shape:
       x = Shortcut(self.filters * self.expansion, self.strides, self.shortcut,

@@ -6,11 +6,13 @@ fp32 and bf16, training and evaluation (the google/flax ImageNet example's
 pattern).
 """
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cnn.errors import UserError
 
 ModuleDef = Any
 
@@ -34,11 +36,12 @@ class GroupedBatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  scale_init: Callable = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    scale = self.param("scale", self.scale_init, (features,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
@@ -59,16 +62,48 @@ class GroupedBatchNorm(nn.Module):
     return (y * scale + bias).astype(self.dtype)
 
 
-def make_layers(train: bool, dtype: Any, norm_groups: int = 1
-                ) -> tuple[ModuleDef, ModuleDef, Callable]:
+CONV_PADDINGS = ("symmetric", "same")
+
+
+def symmetric_padding(kernel_size: Sequence[int]) -> str | list[tuple[int, int]]:
+  """k // 2 zeros on both sides of each odd kernel dimension: the padding of
+  the papers' Torch/PyTorch code (`padding=1` for 3x3). At stride 1 it equals
+  "SAME"; at stride 2 on an even input "SAME" pads (0, 1) instead, which
+  centres a strided 3x3 one pixel off the 1x1 / x[::2] shortcut. Even
+  kernels have no symmetric choice and keep "SAME"."""
+  if any(k % 2 == 0 for k in kernel_size):
+    return "SAME"
+  return [(k // 2, k // 2) for k in kernel_size]
+
+
+def conv_factory(padding: str, dtype: Any) -> ModuleDef:
+  """nn.Conv without bias, He-initialised, padded as `padding` says
+  ("symmetric": the papers' (1, 1) for 3x3; "same": TensorFlow's, (0, 1) at
+  stride 2)."""
+  if padding not in CONV_PADDINGS:
+    raise UserError(f"unknown conv_padding {padding!r}; valid: {', '.join(CONV_PADDINGS)}")
+  base = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype)
+  if padding == "same":
+    return functools.partial(base, padding="SAME")
+
+  def conv(features: int, kernel_size: Sequence[int], *args, **kwargs) -> nn.Conv:
+    kernel_size = tuple(kernel_size)
+    if len(args) < 2:  # padding is nn.Conv's fourth positional argument
+      kwargs.setdefault("padding", symmetric_padding(kernel_size))
+    return base(features, kernel_size, *args, **kwargs)
+  return conv
+
+
+def make_layers(train: bool, dtype: Any, norm_groups: int = 1,
+                conv_padding: str = "symmetric") -> tuple[ModuleDef, ModuleDef, Callable]:
   """Returns (conv, norm, act) factories for a forward pass.
 
   BatchNorm uses PyTorch's defaults (momentum 0.1 == flax momentum 0.9,
   eps 1e-5), which the published CIFAR recipes were tuned with. With
   `norm_groups` > 1 its training statistics are per group (per device).
+  Convolutions pad as `conv_padding` says (see `conv_factory`).
   """
-  conv = functools.partial(
-      nn.Conv, use_bias=False, padding="SAME", kernel_init=he_normal, dtype=dtype)
+  conv = conv_factory(conv_padding, dtype)
   if norm_groups == 1:
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)

@@ -33,10 +33,11 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
+  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
     x = x.astype(self.dtype)
     for width in self.layers:
       if width == "M":

@@ -35,17 +35,20 @@ class WideResNet(nn.Module):
   se_reduction: int = 0  # > 0: squeeze-and-excitation with this reduction ratio
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
+  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     n, rest = divmod(self.depth - 4, 6)
     if rest or n < 1:
       raise UserError(f"wide ResNet depth {self.depth} is not 6N+4; use e.g. 16, 22, 28 or 40")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
     x = conv(16, (3, 3), name="stem_conv")(x.astype(self.dtype))
     block = functools.partial(
         BasicBlockV2, shortcut="projection", conv=conv, norm=norm, act=act,
-        se_reduction=self.se_reduction, dropout=make_dropout(self.dropout_rate, train))
+        se_reduction=self.se_reduction, dropout=make_dropout(self.dropout_rate, train),
+        zero_init_last=self.zero_init_last)
     widths = tuple(w * self.widen_factor for w in (16, 32, 64))
     x = residual_stages(x, block, widths, n)
     x = act(norm(name="final_bn")(x))
