@@ -36,8 +36,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_show_only_our_info)
-  from cnn import distributed, train  # pylint: disable=import-outside-toplevel
+  from cnn import backend, distributed, train  # pylint: disable=import-outside-toplevel
   from cnn.errors import Preempted, UserError  # pylint: disable=import-outside-toplevel
+  backend.configure(FLAGS.config)  # XLA flags: before the first device is touched
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     if FLAGS.mode == "train":

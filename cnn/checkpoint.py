@@ -10,12 +10,12 @@ different model is refused instead of overwritten.
 Orbax writes to a temporary directory and renames it when complete, so a
 checkpoint half-written by a killed process is never taken as the latest.
 """
-from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from cnn import workdir as workdirs
 from cnn.errors import UserError
 
 
@@ -26,7 +26,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                      keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-  directory = Path(workdir).absolute() / "checkpoints"
+  directory = workdirs.resolve(workdir) / "checkpoints"  # a gs:// URI stays one
   return ocp.CheckpointManager(directory, options=options)
 
 

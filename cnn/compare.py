@@ -6,7 +6,8 @@
 Prints the markdown table and writes it with a CSV of the raw numbers
 (fractions, seconds) next to it: to `./comparison.{md,csv}` by default, into a
 directory when `--out` is one, else to `<PREFIX>.md` and `<PREFIX>.csv`. Only
-the standard library is imported, so it answers at once.
+the standard library and etils.epath (workdirs may be gs:// URIs) are imported,
+so it answers at once.
 """
 import argparse
 import csv
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cnn import workdir as workdirs
 from cnn.errors import UserError
 
 DEFAULT_NAME = "comparison"
@@ -50,7 +52,7 @@ MISSING = "—"
 
 
 def load_results(workdir: str) -> dict:
-  path = Path(workdir) / "results.json"
+  path = workdirs.resolve(workdir) / "results.json"
   if not path.is_file():
     raise UserError(f"{path} not found: {workdir} is not a finished run; train it first "
                     "(python main.py --config=... --workdir=" + workdir + ")")

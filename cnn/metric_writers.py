@@ -5,15 +5,21 @@ Only process 0 writes (see `train.py`); everything here is host-side.
 import json
 import logging
 import time
-from pathlib import Path
-
+from etils import epath
 from flax.metrics import tensorboard
 
+from cnn import workdir as workdirs
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-  """Atomically (re)writes a JSON-lines file."""
+
+def write_jsonl(path: epath.Path, records: list[dict]) -> None:
+  """(Re)writes a JSON-lines file: atomically on a local disk (write, then
+  rename); object stores write whole objects atomically by themselves."""
+  text = "".join(json.dumps(r) + "\n" for r in records)
+  if workdirs.is_uri(path):
+    path.write_text(text)
+    return
   tmp = path.with_suffix(".jsonl.tmp")
-  tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+  tmp.write_text(text)
   tmp.replace(path)
 
 
@@ -26,7 +32,7 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str):
-    self._workdir = Path(workdir)
+    self._workdir = workdirs.resolve(workdir)
     self._tensorboard = tensorboard.SummaryWriter(str(self._workdir / "tensorboard"))
 
   def write_epoch(self, history: list[dict], timing: list[dict]) -> None:

@@ -4,8 +4,10 @@ Each function takes plain numpy data and returns a `Figure`; nothing here
 knows about checkpoints or files except `save`. `Figure` objects are used
 instead of `pyplot` so no global state or display backend is involved.
 """
-from pathlib import Path
+import io
 from typing import Sequence
+
+from etils import epath
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,9 +18,12 @@ MAX_PANEL_INCHES = 20.0  # CIFAR-100's matrix would otherwise be 5500 pixels wid
 CHANNELS_SHOWN = 8
 
 
-def save(figure: Figure, path: Path) -> None:
+def save(figure: Figure, path: epath.Path) -> None:
+  """PNG bytes rendered in memory, then written through epath (any workdir URI)."""
   FigureCanvasAgg(figure)
-  figure.savefig(path, dpi=100, bbox_inches="tight")
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+  epath.Path(path).write_bytes(buffer.getvalue())
 
 
 def _show_image(ax, image: np.ndarray) -> None:

@@ -12,7 +12,6 @@ markdown/HTML text in `cnn/report_pages.py`.
 """
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from cnn import input_pipeline, plots, report_pages, train
+from cnn import workdir as workdirs
 from cnn.errors import UserError
 
 REPORT_DIR = "report"
@@ -157,14 +157,14 @@ def stage_outputs(layers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 def read_history(workdir: str, fallback: list[dict]) -> list[dict]:
   """Per-epoch records from `metrics.jsonl`, else those in the checkpoint."""
-  path = Path(workdir) / "metrics.jsonl"
+  path = workdirs.resolve(workdir) / "metrics.jsonl"
   if not path.is_file():
     return fallback
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_results(workdir: str) -> dict:
-  path = Path(workdir) / "results.json"
+  path = workdirs.resolve(workdir) / "results.json"
   return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -202,7 +202,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() != 0:
     return report
 
-  out = Path(workdir) / REPORT_DIR
+  out = workdirs.resolve(workdir) / REPORT_DIR
   out.mkdir(parents=True, exist_ok=True)
   (out / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
   (out / "classification_report.md").write_text(report_pages.markdown(report))

@@ -8,7 +8,7 @@
 `record` keeps the numbers of a finished workdir (no checkpoints) as
 `results/<name>_seed<seed>.json`; `render` averages each experiment over its
 seeds. Rows without a results file say so and why. Only the standard library
-is imported.
+is imported (and etils.epath, for workdirs that are URIs).
 """
 import argparse
 import json

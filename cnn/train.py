@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import flax
@@ -25,10 +24,12 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from cnn import (checkpoint, datasets, device_pipeline, input_pipeline, metric_writers, optim,
-                 preemption)
+from cnn import (checkpoint, datasets, device_pipeline, distributed, input_pipeline,
+                 metric_writers, optim, preemption)
+from cnn import workdir as workdirs
 from cnn.config_validation import validate_config
 from cnn.errors import Preempted, UserError, unknown_name
 from cnn.models import create_model
@@ -158,8 +159,41 @@ def eval_step(state: TrainState, batch: dict, flip: bool = False) -> dict[str, j
 
 
 def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
+  """A 1-D "data" mesh over every device of every process, in the order
+  `jax.make_mesh` chooses (topology-aware on TPU slices)."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def replicate(tree: Any, sharding: NamedSharding) -> Any:
+  """A copy of `tree` on every device of every process, built from host
+  values (every process computes the same). Going through the host matters:
+  `device_put` of an array already on a device, with one device per process
+  (one process per GPU), makes arrays whose shards orbax cannot save."""
+  return jax.device_put(jax.device_get(tree), sharding)
+
+
+def fit_eval_batch_size(batch_size: int, device_count: int) -> int:
+  """The evaluation batch rounded up to a multiple of the devices: evaluation
+  pads the last batch and masks the padding, so any size gives the same
+  metrics, and the default 500 must not stop a run on 8 or 16 devices."""
+  fitted = -(-batch_size // device_count) * device_count
+  if fitted != batch_size:
+    logging.info("eval_batch_size %d -> %d (a multiple of the %d devices; padded examples are "
+                 "masked out)", batch_size, fitted, device_count)
+  return fitted
+
+
+def prepare_data(spec: datasets.DatasetSpec, data_dir: str | None, archive_dir: str):
+  """The tfds builder, prepared by process 0 while the others wait: processes
+  sharing one TFDS_DATA_DIR never write it at the same time, and hosts with
+  their own directories each prepare theirs afterwards."""
+  if jax.process_index() == 0:
+    builder = datasets.prepare(spec, data_dir, archive_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("tfds data prepared by process 0")
+  if jax.process_index() != 0:
+    builder = datasets.prepare(spec, data_dir, archive_dir)
+  return builder
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -210,7 +244,8 @@ class Experiment:
     self.spec = datasets.get_spec(config.dataset)
     self.mesh = make_mesh()
     input_pipeline.check_batch_size(config.batch_size, jax.device_count())
-    input_pipeline.check_batch_size(config.eval_batch_size, jax.device_count(), "eval_batch_size")
+    input_pipeline.check_batch_size(config.eval_batch_size, 1, "eval_batch_size")
+    self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
     if config.augment not in input_pipeline.AUGMENTATIONS:
       raise unknown_name("augmentation", config.augment, input_pipeline.AUGMENTATIONS)
     if config.batchnorm not in BATCHNORM_MODES:
@@ -219,8 +254,8 @@ class Experiment:
     self.model = create_model(config.model, num_classes=self.spec.num_classes,
                               dtype=jnp.dtype(config.dtype), norm_groups=norm_groups,
                               **config.model_kwargs)
-    builder = datasets.prepare(self.spec, config.data_dir or None,
-                               datasets.resolve_archive_dir(config.archive_dir))
+    builder = prepare_data(self.spec, config.data_dir or None,
+                           datasets.resolve_archive_dir(config.archive_dir))
     self.class_names = datasets.class_names(builder)
     self.splits = {name: datasets.load_split(builder, split) for name, split in (
         ("train", config.train_split), ("validation", config.validation_split),
@@ -235,12 +270,12 @@ class Experiment:
     self.tx = optim.make_optimizer(config, self.steps_per_epoch)
     self.train_shard = input_pipeline.Shard(config.batch_size, jax.process_index(),
                                             jax.process_count())
-    self.eval_shard = input_pipeline.Shard(config.eval_batch_size, jax.process_index(),
+    self.eval_shard = input_pipeline.Shard(self.eval_batch_size, jax.process_index(),
                                            jax.process_count())
     replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     init_key, self.dropout_key = jax.random.split(jax.random.key(config.seed))
-    self.initial_state = jax.device_put(
+    self.initial_state = replicate(
         create_train_state(self.model, self.tx, init_key, self.spec.image_shape,
                            ema=config.ema_decay > 0), replicated)
     self.train_step = jax.jit(
@@ -252,7 +287,7 @@ class Experiment:
     self.eval_step = jax.jit(functools.partial(eval_step, flip=config.eval_flip),
                              in_shardings=(replicated, self.batch_sharding),
                              out_shardings=replicated)
-    self.zero_sums = lambda: jax.device_put(zero_sums(), replicated)
+    self.zero_sums = lambda: replicate(zero_sums(), replicated)
 
   @functools.cached_property
   def fingerprint(self) -> dict:
@@ -295,7 +330,10 @@ class Experiment:
   def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
     """Logits and labels for every example of a split, in order."""
     images, labels = self.splits[split]
-    predict = jax.jit(functools.partial(eval_logits, flip=self.config.eval_flip))
+    # Replicated output: every process gets all logits (batch-sharded ones
+    # would not be fully addressable on a pod).
+    predict = jax.jit(functools.partial(eval_logits, flip=self.config.eval_flip),
+                      out_shardings=NamedSharding(self.mesh, P()))
     logits = [jax.device_get(predict(state, to_global({"image": b["image"]},
                                                       self.batch_sharding)["image"]))
               for b in input_pipeline.eval_batches(images, labels, spec=self.spec,
@@ -335,12 +373,13 @@ def check_finite(sums: dict) -> None:
 
 def check_writable(workdir: str) -> None:
   try:
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    probe = Path(workdir) / f".write_test.{jax.process_index()}"
+    path = workdirs.resolve(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test.{jax.process_index()}"
     probe.write_text("")
     probe.unlink()
   except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror or e}); "
                     "choose another --workdir") from None
 
 
@@ -399,6 +438,15 @@ class Run:
       self.writer.write_epoch(self.history, self.timing)
 
 
+def no_host_sync():
+  """The step loop's body between sync points: on GPU/TPU every device-to-
+  host read in it is logged, so a per-step host sync (which stalls
+  dispatch-ahead and prefetching) cannot creep back in unnoticed. (CPU
+  arrays are read without a transfer, so there it logs nothing;
+  tests/host_sync_probe.py counts the loop's sync points instead.)"""
+  return jax.transfer_guard_device_to_host("log")
+
+
 def _preempted(run: Run, step: int) -> Preempted:
   run.manager.wait_until_finished()
   return Preempted(f"stopped by SIGTERM at step {step}: checkpoint saved in "
@@ -416,9 +464,14 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
     epoch, offset = divmod(step, exp.steps_per_epoch)
     epoch_start = train_start = time.perf_counter()
     timed_steps, stop = 0, False
-    for batch in exp.device_batches(epoch, offset):
-      run.state, run.sums, loss = exp.train_step(run.state, run.sums, batch)
-      step += 1
+    batches = iter(exp.device_batches(epoch, offset))
+    while True:
+      with no_host_sync():  # steps are dispatched ahead; only sync points wait for them
+        batch = next(batches, None)
+        if batch is None:
+          break
+        run.state, run.sums, loss = exp.train_step(run.state, run.sums, batch)
+        step += 1
       if compile_time is None:  # the first step compiles: keep it out of the speed
         jax.block_until_ready(loss)
         train_start = time.perf_counter()
@@ -426,12 +479,14 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         progress.reset_clock(step)
       else:
         timed_steps += 1
+      at_sync_point = step % config.log_every_steps == 0 or step % exp.steps_per_epoch == 0
       if step % config.log_every_steps == 0:
         partial = jax.device_get(run.sums)
         check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
                         partial["correct"] / partial["count"])
-      stop = preemption.agreed_stop(stop_requested()) or run.manager.reached_preemption(step)
+      stop = (preemption.stop_now(stop_requested, at_sync_point)
+              or run.manager.reached_preemption(step))
       if step % exp.steps_per_epoch == 0:
         break  # the end of the epoch saves anyway
       if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
@@ -480,8 +535,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   exp = Experiment(config)
   check_writable(workdir)
   run = Run(exp, workdir)
-  logging.info("%s on %s: %d params, %d steps/epoch, %d devices", config.model, config.dataset,
-               count_params(run.state.params), exp.steps_per_epoch, jax.device_count())
+  logging.info("%s; mesh %s", distributed.describe(), dict(exp.mesh.shape))
+  logging.info("%s on %s: %d params, %d steps/epoch, global batch %d (%d per device)",
+               config.model, config.dataset, count_params(run.state.params),
+               exp.steps_per_epoch, config.batch_size, config.batch_size // jax.device_count())
   try:
     with preemption.sigterm_flag() as stop_requested:
       compile_time = train_epochs(run, stop_requested)
@@ -493,7 +550,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if run.writer:
       run.writer.close()
   if jax.process_index() == 0:
-    Path(workdir, "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (workdirs.resolve(workdir) / "results.json").write_text(
+        json.dumps(results, indent=2, default=str) + "\n")
   if config.protocol == "paper":
     logging.info("test accuracy %.4f (final model, paper protocol)", results["test_accuracy"])
   else:

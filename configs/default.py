@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = "resnet20_v1"
   config.model_kwargs = ml_collections.ConfigDict()  # e.g. {"shortcut": "zero_pad"}
   config.dtype = "float32"  # compute dtype ("bfloat16" for mixed precision); params stay float32
+  config.gpu_deterministic_ops = False  # True: --xla_gpu_deterministic_ops (same numbers
+  #   every run on a GPU, somewhat slower; CPU/TPU are deterministic anyway; cnn/backend.py)
   config.batchnorm = "global"  # "global": statistics over the global batch (all devices);
   #                              "per_device": each device's sub-batch, like pmap without axis_name
 

@@ -67,3 +67,22 @@ def tiny_run(data_env, tmp_path_factory, mnist):
   workdir = tmp_path_factory.mktemp("tiny")
   first = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
   return workdir, first
+
+
+def pytest_addoption(parser):
+  parser.addoption("--cluster", action="store_true",
+                   help="also run the slow device-count/multi-process matrix (tests marked "
+                        "`cluster`): python -m pytest -q tests --cluster -m cluster")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "cluster: slow device/process matrix; needs --cluster")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--cluster"):
+    return
+  skip = pytest.mark.skip(reason="slow matrix: python -m pytest -q tests --cluster -m cluster")
+  for item in items:
+    if "cluster" in item.keywords:
+      item.add_marker(skip)
