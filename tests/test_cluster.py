@@ -124,6 +124,7 @@ def host_sync_counts(env: dict, processes: int, workdir: Path) -> list[dict]:
   return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
 
 
+@pytest.mark.cluster
 def test_several_processes_agree_on_stopping_only_at_sync_points(data_env, mnist, tmp_path):
   """32 steps, log_every_steps=5, 16 steps per epoch: with 2 processes the
   loop asks for (and all-gathers) the stop flags at steps 5, 10, ..., 30 and
@@ -177,24 +178,6 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[str]:
   finally:
     for p in procs:
       p.kill()
-
-
-def test_slurm_two_processes_prepare_tfds_once_and_train(data_env, tmp_path):
-  """SLURM's variables only, as `srun` sets them: JAX detects the job, process
-  0 prepares MNIST into the shared empty TFDS_DATA_DIR while process 1 waits,
-  both train, and no step loop syncs the host between log points."""
-  env = {**data_env, "TFDS_DATA_DIR": str(tmp_path / "empty_tfds")}
-  procs = start_processes(env, 2, 2, tmp_path / "run", *SMALL, "--config.num_epochs=1",
-                          slurm=True)
-  errors = wait_all(procs, 240)
-  assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
-  assert "4 devices, 2 local, 2 processes (this is process 0)" in errors[0]
-  assert "(this is process 1)" in errors[1]
-  results = json.loads((tmp_path / "run" / "results.json").read_text())
-  assert results["devices"] == 4 and results["steps"] == 16
-  prepared = list((tmp_path / "empty_tfds").glob("mnist/*/dataset_info.json"))
-  assert len(prepared) == 1
-  assert not list((tmp_path / "empty_tfds").glob("**/incomplete*"))
 
 
 # --- the slow matrix (--cluster) --------------------------------------------------------------

@@ -64,19 +64,30 @@ def free_port() -> int:
 
 
 def test_two_processes_match_one_process_with_four_devices(data_env, mnist, tmp_path):
+  """Two processes x 2 devices started as SLURM's `srun` would (only its
+  environment variables: JAX's own detection finds the job), sharing an empty
+  TFDS_DATA_DIR that process 0 prepares while process 1 waits."""
   run_main(with_devices(data_env, 4), *SMALL, f"--workdir={tmp_path / 'single'}")
   port = free_port()
+  empty_tfds = tmp_path / "empty_tfds"
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
+           "SLURM_STEP_TASKS_PER_NODE": "2", "JAX_COORDINATOR_PORT": str(port),
+           "TFDS_DATA_DIR": str(empty_tfds)}
   procs = [subprocess.Popen(
-      [sys.executable, "main.py", *SMALL, f"--workdir={tmp_path / 'multi'}",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=with_devices(data_env, 2), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+      [sys.executable, "main.py", *SMALL, f"--workdir={tmp_path / 'multi'}"],
+      cwd=REPO, env={**with_devices(data_env, 2), **slurm, "SLURM_PROCID": str(i),
+                     "SLURM_LOCALID": str(i)},
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
-    errors = [p.communicate(timeout=110)[1] for p in procs]
+    errors = [p.communicate(timeout=240)[1] for p in procs]
   finally:
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+  assert "4 devices, 2 local, 2 processes (this is process 0)" in errors[0]
+  assert "(this is process 1)" in errors[1]
+  assert len(list(empty_tfds.glob("mnist/*/dataset_info.json"))) == 1
+  assert not list(empty_tfds.glob("**/incomplete*"))
   single, multi = (json.loads((tmp_path / w / "results.json").read_text())
                    for w in ("single", "multi"))
   assert multi["devices"] == single["devices"] == 4
