@@ -10,8 +10,9 @@ so the same seed on the same GPU model and device count gives the same
 numbers run after run, at some cost in speed. CPU and TPU runs are
 deterministic without it (the flag is ignored there).
 """
+import logging
 import os
-from typing import MutableMapping
+from typing import Iterable, MutableMapping
 
 import ml_collections
 
@@ -32,3 +33,30 @@ def configure(config: ml_collections.ConfigDict,
   flags = xla_flags(config, environ.get("XLA_FLAGS", ""))
   if flags:
     environ["XLA_FLAGS"] = flags
+
+
+JAX_VERSION = "0.10.2"  # requirements.txt's pin; the accelerator wheels must match it
+ACCELERATOR_DEVICE_FILES = {
+    "/dev/nvidia0": f'pip install "jax[cuda12]=={JAX_VERSION}" (or jax[cuda13] for CUDA 13)',
+    "/dev/accel0": f'pip install "jax[tpu]=={JAX_VERSION}"',
+    "/dev/vfio/0": f'pip install "jax[tpu]=={JAX_VERSION}"',
+}
+
+
+def unused_accelerator_hint(backend: str, present: Iterable[str]) -> str | None:
+  """A warning when this machine has GPUs or TPUs but JAX runs on the CPU (the
+  pinned jaxlib is the CPU build), naming the install line; else None."""
+  if backend != "cpu":
+    return None
+  for path in present:
+    if path in ACCELERATOR_DEVICE_FILES:
+      return (f"this machine has accelerators ({path}) but JAX runs on the CPU: "
+              f"{ACCELERATOR_DEVICE_FILES[path]}")
+  return None
+
+
+def warn_if_accelerator_unused(backend: str) -> None:
+  hint = unused_accelerator_hint(
+      backend, [p for p in ACCELERATOR_DEVICE_FILES if os.path.exists(p)])
+  if hint:
+    logging.warning(hint)

@@ -27,7 +27,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from cnn import (checkpoint, datasets, device_pipeline, distributed, input_pipeline,
+from cnn import (backend, checkpoint, datasets, device_pipeline, distributed, input_pipeline,
                  metric_writers, optim, preemption)
 from cnn import workdir as workdirs
 from cnn.config_validation import validate_config
@@ -536,6 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_writable(workdir)
   run = Run(exp, workdir)
   logging.info("%s; mesh %s", distributed.describe(), dict(exp.mesh.shape))
+  backend.warn_if_accelerator_unused(jax.default_backend())
   logging.info("%s on %s: %d params, %d steps/epoch, global batch %d (%d per device)",
                config.model, config.dataset, count_params(run.state.params),
                exp.steps_per_epoch, config.batch_size, config.batch_size // jax.device_count())

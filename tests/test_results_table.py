@@ -22,7 +22,7 @@ def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
                          "resnet20_mnist", "2-core CPU", "python main.py ...", results)
   table = results_table.render(results)
   row = next(line for line in table.splitlines() if "`resnet20_mnist`" in line)
-  assert "| 99.62 ± 0.03 | 2 | 30 | 2-core CPU, 1.00 h |" in row
+  assert "| 99.62 ± 0.03 | validation | 2 | 30 | 2-core CPU, 1.00 h |" in row
   assert "| `resnet56v1_cifar10` | 85.37 | 93.03 (He), 93.39 (re-impl.) | ≥ 93.3 | not yet run " \
          "(needs a GPU) |" in table
 
