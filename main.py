@@ -5,6 +5,7 @@
 
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
+import difflib
 import logging as std_logging
 import os
 import sys
@@ -36,8 +37,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_show_only_our_info)
-  from cnn import backend, distributed, train  # pylint: disable=import-outside-toplevel
+  from cnn.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from cnn.errors import Preempted, UserError  # pylint: disable=import-outside-toplevel
+  try:
+    validate_config(FLAGS.config)  # before the slow imports: mistakes are reported at once
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  from cnn import backend, distributed, train  # pylint: disable=import-outside-toplevel
   backend.configure(FLAGS.config)  # XLA flags: before the first device is touched
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
@@ -55,18 +62,66 @@ def main(argv):
     print(f"preempted: {e}", file=sys.stderr)
 
 
+def config_path(argv: list[str]) -> str | None:
+  """The file named by `--config=PATH[:ARG]` (or `--config PATH`), if any."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":", 1)[0]
+  return None
+
+
+def missing_config_message(path: str) -> str:
+  """`configs/resnet20v1_cifar.py not found; did you mean ...` with the closest names."""
+  folder = os.path.dirname(path) or "."
+  known = sorted(f for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_")
+                 ) if os.path.isdir(folder) else []
+  close = difflib.get_close_matches(os.path.basename(path), known, n=3)
+  hint = (f"did you mean {', '.join(os.path.join(folder, c) for c in close)}?" if close
+          else f"the configs are in configs/ ({', '.join(known[:6])}, ...)")
+  return f"config file {path} not found; {hint}"
+
+
+def config_load_message(path: str, error: BaseException) -> str:
+  """One line for a config file that exists but cannot be loaded."""
+  if isinstance(error, SyntaxError):
+    return (f"config file {path} has a syntax error at line {error.lineno}: {error.msg}; "
+            "fix the file")
+  text = " ".join(str(error).split())
+  if "get_config" in text:
+    return (f"config file {path} has no get_config(); define get_config() returning a "
+            "ConfigDict (see configs/default.py)")
+  return f"config file {path} could not be loaded ({type(error).__name__}: {text}); fix the file"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but an unknown `--config.KEY` is one line, not a traceback."""
+  """absl's parser, but every mistake in `--config` (a missing or broken file,
+  an unknown `--config.KEY`, a value of the wrong type) is one line, exit 2."""
+  path = config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    print(f"error: {missing_config_message(path)}", file=sys.stderr)
+    sys.exit(2)
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
+    if "get_config" in str(e):
+      print(f"error: {config_load_message(path, e)}", file=sys.stderr)
+      sys.exit(2)
     hint = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
     hint = hint.replace(" Did you mean", "; did you mean")
     print(f"error: unknown config key {hint}; valid keys are in configs/default.py",
           file=sys.stderr)
     sys.exit(2)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    if "Error whilst parsing config file" in str(e):  # get_config() raised; absl wraps it
+      last = [line for line in str(e).splitlines() if line.strip()][-1].strip()
+      print(f"error: config file {path} could not be loaded ({last})", file=sys.stderr)
+    else:
+      print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except (anything a config file can raise)
+    print(f"error: {config_load_message(path, e)}", file=sys.stderr)
     sys.exit(2)
 
 

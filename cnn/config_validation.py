@@ -1,15 +1,24 @@
-"""Checks a config before anything expensive happens.
+"""Checks a config before anything expensive happens, from one table.
 
-Names (model, dataset, optimizer, ...) are checked where they are looked up;
-this file checks what no lookup would catch: keys that do not exist in
-`configs/default.py` (a typo in a config file would otherwise be ignored),
-and out-of-range numbers.
+`RULES` has one entry per field of `configs/default.py`: the type it must
+have, the values it may take and an example of a good value for the error
+line. A test fails when a field exists without a rule, so a new knob cannot
+be added unchecked. Keys that do not exist in `configs/default.py` (a typo in
+a config file would otherwise be ignored) are refused too.
+
+Names (model, dataset, augmentation, ...) are checked against the registries
+that look them up, so the lists of valid names are never written twice.
 """
+import dataclasses
+from typing import Any, Callable
+
 import ml_collections
 
-from cnn.errors import UserError
+from cnn.errors import UserError, unknown_name
 
 PROTOCOLS = ("validation", "paper")
+DTYPES = ("float32", "bfloat16", "float16")
+BATCHNORM_MODES = ("global", "per_device")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -17,9 +26,137 @@ def default_config() -> ml_collections.ConfigDict:
   return default.get_config()
 
 
+# Registries, imported when a name is checked (they pull in TensorFlow and flax).
+def _models():
+  from cnn.models import registry  # pylint: disable=import-outside-toplevel
+  return registry()
+
+
+def _datasets():
+  from cnn.datasets import DATASETS  # pylint: disable=import-outside-toplevel
+  return DATASETS
+
+
+def _augmentations():
+  from cnn.input_pipeline import AUGMENTATIONS  # pylint: disable=import-outside-toplevel
+  return AUGMENTATIONS
+
+
+def _optimizers():
+  from cnn.optim import OPTIMIZERS  # pylint: disable=import-outside-toplevel
+  return OPTIMIZERS
+
+
+def _schedules():
+  from cnn.optim import SCHEDULES  # pylint: disable=import-outside-toplevel
+  return SCHEDULES
+
+
+def _warmup_shapes():
+  from cnn.optim import WARMUP_SHAPES  # pylint: disable=import-outside-toplevel
+  return WARMUP_SHAPES
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """`kind`: the Python type(s) allowed (int is accepted for float). Either
+  `choices` (a tuple, or a function returning the valid names) or `ok` (a
+  predicate) with `expect` (what it means, for the message), and `example`
+  (a valid value for the fix)."""
+  kind: type | tuple[type, ...]
+  example: Any
+  ok: Callable[[Any], bool] = lambda v: True
+  expect: str = ""
+  choices: tuple | Callable[[], Any] | None = None
+
+
+def _at_least(low):
+  return lambda v: v >= low
+
+
+def _between(low, high, high_open=True):
+  return lambda v: low <= v < high if high_open else low <= v <= high
+
+
+def _increasing_fractions(v) -> bool:
+  return (all(0.0 < b < 1.0 for b in v)
+          and all(a < b for a, b in zip(v, v[1:])))
+
+
+INT, FLOAT, BOOL, STR = int, (int, float), bool, str
+RULES: dict[str, Rule] = {
+    "seed": Rule(INT, 0, _at_least(0), ">= 0"),
+    "protocol": Rule(STR, "validation", choices=PROTOCOLS),
+    "dataset": Rule(STR, "cifar10", choices=_datasets),
+    "train_split": Rule(STR, "train[:45000]", bool, "a tfds split, e.g. train[:45000]"),
+    "validation_split": Rule(STR, "train[45000:]"),  # "" = none
+    "test_split": Rule(STR, "test", bool, "a tfds split, e.g. test"),
+    "archive_dir": Rule(STR, ""),
+    "data_dir": Rule(STR, ""),
+    "augment": Rule(STR, "pad_crop_flip", choices=_augmentations),
+    "crop_padding": Rule(INT, 4, _at_least(0), ">= 0"),
+    "cutout": Rule(INT, 16, _at_least(0), ">= 0 (0 = off)"),
+    "mixup_alpha": Rule(FLOAT, 0.2, _at_least(0), ">= 0 (0 = off)"),
+    "model": Rule(STR, "resnet20_v1", choices=_models),
+    "model_kwargs": Rule(ml_collections.ConfigDict, "{}"),
+    "dtype": Rule(STR, "float32", choices=DTYPES),
+    "gpu_deterministic_ops": Rule(BOOL, True),
+    "batchnorm": Rule(STR, "global", choices=BATCHNORM_MODES),
+    "optimizer": Rule(STR, "sgd", choices=_optimizers),
+    "learning_rate": Rule(FLOAT, 0.1, lambda v: v > 0, "> 0"),
+    "momentum": Rule(FLOAT, 0.9, _between(0, 1), "in [0, 1)"),
+    "nesterov": Rule(BOOL, True),
+    "weight_decay": Rule(FLOAT, 1e-4, _at_least(0), ">= 0"),
+    "lr_schedule": Rule(STR, "step", choices=_schedules),
+    "lr_boundaries": Rule((tuple, list), "'(0.5,0.75)'", _increasing_fractions,
+                          "increasing fractions of the run in (0, 1)"),
+    "lr_decay_factor": Rule(FLOAT, 0.1, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "warmup_epochs": Rule(FLOAT, 1.0, _at_least(0), ">= 0"),
+    "warmup_shape": Rule(STR, "linear", choices=_warmup_shapes),
+    "warmup_factor": Rule(FLOAT, 0.1, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "plateau_factor": Rule(FLOAT, 0.1, lambda v: 0 < v < 1, "in (0, 1)"),
+    "plateau_patience": Rule(INT, 5, _at_least(0), ">= 0"),
+    "plateau_cooldown": Rule(INT, 0, _at_least(0), ">= 0"),
+    "plateau_min_scale": Rule(FLOAT, 1e-3, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "label_smoothing": Rule(FLOAT, 0.1, _between(0, 1), "in [0, 1)"),
+    "ema_decay": Rule(FLOAT, 0.999, _between(0, 1), "in [0, 1) (0 = off)"),
+    "eval_flip": Rule(BOOL, True),
+    "batch_size": Rule(INT, 128, lambda v: v > 0, "> 0"),
+    "eval_batch_size": Rule(INT, 500, lambda v: v > 0, "> 0"),
+    "prefetch_batches": Rule(INT, 2, _at_least(0), ">= 0"),
+    "data_on_device": Rule(BOOL, True),
+    "num_epochs": Rule(INT, 30, lambda v: v > 0, "> 0"),
+    "log_every_steps": Rule(INT, 100, lambda v: v > 0, "> 0"),
+    "checkpoint_every_steps": Rule(INT, 1000, _at_least(0), ">= 0 (0 = each epoch's end)"),
+    "keep_checkpoints": Rule(INT, 2, _at_least(1), ">= 1"),
+    "report_image_index": Rule(INT, 0, _at_least(0), ">= 0"),
+}
+
+
+def _type_name(kind) -> str:
+  kinds = kind if isinstance(kind, tuple) else (kind,)
+  return " or ".join(k.__name__ for k in kinds)
+
+
+def check_field(key: str, value: Any) -> None:
+  """Raises UserError (one line, naming the fix) if `value` breaks RULES[key]."""
+  rule = RULES[key]
+  kinds = rule.kind if isinstance(rule.kind, tuple) else (rule.kind,)
+  wrong_bool = isinstance(value, bool) and bool not in kinds
+  if not isinstance(value, kinds) or wrong_bool:
+    raise UserError(f"config.{key}={value!r} must be a {_type_name(rule.kind)}, e.g. "
+                    f"--config.{key}={rule.example}")
+  if rule.choices is not None:
+    valid = rule.choices() if callable(rule.choices) else rule.choices
+    if value not in valid:
+      raise unknown_name(key, value, valid)
+  elif not rule.ok(value):
+    raise UserError(f"config.{key}={value!r} must be {rule.expect}, e.g. "
+                    f"--config.{key}={rule.example}")
+
+
 def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
                 prefix: str = "") -> None:
-  """Types need no check here: ConfigDict refuses a value of the wrong type."""
   for key in config.keys():
     if key not in reference:
       raise UserError(f"unknown config key {prefix + key!r}; valid keys: "
@@ -31,28 +168,12 @@ def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Con
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises UserError with the fix, or returns None."""
   _check_keys(config, default_config())
-  if config.num_epochs <= 0:
-    raise UserError(f"config.num_epochs={config.num_epochs} must be > 0")
-  if config.learning_rate <= 0:
-    raise UserError(f"config.learning_rate={config.learning_rate} must be > 0")
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise UserError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
-  if config.cutout < 0:
-    raise UserError(f"config.cutout={config.cutout} must be >= 0 (0 = off)")
-  if config.mixup_alpha < 0:
-    raise UserError(f"config.mixup_alpha={config.mixup_alpha} must be >= 0 (0 = off)")
-  if not 0.0 <= config.ema_decay < 1.0:
-    raise UserError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 = off)")
-  if config.log_every_steps <= 0:
-    raise UserError(f"config.log_every_steps={config.log_every_steps} must be > 0")
-  if config.keep_checkpoints < 1:
-    raise UserError(f"config.keep_checkpoints={config.keep_checkpoints} must be >= 1")
-  if config.protocol not in PROTOCOLS:
-    raise UserError(f"config.protocol={config.protocol!r} must be one of {', '.join(PROTOCOLS)}")
+  # Fields checked without a registry first: those need no TensorFlow or flax
+  # import, so most mistakes are reported within a second.
+  static = [k for k in RULES if not callable(RULES[k].choices)]
+  for key in static + [k for k in RULES if k not in static]:
+    if key in config:
+      check_field(key, config[key])
   if config.protocol == "paper" and config.validation_split:
     raise UserError("config.protocol='paper' reports the final model and holds nothing out: "
                     "set --config.validation_split='' or use --config.protocol=validation")
-  if not 0.0 < config.warmup_factor <= 1.0:
-    raise UserError(f"config.warmup_factor={config.warmup_factor} must be in (0, 1]")
-  if not config.train_split or not config.test_split:
-    raise UserError("config.train_split and config.test_split must name tfds splits")

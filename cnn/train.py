@@ -31,11 +31,8 @@ from cnn import (backend, checkpoint, datasets, device_pipeline, distributed, in
                  metric_writers, optim, preemption)
 from cnn import workdir as workdirs
 from cnn.config_validation import validate_config
-from cnn.errors import Preempted, UserError, unknown_name
+from cnn.errors import Preempted, UserError
 from cnn.models import create_model
-
-
-BATCHNORM_MODES = ("global", "per_device")
 
 
 def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
@@ -246,10 +243,6 @@ class Experiment:
     input_pipeline.check_batch_size(config.batch_size, jax.device_count())
     input_pipeline.check_batch_size(config.eval_batch_size, 1, "eval_batch_size")
     self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
-    if config.augment not in input_pipeline.AUGMENTATIONS:
-      raise unknown_name("augmentation", config.augment, input_pipeline.AUGMENTATIONS)
-    if config.batchnorm not in BATCHNORM_MODES:
-      raise unknown_name("batchnorm", config.batchnorm, BATCHNORM_MODES)
     norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
     self.model = create_model(config.model, num_classes=self.spec.num_classes,
                               dtype=jnp.dtype(config.dtype), norm_groups=norm_groups,
