@@ -21,6 +21,7 @@ import numpy as np
 
 from cnn import input_pipeline, plots, report_pages, train
 from cnn import workdir as workdirs
+from cnn import workdir_lock
 from cnn.errors import UserError
 
 REPORT_DIR = "report"
@@ -178,6 +179,7 @@ def check_image_index(index: int, num_images: int) -> int:
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes `<workdir>/report/` from the best-by-validation checkpoint and
   returns the classification report."""
+  workdir_lock.check_no_trainer(workdir)  # not while a trainer writes it
   exp = train.Experiment(config)
   state, checkpoint_history = train.restore_for_evaluation(exp, workdir, "best")
   images, labels = exp.splits["test"]

@@ -30,6 +30,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from cnn import (backend, checkpoint, datasets, device_pipeline, distributed, input_pipeline,
                  metric_writers, optim, preemption)
 from cnn import workdir as workdirs
+from cnn import workdir_lock
 from cnn.config_validation import validate_config
 from cnn.errors import Preempted, UserError
 from cnn.models import create_model
@@ -525,8 +526,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from `workdir` if it holds a checkpoint), evaluates the
   last and the best-by-validation checkpoints on the test split and writes
   `results.json`. Returns the results."""
-  exp = Experiment(config)
   check_writable(workdir)
+  with workdir_lock.one_trainer(workdir):  # a second trainer on it refuses
+    return _train_and_evaluate(Experiment(config), workdir)
+
+
+def _train_and_evaluate(exp: Experiment, workdir: str) -> dict:
+  config = exp.config
   run = Run(exp, workdir)
   logging.info("%s; mesh %s", distributed.describe(), dict(exp.mesh.shape))
   backend.warn_if_accelerator_unused(jax.default_backend())
