@@ -8,8 +8,12 @@ the model) so a resumed run continues exactly and a workdir that belongs to a
 different model is refused instead of overwritten.
 
 Orbax writes to a temporary directory and renames it when complete, so a
-checkpoint half-written by a killed process is never taken as the latest.
+checkpoint half-written by a killed process is never taken as the latest. A
+complete checkpoint damaged later (a storage fault, a truncated file) is
+moved aside to `<workdir>/damaged_checkpoints/<step>` (never deleted) by
+`restore_newest_readable`, which resumes from the newest one that reads.
 """
+import logging
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -17,6 +21,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from cnn import workdir as workdirs
 from cnn.errors import UserError
+
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -63,3 +69,50 @@ def restore(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: A
     items["epoch_sums"] = ocp.args.StandardRestore(epoch_sums)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"], restored.get("epoch_sums"), restored["meta"]
+
+
+def move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
+  """Moves a damaged checkpoint out of the manager's way (so training can
+  save that step again) into `<workdir>/damaged_checkpoints/<step>`."""
+  target_dir = workdirs.resolve(workdir) / DAMAGED_DIR
+  target_dir.mkdir(parents=True, exist_ok=True)
+  target = target_dir / str(step)
+  suffix = 1
+  while target.exists():
+    target, suffix = target_dir / f"{step}.{suffix}", suffix + 1
+  (manager.directory / str(step)).rename(target)
+  return str(target)
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, workdir: str, fingerprint: dict,
+                            state: Any, epoch_sums: Any, is_primary: bool = True,
+                            barrier=lambda: None) -> tuple[Any, Any, dict, int] | None:
+  """(state, epoch_sums, meta, step) of the newest checkpoint that can be
+  read, or None if there is none. A damaged one is moved aside by the primary
+  process with a one-line warning naming its step; a checkpoint of another
+  model is refused (UserError), as that is no damage. `barrier` lets the
+  other processes wait for the move."""
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = load_meta(manager, step)
+      check_compatible(meta, fingerprint, workdir)
+      restored_state, restored_sums, meta = restore(manager, step, state, epoch_sums)
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except (storage faults come in many types)
+      where = move_aside(manager, workdir, step) if is_primary else "aside"
+      barrier()
+      reason = " ".join(str(e).split())[:160]
+      logging.warning("checkpoint step %d in %s cannot be read (%s: %s); moved to %s, trying "
+                      "the next newest", step, manager.directory, type(e).__name__, reason, where)
+      damaged.append(step)
+      manager.reload()
+      continue
+    return restored_state, restored_sums, meta, step
+  if damaged:
+    raise UserError(f"no readable checkpoint in {manager.directory}: steps "
+                    f"{', '.join(map(str, damaged))} are damaged (moved to "
+                    f"{workdirs.resolve(workdir) / DAMAGED_DIR}); rerun to start over, or put "
+                    "back a good copy from a backup")
+  return None

@@ -377,6 +377,11 @@ def check_writable(workdir: str) -> None:
                     "choose another --workdir") from None
 
 
+def _barrier() -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("damaged checkpoint moved aside")
+
+
 class Run:
   """The mutable side of training: state, epoch sums, histories, checkpoints.
 
@@ -390,14 +395,14 @@ class Run:
     self.manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints)
     self.state, self.sums = exp.initial_state, exp.zero_sums()
     self.history, self.timing = [], []
-    latest = self.manager.latest_step()
-    if latest is not None:
-      checkpoint.check_compatible(checkpoint.load_meta(self.manager, latest),
-                                  exp.fingerprint, workdir)
-      self.state, self.sums, meta = checkpoint.restore(self.manager, latest, self.state, self.sums)
+    restored = checkpoint.restore_newest_readable(
+        self.manager, workdir, exp.fingerprint, self.state, self.sums,
+        is_primary=jax.process_index() == 0, barrier=_barrier)
+    if restored is not None:
+      self.state, self.sums, meta, step = restored
       self.history, self.timing = meta["history"], meta["timing"]
-      logging.info("resumed from %s at step %d (epoch %d)", self.manager.directory, latest,
-                   latest // exp.steps_per_epoch)
+      logging.info("resumed from %s at step %d (epoch %d)", self.manager.directory, step,
+                   step // exp.steps_per_epoch)
     self.writer = metric_writers.MetricWriter(workdir) if jax.process_index() == 0 else None
 
   @property
