@@ -266,7 +266,10 @@ def test_multiprocess_sigterm_and_kill9_resume_to_the_single_process_answer(
   procs = start_processes(data_env, processes, devices_each, killed, *args)
   first_checkpoint(killed)
   procs[-1].send_signal(signal.SIGKILL)
-  wait_all(procs, 60)
+  try:  # the others fail in their next collective, or hang in it until the scheduler kills them
+    wait_all(procs, 60)
+  except subprocess.TimeoutExpired:
+    pass  # wait_all has killed them
   assert not (killed / "results.json").exists()
   # 3. The same command again resumes both and finishes like one process with 8 devices.
   for workdir in (stopped, killed):
