@@ -229,7 +229,8 @@ def metrics(workdir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def one_process_eight_devices(data_env, mnist, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("single")
-  run_main(with_devices(data_env, 8), *SMALL, "--config.num_epochs=3", f"--workdir={workdir}")
+  run_main(with_devices(data_env, 8), *SMALL, "--config.train_split=train[:512]",
+           "--config.num_epochs=3", f"--workdir={workdir}")
   return workdir
 
 
@@ -249,7 +250,9 @@ def assert_same_run(multi: Path, single: Path) -> None:
 @pytest.mark.parametrize("processes,devices_each", [(2, 4), (4, 2)])
 def test_multiprocess_sigterm_and_kill9_resume_to_the_single_process_answer(
     processes, devices_each, data_env, one_process_eight_devices, tmp_path):
-  args = (*SMALL, "--config.num_epochs=3")
+  # 3 epochs of 8 steps: rounding differences between layouts stay within the tolerance
+  # of the other multi-device tests (they grow with the number of steps).
+  args = (*SMALL, "--config.train_split=train[:512]", "--config.num_epochs=3")
   # 1. SIGTERM to every process (a scheduler's preemption): all stop at one step, exit 0.
   stopped = tmp_path / "sigterm"
   procs = start_processes(data_env, processes, devices_each, stopped, *args)
