@@ -25,13 +25,22 @@ from cnn.errors import UserError
 DAMAGED_DIR = "damaged_checkpoints"
 
 
+def _val_accuracy(metrics: dict) -> float:
+  return metrics["val_accuracy"]
+
+
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   policy = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep),
-      policies.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
+      policies.BestN(get_metric_fn=_val_accuracy, n=1,
                      keep_checkpoints_without_metrics=False),
   ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+  # best_fn makes orbax store each checkpoint's metrics with it and read them
+  # back when the manager is reopened: without it a resumed run forgets which
+  # checkpoint was best and the policy deletes it (the preservation policy
+  # alone decides what is kept).
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                         best_fn=_val_accuracy, best_mode="max")
   directory = workdirs.resolve(workdir) / "checkpoints"  # a gs:// URI stays one
   return ocp.CheckpointManager(directory, options=options)
 

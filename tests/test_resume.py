@@ -109,3 +109,22 @@ def test_half_written_checkpoint_is_never_the_latest(tiny_run, tmp_path):
   manager = checkpoint.make_manager(str(workdir), keep=2)
   assert manager.latest_step() == 64
   manager.close()
+
+
+def test_reopened_manager_still_keeps_the_best_checkpoint(tmp_path):
+  """A resumed run must not forget which checkpoint was best: the metrics are
+  stored with each checkpoint and read back when the manager is reopened, so
+  the best one survives later saves (a preemption checkpoint without metrics
+  in between, as after SIGTERM)."""
+  state = {"a": np.ones(3, np.float32)}
+  manager = checkpoint.make_manager(str(tmp_path), keep=2)
+  checkpoint.save(manager, 8, state, state, {}, val_accuracy=0.95)
+  checkpoint.save(manager, 10, state, state, {})  # SIGTERM mid-epoch: no metrics
+  manager.wait_until_finished()
+  manager.close()
+  manager = checkpoint.make_manager(str(tmp_path), keep=2)  # the resumed run
+  checkpoint.save(manager, 16, state, state, {}, val_accuracy=0.88)
+  checkpoint.save(manager, 24, state, state, {}, val_accuracy=0.93)
+  manager.wait_until_finished()
+  assert manager.all_steps() == [8, 16, 24]  # the best (8) and the latest 2
+  manager.close()
