@@ -150,14 +150,15 @@ def test_several_processes_agree_on_stopping_only_at_sync_points(data_env, mnist
 
 def test_unset_eval_batch_is_fitted_to_eight_devices_with_one_log_line(data_env, tmp_path):
   result = run_main(with_devices(data_env, 8), *SMALL, f"--workdir={tmp_path}",
-                    "--config.num_epochs=1", "--config.eval_batch_size=500")
+                    "--config.num_epochs=1", "--config.eval_batch_size=500",
+                    "--config.train_split=train[:512]", "--config.test_split=test[:3001]")
   lines = [l for l in result.stderr.splitlines() if "eval_batch_size 500 -> 504" in l]
   assert len(lines) == 1
   startup = [l for l in result.stderr.splitlines() if "backend cpu" in l]
   assert len(startup) == 1 and "8 devices, 8 local, 1 processes" in startup[0]
   assert "mesh {'data': 8}" in startup[0]
   results = json.loads((tmp_path / "results.json").read_text())
-  assert results["test_count"] == 10_000 and results["devices"] == 8
+  assert results["test_count"] == 3001 and results["devices"] == 8  # padded, masked
 
 
 def start_processes(env: dict, n: int, devices_each: int, workdir: Path, *args: str,

@@ -145,15 +145,17 @@ def branch_ends(params, name):
   return [b[sorted(k for k in b if k.startswith("Conv"))[-1]]["kernel"] for b in blocks]
 
 
-@pytest.mark.parametrize("model,end", [("resnet20_v1", "bn"), ("resnet20_v2", "conv"),
-                                       ("resnext29_2x32d", "bn"), ("wrn16_4", "conv")])
-def test_zero_init_last_starts_every_block_as_the_identity(model, end):
-  x = jnp.ones((1, 32, 32, 3))
+# The smallest member of each family (one block per stage) keeps the test fast.
+@pytest.mark.parametrize("model,kwargs,end", [
+    ("resnet8_v1", {}, "bn"), ("resnet8_v2", {}, "conv"),
+    ("resnext29_2x32d", {"depth": 11}, "bn"), ("wrn16_4", {"depth": 10}, "conv")])
+def test_zero_init_last_starts_every_block_as_the_identity(model, kwargs, end):
+  x = jnp.ones((1, 8, 8, 3))
   for zero in (False, True):
-    m = create_model(model, num_classes=10, dtype=jnp.float32, zero_init_last=zero)
-    params = jax.jit(lambda: m.init(jax.random.key(0), x, train=False))()["params"]
+    m = create_model(model, num_classes=10, dtype=jnp.float32, zero_init_last=zero, **kwargs)
+    params = m.init(jax.random.key(0), x, train=False)["params"]
     ends = branch_ends(params, end)
-    assert len(ends) >= 6
+    assert len(ends) == 3
     assert all(bool(jnp.all(e == 0)) == zero for e in ends)
 
 

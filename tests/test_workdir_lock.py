@@ -31,11 +31,13 @@ def test_holder_liveness_by_pid_start_time_and_heartbeat():
 def test_second_trainer_and_evaluation_refuse_and_a_killed_trainer_does_not_block(
     data_env, mnist, tmp_path):
   workdir = tmp_path / "run"
-  first = subprocess.Popen([sys.executable, "main.py", *TINY, f"--workdir={workdir}"],
+  # A long first run (killed below), so it cannot finish while the others check.
+  first = subprocess.Popen([sys.executable, "main.py", *TINY, "--config.num_epochs=50",
+                            f"--workdir={workdir}"],
                            cwd=REPO, env=data_env, stderr=subprocess.PIPE, text=True)
   try:
     for line in first.stderr:  # training has started
-      if "epoch 1/3 step" in line:
+      if "epoch 1/50 step" in line:
         break
     expected = (f"error: workdir {workdir} is in use by the trainer process {first.pid} on host "
                 f"{socket.gethostname()}")
@@ -49,7 +51,7 @@ def test_second_trainer_and_evaluation_refuse_and_a_killed_trainer_does_not_bloc
   finally:
     first.kill()
   assert (workdir / workdir_lock.LOCK_NAME).exists()  # left behind by kill -9
-  third = run_main(data_env, *TINY, f"--workdir={workdir}")
+  third = run_main(data_env, *TINY, f"--workdir={workdir}", "--config.num_epochs=1")
   assert "taking over the stale lock of process" in third.stderr
   assert (workdir / "results.json").exists()
   assert not (workdir / workdir_lock.LOCK_NAME).exists()  # released at the end
