@@ -242,7 +242,6 @@ class Experiment:
     self.spec = datasets.get_spec(config.dataset)
     self.mesh = make_mesh()
     input_pipeline.check_batch_size(config.batch_size, jax.device_count())
-    input_pipeline.check_batch_size(config.eval_batch_size, 1, "eval_batch_size")
     self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
     norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
     self.model = create_model(config.model, num_classes=self.spec.num_classes,
