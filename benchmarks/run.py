@@ -28,7 +28,6 @@ ratio vs PyTorch, or the pipeline's images/s, fell by more than 10%.
 block from a saved JSON; `--check` fails if that block is out of date.
 """
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -46,17 +45,24 @@ sys.path.insert(0, str(ROOT))
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
 REGRESSION = 0.9  # a ratio below this fraction of the baseline's is a regression
 
-# (model, label, dtype, fusion_barrier): JAX candidates; PyTorch twins are added per model.
+# (model, label, dtype, model_kwargs): JAX candidates; PyTorch twins are added per model.
+# "JAX fp32" is the default model (the per-shape conv rule, the fusion barrier);
+# the others switch one model option off, to show what each is worth.
+XLA_CONVS = {"conv_algorithm": "xla"}
+NO_BARRIER = {"fusion_barrier": False}
 STEP_CANDIDATES = {
-    "resnet20": [("resnet20_v1", "JAX fp32", "float32", True),
-                 ("resnet20_v1", "JAX fp32, no fusion barrier", "float32", False),
-                 ("resnet20_v1", "JAX bf16 compute", "bfloat16", True),
-                 ("resnet20_v2", "JAX fp32, v2 (pre-activation)", "float32", True)],
-    "resnet56": [("resnet56_v1", "JAX fp32", "float32", True),
-                 ("resnet56_v1", "JAX fp32, no fusion barrier", "float32", False),
-                 ("resnet56_v1", "JAX bf16 compute", "bfloat16", True)],
-    "vgg16": [("vgg16", "JAX fp32", "float32", True),
-              ("vgg16", "JAX bf16 compute", "bfloat16", True)],
+    "resnet20": [("resnet20_v1", "JAX fp32", "float32", {}),
+                 ("resnet20_v1", "JAX fp32, XLA convs only", "float32", XLA_CONVS),
+                 ("resnet20_v1", "JAX fp32, no fusion barrier", "float32", NO_BARRIER),
+                 ("resnet20_v1", "JAX bf16 compute", "bfloat16", {}),
+                 ("resnet20_v2", "JAX fp32, v2 (pre-activation)", "float32", {})],
+    "resnet56": [("resnet56_v1", "JAX fp32", "float32", {}),
+                 ("resnet56_v1", "JAX fp32, XLA convs only", "float32", XLA_CONVS),
+                 ("resnet56_v1", "JAX fp32, no fusion barrier", "float32", NO_BARRIER),
+                 ("resnet56_v1", "JAX bf16 compute", "bfloat16", {})],
+    "vgg16": [("vgg16", "JAX fp32", "float32", {}),
+              ("vgg16", "JAX fp32, XLA convs only", "float32", XLA_CONVS),
+              ("vgg16", "JAX bf16 compute", "bfloat16", {})],
 }
 STEPS = {"resnet20": 10, "resnet56": 4, "vgg16": 3}  # per timing: about 2-6 s each
 MNIST_THRESHOLD = 0.97
@@ -66,17 +72,17 @@ class JaxStepper:
   """Our real train step (cnn.train.train_step, SGD + Nesterov as the twin)
   on one fixed batch; the state is threaded through, the step donates it."""
 
-  def __init__(self, model_name: str, dtype: str, batch_size: int, barrier: bool):
+  def __init__(self, model_name: str, dtype: str, batch_size: int, model_kwargs: dict):
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from cnn import optim, train  # pylint: disable=import-outside-toplevel
-    from cnn.models import blocks, create_model  # pylint: disable=import-outside-toplevel
+    from cnn.models import create_model  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
     config.nesterov, config.weight_decay = True, 5e-4
-    model = create_model(model_name, num_classes=10, dtype=jnp.dtype(dtype))
+    model = create_model(model_name, num_classes=10, dtype=jnp.dtype(dtype), **model_kwargs)
     tx = optim.make_optimizer(config, steps_per_epoch=100)
     self.state = train.create_train_state(model, tx, jax.random.key(0), (32, 32, 3))
     self.sums = train.zero_sums()
@@ -86,12 +92,9 @@ class JaxStepper:
     self._step = jax.jit(lambda s, m, b: train.train_step(s, m, b, jax.random.key(1), 0.0),
                          donate_argnums=(0, 1))
     self.batch_size = batch_size
-    patch = (contextlib.nullcontext() if barrier
-             else _patched(blocks, "fusion_barrier", lambda x: x))
-    with patch:  # the first call traces and compiles
-      start = time.perf_counter()
-      self.run(1)
-      self.compile_s = time.perf_counter() - start
+    start = time.perf_counter()  # the first call traces and compiles
+    self.run(1)
+    self.compile_s = time.perf_counter() - start
     self.run(2)
 
   def run(self, steps: int) -> None:
@@ -103,16 +106,6 @@ class JaxStepper:
     start = time.perf_counter()
     self.run(steps)
     return self.batch_size * steps / (time.perf_counter() - start)
-
-
-@contextlib.contextmanager
-def _patched(module, name, value):
-  old = getattr(module, name)
-  setattr(module, name, value)
-  try:
-    yield
-  finally:
-    setattr(module, name, old)
 
 
 class TorchWorker:
@@ -140,8 +133,8 @@ def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[
   rows = []
   try:
     for model in models:
-      steppers = [(label, JaxStepper(name, dtype, batch_size, barrier), name)
-                  for name, label, dtype, barrier in STEP_CANDIDATES[model]]
+      steppers = [(label, JaxStepper(name, dtype, batch_size, kwargs), name)
+                  for name, label, dtype, kwargs in STEP_CANDIDATES[model]]
       torch_worker.images_per_s(model, batch_size, 1)  # build and warm up
       samples = {label: [] for label, _, _ in steppers} | {"PyTorch fp32": []}
       for _ in range(repeats):

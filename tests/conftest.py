@@ -69,20 +69,30 @@ def tiny_run(data_env, tmp_path_factory, mnist):
   return workdir, first
 
 
+# Slow suites, each behind its own option (README: "Checking it without a cluster",
+# "CPU convolution algorithms").
+SLOW_SUITES = {
+    "cluster": "slow device/process matrix: python -m pytest -q tests --cluster -m cluster",
+    "exhaustive": ("every algorithm on every conv shape of every model: "
+                   "python -m pytest -q tests --exhaustive -m exhaustive"),
+}
+
+
 def pytest_addoption(parser):
-  parser.addoption("--cluster", action="store_true",
-                   help="also run the slow device-count/multi-process matrix (tests marked "
-                        "`cluster`): python -m pytest -q tests --cluster -m cluster")
+  for name, help_text in SLOW_SUITES.items():
+    parser.addoption(f"--{name}", action="store_true", help=f"also run the {help_text}")
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "cluster: slow device/process matrix; needs --cluster")
+  for name, help_text in SLOW_SUITES.items():
+    config.addinivalue_line("markers", f"{name}: {help_text}")
 
 
 def pytest_collection_modifyitems(config, items):
-  if config.getoption("--cluster"):
-    return
-  skip = pytest.mark.skip(reason="slow matrix: python -m pytest -q tests --cluster -m cluster")
-  for item in items:
-    if "cluster" in item.keywords:
-      item.add_marker(skip)
+  for name, help_text in SLOW_SUITES.items():
+    if config.getoption(f"--{name}"):
+      continue
+    skip = pytest.mark.skip(reason=help_text)
+    for item in items:
+      if name in item.keywords:
+        item.add_marker(skip)

@@ -252,20 +252,23 @@ class BottleneckV2(nn.Module):
 
 
 def residual_stages(x: jnp.ndarray, block: Callable[..., nn.Module],
-                    widths: Sequence[int], blocks_per_stage: int) -> jnp.ndarray:
+                    widths: Sequence[int], blocks_per_stage: int,
+                    barrier: bool = True) -> jnp.ndarray:
   """The CIFAR ResNet body (He et al. 2016, Sec. 4.2), which wide ResNets and
   ResNeXt-29 keep: one stage per width, `blocks_per_stage` blocks each, the
   first block of every stage after the first halving the resolution.
 
   `block(filters=..., strides=..., name=...)` builds one block; call this from
   a compact `__call__`, whose module becomes the blocks' parent (names
-  `stage{s}_block{b}`, as in the seed ResNets). Each block output passes a
-  `fusion_barrier` (a no-op except for speed on CPU; see layers.py)."""
+  `stage{s}_block{b}`, as in the seed ResNets). With `barrier`, each block
+  output passes a `fusion_barrier` (a no-op except for speed on CPU; see
+  layers.py; the models' `fusion_barrier` option)."""
   for stage, width in enumerate(widths):
     for b in range(blocks_per_stage):
       strides = 2 if stage > 0 and b == 0 else 1
       x = block(filters=width, strides=strides, name=f"stage{stage + 1}_block{b + 1}")(x)
-      x = fusion_barrier(x)
+      if barrier:
+        x = fusion_barrier(x)
   return x
 
 

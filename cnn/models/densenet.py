@@ -70,6 +70,7 @@ class DenseNet(nn.Module):
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -78,7 +79,8 @@ class DenseNet(nn.Module):
     if rest or n < 1:
       raise UserError(f"DenseNet depth {self.depth} is not {3 * convs_per_layer}n+4; "
                       f"use e.g. {3 * convs_per_layer * 16 + 4}")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
+                                  self.conv_algorithm)
     unit = functools.partial(NormActConv, conv=conv, norm=norm, act=act)
     dropout = make_dropout(self.dropout_rate, train)
     bc = self.bottleneck and self.compression < 1

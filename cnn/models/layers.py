@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn.errors import UserError
+from cnn.models import conv_algorithms
 
 ModuleDef = Any
 
@@ -76,13 +77,21 @@ def symmetric_padding(kernel_size: Sequence[int]) -> str | list[tuple[int, int]]
   return [(k // 2, k // 2) for k in kernel_size]
 
 
-def conv_factory(padding: str, dtype: Any) -> ModuleDef:
+def conv_factory(padding: str, dtype: Any, algorithm: str = "auto") -> ModuleDef:
   """nn.Conv without bias, He-initialised, padded as `padding` says
   ("symmetric": the papers' (1, 1) for 3x3; "same": TensorFlow's, (0, 1) at
-  stride 2)."""
+  stride 2). `algorithm` "auto" computes each layer on the CPU backend with
+  the algorithms `conv_algorithms.choose` names for its shape (XLA's own
+  convolution elsewhere); "xla" uses XLA's everywhere. Parameters are the
+  same either way."""
   if padding not in CONV_PADDINGS:
     raise UserError(f"unknown conv_padding {padding!r}; valid: {', '.join(CONV_PADDINGS)}")
+  choices = conv_algorithms.CONV_ALGORITHM_CHOICES
+  if algorithm not in choices:
+    raise UserError(f"unknown conv_algorithm {algorithm!r}; valid: {', '.join(choices)}")
   base = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype)
+  if algorithm == "auto":
+    base = functools.partial(base, conv_general_dilated=conv_algorithms.conv_general_dilated)
   if padding == "same":
     return functools.partial(base, padding="SAME")
 
@@ -94,16 +103,17 @@ def conv_factory(padding: str, dtype: Any) -> ModuleDef:
   return conv
 
 
-def make_layers(train: bool, dtype: Any, norm_groups: int = 1,
-                conv_padding: str = "symmetric") -> tuple[ModuleDef, ModuleDef, Callable]:
+def make_layers(train: bool, dtype: Any, norm_groups: int = 1, conv_padding: str = "symmetric",
+                conv_algorithm: str = "auto") -> tuple[ModuleDef, ModuleDef, Callable]:
   """Returns (conv, norm, act) factories for a forward pass.
 
   BatchNorm uses PyTorch's defaults (momentum 0.1 == flax momentum 0.9,
   eps 1e-5), which the published CIFAR recipes were tuned with. With
   `norm_groups` > 1 its training statistics are per group (per device).
-  Convolutions pad as `conv_padding` says (see `conv_factory`).
+  Convolutions pad as `conv_padding` says and compute with `conv_algorithm`
+  (see `conv_factory`).
   """
-  conv = conv_factory(conv_padding, dtype)
+  conv = conv_factory(conv_padding, dtype, conv_algorithm)
   if norm_groups == 1:
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)

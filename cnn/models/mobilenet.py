@@ -51,10 +51,12 @@ class MobileNetV1(nn.Module):
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
+                                  self.conv_algorithm)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
     width = lambda c: max(1, int(c * self.width_multiplier))
     x = conv(width(32), (3, 3), (self.stem_strides,) * 2, name="stem_conv")(

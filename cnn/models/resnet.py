@@ -58,13 +58,16 @@ class CifarResNet(nn.Module):
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  fusion_barrier: bool = True  # False: no barrier after each block (layers.fusion_barrier)
   zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     if self.shortcut not in SHORTCUTS:
       raise UserError(f"unknown shortcut {self.shortcut!r}; valid: {', '.join(SHORTCUTS)}")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
+                                  self.conv_algorithm)
     n = blocks_per_stage(self.depth, self.block_cls)
     x = conv(self.widths[0], (3, 3), name="stem_conv")(x.astype(self.dtype))
     if not self.preactivation:
@@ -72,7 +75,7 @@ class CifarResNet(nn.Module):
     block = functools.partial(self.block_cls, shortcut=self.shortcut, conv=conv, norm=norm,
                               act=act, se_reduction=self.se_reduction,
                               zero_init_last=self.zero_init_last)
-    x = residual_stages(x, block, self.widths, n)
+    x = residual_stages(x, block, self.widths, n, self.fusion_barrier)
     if self.preactivation:
       x = act(norm(name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))

@@ -23,10 +23,12 @@ class ResNet9(nn.Module):
   dtype: Any = jnp.float32
   norm_groups: int = 1
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
+                                  self.conv_algorithm)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
     pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2), padding="SAME")
     prep, w1, w2, w3 = self.widths

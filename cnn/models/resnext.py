@@ -33,6 +33,8 @@ class ResNeXt(nn.Module):
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  fusion_barrier: bool = True  # False: no barrier after each block (layers.fusion_barrier)
   zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
 
   @nn.compact
@@ -40,14 +42,15 @@ class ResNeXt(nn.Module):
     n, rest = divmod(self.depth - 2, 9)
     if rest or n < 1:
       raise UserError(f"ResNeXt depth {self.depth} is not 9n+2; use e.g. 29")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
+                                  self.conv_algorithm)
     x = conv(64, (3, 3), name="stem_conv")(x.astype(self.dtype))
     x = act(norm(name="stem_bn")(x))
     block = functools.partial(
         BottleneckV1, shortcut="projection", conv=conv, norm=norm, act=act,
         cardinality=self.cardinality, base_width=self.bottleneck_width,
         se_reduction=self.se_reduction, zero_init_last=self.zero_init_last)
-    x = residual_stages(x, block, (64, 128, 256), n)
+    x = residual_stages(x, block, (64, 128, 256), n, self.fusion_barrier)
     x = jnp.mean(x, axis=(1, 2))
     return classifier_head(x, self.num_classes, self.dtype)
 

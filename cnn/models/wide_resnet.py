@@ -36,6 +36,8 @@ class WideResNet(nn.Module):
   dtype: Any = jnp.float32
   norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  fusion_barrier: bool = True  # False: no barrier after each block (layers.fusion_barrier)
   zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
 
   @nn.compact
@@ -43,14 +45,15 @@ class WideResNet(nn.Module):
     n, rest = divmod(self.depth - 4, 6)
     if rest or n < 1:
       raise UserError(f"wide ResNet depth {self.depth} is not 6N+4; use e.g. 16, 22, 28 or 40")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding)
+    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
+                                  self.conv_algorithm)
     x = conv(16, (3, 3), name="stem_conv")(x.astype(self.dtype))
     block = functools.partial(
         BasicBlockV2, shortcut="projection", conv=conv, norm=norm, act=act,
         se_reduction=self.se_reduction, dropout=make_dropout(self.dropout_rate, train),
         zero_init_last=self.zero_init_last)
     widths = tuple(w * self.widen_factor for w in (16, 32, 64))
-    x = residual_stages(x, block, widths, n)
+    x = residual_stages(x, block, widths, n, self.fusion_barrier)
     x = act(norm(name="final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     return classifier_head(x, self.num_classes, self.dtype)

@@ -1,0 +1,334 @@
+"""Every convolution shape of every registered model, timed per algorithm:
+the table that `cnn/models/conv_algorithms.choose` is derived from.
+
+  pip install -r requirements-bench.txt
+  python benchmarks/conv_shapes.py --out benchmarks/results/conv_shapes_cpu.json \
+      --readme benchmarks/README.md
+
+For each distinct layer shape (found by tracing every model of the registry on
+32x32x3 inputs, and the MNIST configs' models on 28x28x1, at the training
+batch of 128) it times the forward pass, the input gradient and the kernel
+gradient separately, for each algorithm of `conv_algorithms.ALGORITHMS` and
+for PyTorch's CPU convolution (channels-last, `torch.nn.grad`), in
+alternating rounds, and reports medians in milliseconds. PyTorch runs in a
+worker process that sleeps while JAX is timed. Grouped and depthwise
+convolutions (ResNeXt, MobileNet) are timed for XLA and PyTorch only: the
+alternatives do not cover them, so the rule keeps XLA there.
+
+`--render FILE --readme benchmarks/README.md` rewrites the table in that
+README from a saved JSON; `--check` fails if it is out of date.
+"""
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BEGIN, END = "<!-- conv-shapes:begin -->", "<!-- conv-shapes:end -->"
+MNIST_MODELS = ("resnet20_v1", "vgg16")  # configs/*_mnist.py: 28x28x1 inputs
+PRODUCTS = ("forward", "input_grad", "kernel_grad")
+
+
+def layer_key(layer: dict) -> tuple:
+  return (layer["batch"], layer["height"], layer["width"], layer["in_channels"],
+          layer["out_channels"], tuple(layer["kernel"]), tuple(layer["strides"]),
+          tuple(map(tuple, layer["padding"])), layer["groups"])
+
+
+def conv_layers(model_name: str, input_shape: tuple[int, ...], batch: int) -> list[dict]:
+  """The conv layers of a model's training forward pass, from its jaxpr."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cnn.models import create_model  # pylint: disable=import-outside-toplevel
+  model = create_model(model_name, num_classes=10, dtype=jnp.float32, conv_algorithm="xla")
+  x = jnp.zeros((batch, *input_shape), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))
+  jaxpr = jax.make_jaxpr(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}))(
+          variables, x)
+  found = []
+
+  def walk(jpr):
+    for eqn in jpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        lhs, rhs = (v.aval.shape for v in eqn.invars)
+        p = eqn.params
+        found.append({"batch": lhs[0], "height": lhs[1], "width": lhs[2],
+                      "in_channels": lhs[3], "out_channels": rhs[3], "kernel": list(rhs[:2]),
+                      "strides": list(p["window_strides"]),
+                      "padding": [list(q) for q in p["padding"]],
+                      "groups": p["feature_group_count"]})
+      for value in eqn.params.values():  # cond branches, custom_vjp bodies, ...
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          if hasattr(sub, "eqns"):
+            walk(sub)
+          elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+            walk(sub.jaxpr)
+
+  walk(jaxpr.jaxpr)
+  return found
+
+
+def all_layers(batch: int, models: list[str] | None) -> list[dict]:
+  """Distinct shapes, each with the models (and how many layers) using it."""
+  from cnn.models import registry  # pylint: disable=import-outside-toplevel
+  runs = [(name, (32, 32, 3)) for name in sorted(registry()) if not models or name in models]
+  runs += [(f"{name} (MNIST)", (28, 28, 1)) for name in MNIST_MODELS
+           if not models or name in models]
+  shapes: dict[tuple, dict] = {}
+  for label, input_shape in runs:
+    for layer in conv_layers(label.split(" ")[0], input_shape, batch):
+      entry = shapes.setdefault(layer_key(layer), {**layer, "used_by": {}})
+      entry["used_by"][label] = entry["used_by"].get(label, 0) + 1
+  return sorted(shapes.values(), key=layer_key)
+
+
+class JaxTimer:
+  """Jitted forward, input gradient and kernel gradient of one layer, for one
+  algorithm (all three products use it)."""
+
+  def __init__(self, layer: dict, algorithm: str):
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from jax import lax  # pylint: disable=import-outside-toplevel
+    from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+    self._jax = jax
+    rng = np.random.default_rng(0)
+    n, h, w, c, o = (layer[k] for k in ("batch", "height", "width", "in_channels",
+                                        "out_channels"))
+    kh, kw = layer["kernel"]
+    strides, pads, groups = tuple(layer["strides"]), tuple(map(tuple, layer["padding"])), \
+        layer["groups"]
+    self.x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
+    self.w = jnp.asarray(rng.normal(size=(kh, kw, c // groups, o)) * 0.1, jnp.float32)
+    if algorithm == "xla":
+      conv = lambda x, k: lax.conv_general_dilated(  # noqa: E731
+          x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+          feature_group_count=groups)
+    else:
+      shape = ca.layer_shape(self.x.shape, self.w.shape, strides)
+      out_hw = tuple(ca._out_size(s, k, st, p) for s, k, st, p in  # pylint: disable=protected-access
+                     zip((h, w), (kh, kw), strides, pads))
+      conv = ca._planned_conv(ca.Plan(algorithm, algorithm, algorithm),  # pylint: disable=protected-access
+                              shape.strides, pads, out_hw)
+    y = jax.eval_shape(conv, self.x, self.w)
+    self.g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    self.fns = {
+        "forward": jax.jit(conv),
+        "input_grad": jax.jit(lambda x, k, g: jax.vjp(lambda t: conv(t, k), x)[1](g)[0]),
+        "kernel_grad": jax.jit(lambda x, k, g: jax.vjp(lambda t: conv(x, t), k)[1](g)[0]),
+    }
+    for product in PRODUCTS:  # compile
+      self.time(product)
+
+  def time(self, product: str) -> float:
+    args = (self.x, self.w) if product == "forward" else (self.x, self.w, self.g)
+    start = time.perf_counter()
+    self._jax.block_until_ready(self.fns[product](*args))
+    return (time.perf_counter() - start) * 1e3
+
+
+class TorchWorker:
+  """This file with --torch-worker in a child process: one stdin line (a
+  layer as JSON) is answered with one line, the ms of forward, input grad and
+  kernel grad (after one warm-up of each)."""
+
+  def __init__(self):
+    self.proc = subprocess.Popen([sys.executable, __file__, "--torch-worker"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def time(self, layer: dict) -> dict[str, float]:
+    self.proc.stdin.write(json.dumps(layer) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError("the PyTorch worker died; is torch installed (requirements-bench.txt)?")
+    return dict(zip(PRODUCTS, json.loads(line)))
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def torch_worker() -> None:
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(os.cpu_count())
+  cache: dict[str, tuple] = {}
+  for line in sys.stdin:
+    layer = json.loads(line)
+    if line not in cache:
+      n, h, w, c, o = (layer[k] for k in ("batch", "height", "width", "in_channels",
+                                          "out_channels"))
+      (kh, kw), groups = layer["kernel"], layer["groups"]
+      (pt, pb), (pl, pr) = layer["padding"]
+      gen = torch.Generator().manual_seed(0)
+      x = torch.randn(n, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+      if (pt, pl) != (pb, pr):  # asymmetric ("SAME" at stride 2): pad explicitly
+        x = torch.nn.functional.pad(x, (pl, pr, pt, pb)).contiguous(
+            memory_format=torch.channels_last)
+        pt = pl = 0
+      k = (torch.randn(o, c // groups, kh, kw, generator=gen) * 0.1).contiguous(
+          memory_format=torch.channels_last)
+      conv = lambda x, k, s=tuple(layer["strides"]), p=(pt, pl), g=groups: (  # noqa: E731
+          torch.nn.functional.conv2d(x, k, None, s, p, 1, g))
+      y = conv(x, k)
+      gy = torch.randn(y.shape, generator=gen).contiguous(memory_format=torch.channels_last)
+      s, p = tuple(layer["strides"]), (pt, pl)
+      products = (lambda: conv(x, k),
+                  lambda: torch.nn.grad.conv2d_input(x.shape, k, gy, s, p, 1, groups),
+                  lambda: torch.nn.grad.conv2d_weight(x, k.shape, gy, s, p, 1, groups))
+      for f in products:
+        with torch.no_grad():
+          f()
+      cache[line] = products
+    times = []
+    for f in cache[line]:
+      with torch.no_grad():
+        start = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - start) * 1e3)
+    print(json.dumps(times), flush=True)
+
+
+def measure(layers: list[dict], repeats: int) -> list[dict]:
+  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  worker = TorchWorker()
+  rows = []
+  try:
+    for i, layer in enumerate(layers):
+      plain = layer["groups"] == 1
+      algorithms = ca.ALGORITHMS if plain else ("xla",)
+      timers = {a: JaxTimer(layer, a) for a in algorithms}
+      samples = {a: {p: [] for p in PRODUCTS} for a in (*algorithms, "torch")}
+      worker.time(layer)  # warm-up
+      for _ in range(repeats):
+        for a, timer in timers.items():
+          for p in PRODUCTS:
+            samples[a][p].append(timer.time(p))
+        for p, t in worker.time(layer).items():
+          samples["torch"][p].append(t)
+      medians = {a: {p: round(statistics.median(v), 2) for p, v in s.items()}
+                 for a, s in samples.items()}
+      rows.append({**layer, "ms": medians})
+      print(f"[{i + 1}/{len(layers)}] {describe(layer)}: " + "  ".join(
+          f"{a} " + "/".join(f"{medians[a][p]:.1f}" for p in PRODUCTS) for a in medians),
+            flush=True)
+  finally:
+    worker.close()
+  return rows
+
+
+def describe(layer: dict) -> str:
+  kh, kw = layer["kernel"]
+  s = layer["strides"][0]
+  g = f" g{layer['groups']}" if layer["groups"] > 1 else ""
+  return (f"{layer['height']}x{layer['width']}x{layer['in_channels']} "
+          f"{kh}x{kw}/{s} -> {layer['out_channels']}{g}")
+
+
+def rule(layer: dict) -> dict[str, str]:
+  """The current rule's pick for a layer (XLA for grouped convolutions)."""
+  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  if layer["groups"] > 1:
+    return ca.XLA_PLAN._asdict()
+  shape = ca.layer_shape((layer["batch"], layer["height"], layer["width"], layer["in_channels"]),
+                         (*layer["kernel"], layer["in_channels"], layer["out_channels"]),
+                         layer["strides"])
+  return ca.choose(shape)._asdict()
+
+
+def step_ms(row: dict, plan: dict) -> float:
+  return sum(row["ms"][plan[p]][p] for p in PRODUCTS)
+
+
+def render(result: dict) -> str:
+  """The per-shape table: ms of each product per algorithm, and the rule's pick."""
+  m = result["machine"]
+  out = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
+         f"torch {m['torch']}; batch {result['batch']}, fp32, medians of {result['repeats']} "
+         "alternating rounds, milliseconds. Each cell: forward / input gradient / kernel "
+         "gradient. **Bold**: the algorithm the rule (`conv_algorithms.choose`) picks. "
+         "Layers: how many layers of that shape, summed over the models.", "",
+         "| layer (HxWxC kxk/stride -> out) | layers | xla | im2col | taps | PyTorch | "
+         "rule: fwd / dx / dw | rule vs xla | rule vs PyTorch |",
+         "|---|---:|---|---|---|---|---|---:|---:|"]
+  total = {"rule": 0.0, "xla": 0.0, "torch": 0.0}
+  for row in result["rows"]:
+    pick = rule(row)
+
+    def cell(a, row=row, pick=pick):
+      if a not in row["ms"]:
+        return "n/a"
+      return " / ".join((f"**{row['ms'][a][p]:.1f}**" if pick[p] == a
+                         else f"{row['ms'][a][p]:.1f}") for p in PRODUCTS)
+    ours, xla = step_ms(row, pick), step_ms(row, dict.fromkeys(PRODUCTS, "xla"))
+    torch = sum(row["ms"]["torch"].values())
+    count = sum(row["used_by"].values())
+    total["rule"] += ours * count
+    total["xla"] += xla * count
+    total["torch"] += torch * count
+    out.append(f"| {describe(row)} | {count} | {cell('xla')} | {cell('im2col')} | "
+               f"{cell('taps')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
+               f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
+               f"{torch / ours:.2f}x |")
+  out += ["", f"All layers of all models, weighted by their count: the rule's "
+          f"{total['rule'] / 1e3:.1f} s, XLA alone {total['xla'] / 1e3:.1f} s, PyTorch "
+          f"{total['torch'] / 1e3:.1f} s."]
+  return "\n".join(out) + "\n"
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", type=Path)
+  parser.add_argument("--readme", type=Path, help="rewrite this README's conv-shapes block")
+  parser.add_argument("--render", type=Path, help="only render this JSON (with --readme)")
+  parser.add_argument("--check", action="store_true")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--models", help="comma-separated registered names (default: all)")
+  parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.torch_worker:
+    torch_worker()
+    return 0
+  from cnn import results_table  # pylint: disable=import-outside-toplevel
+  if args.render:
+    table = render(json.loads(args.render.read_text()))
+    if args.check:
+      block = args.readme.read_text().split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+      if block != table:
+        print(f"{args.readme} conv-shapes block is out of date: run python "
+              f"benchmarks/conv_shapes.py --render {args.render} --readme {args.readme}")
+        return 1
+      return 0
+    if args.readme:
+      results_table.rewrite_readme(args.readme, table, BEGIN, END)
+    print(table)
+    return 0
+  from benchmarks.run import machine  # pylint: disable=import-outside-toplevel
+  layers = all_layers(args.batch, args.models.split(",") if args.models else None)
+  print(f"{len(layers)} distinct conv shapes", flush=True)
+  result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
+            "machine": machine(), "batch": args.batch, "repeats": args.repeats,
+            "rows": measure(layers, args.repeats)}
+  if args.out:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+  table = render(result)
+  if args.readme:
+    results_table.rewrite_readme(args.readme, table, BEGIN, END)
+  print(table)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

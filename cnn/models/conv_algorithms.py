@@ -1,0 +1,261 @@
+"""Per-layer convolution algorithms for the CPU backend.
+
+XLA:CPU's convolution is fast at most CIFAR shapes but pathological at some:
+a 3x3 convolution on a 2x2x512 input (VGG-16's last stage) takes seconds
+where a matmul formulation takes tens of milliseconds, and the kernel
+gradient of a 16x16x128 layer is 3x slower than a sum of per-tap matmuls
+(benchmarks/conv_shapes.py measures every conv shape of every registered
+model; benchmarks/README.md has the table).
+
+`conv_general_dilated` here is a drop-in for `lax.conv_general_dilated`
+(flax's `nn.Conv(conv_general_dilated=...)`). On the CPU backend it computes
+the forward pass, the input gradient and the kernel gradient each with the
+algorithm that `choose` names for the layer's shape, through a `custom_vjp`.
+`choose` is a deterministic rule on the shape (no timing at run time), so a
+seeded run gives the same numbers every time; its thresholds come from the
+measured table, and tests/test_conv_algorithms.py checks the rule against it.
+On any other backend, and for shapes the alternatives do not cover (grouped,
+dilated, non-NHWC), it is `lax.conv_general_dilated` itself.
+
+The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
+- "xla": XLA's own convolution (and its transpose rules for the gradients).
+- "im2col": one matmul of the patches (N,Ho,Wo,kh*kw*C) with the kernel;
+  the kernel gradient is patches^T @ dy.
+- "taps": one matmul per tap on a strided slice of the padded input, summed:
+  no patch tensor; the input gradient multiplies dy by each tap's kernel and
+  adds the results into the padded input's shape (col2im without the cols).
+"""
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ALGORITHMS = ("xla", "im2col", "taps")
+CONV_ALGORITHM_CHOICES = ("auto", "xla")  # model option: the rule, or XLA everywhere
+
+
+class ConvShape(NamedTuple):
+  """What the rule looks at: one layer's shape (the batch size is not used)."""
+  height: int  # input spatial size, after padding is applied nowhere yet
+  width: int
+  in_channels: int
+  out_channels: int
+  kernel: tuple[int, int]
+  strides: tuple[int, int]
+
+
+class Plan(NamedTuple):
+  forward: str
+  input_grad: str
+  kernel_grad: str
+
+
+XLA_PLAN = Plan("xla", "xla", "xla")
+
+
+def choose(shape: ConvShape) -> Plan:
+  """The algorithm for each of the three products of one layer.
+
+  Derived from benchmarks/conv_shapes.py on the 2-core CPU (table in
+  benchmarks/README.md; batch 128, fp32). XLA stays wherever it is the
+  fastest or within noise of it, which is most CIFAR shapes; the exceptions:
+  - Inputs of 2x2 or smaller (VGG's last stage, 1x1 after MNIST's pools):
+    XLA's forward and input gradient take seconds, "im2col" tens of ms.
+  - Stems with 1-4 input channels: one channel is 9 rank-1 products
+    ("taps"), a few channels one small im2col matmul; both beat XLA 1.3-10x.
+  - Strided layers: the input gradient by "taps" (XLA dilates dy with zeros
+    and convolves the lot); the kernel gradient too up to 16x16 inputs, and
+    always for strided 1x1 projections (XLA's is 5-10x slower).
+  - Kernel gradients on 14x14-16x16 inputs with 64+ channels: XLA's is
+    pathological there (630-970 ms for 16x16x64-128); "taps" 2-3x faster.
+  """
+  kh, kw = shape.kernel
+  spatial = shape.height * shape.width
+  channels = shape.in_channels
+  strided = tuple(shape.strides) != (1, 1)
+  forward = input_grad = kernel_grad = "xla"
+  if (kh, kw) == (1, 1):
+    return Plan(forward, input_grad, "taps" if strided else "xla")
+  if spatial <= 4:
+    forward = input_grad = "im2col"
+  if channels == 1:
+    forward, input_grad = "taps", "im2col"
+  elif channels <= 4:
+    forward = input_grad = "im2col"
+  if strided:
+    input_grad = "taps"
+    if spatial <= 256:
+      kernel_grad = "taps"
+  if 128 <= spatial <= 256 and channels >= 64:
+    kernel_grad = "taps"
+  return Plan(forward, input_grad, kernel_grad)
+
+
+def _pads(shape: ConvShape, padding) -> tuple[tuple[int, int], tuple[int, int]]:
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads((shape.height, shape.width), shape.kernel,
+                                     shape.strides, padding))
+  return tuple(tuple(p) for p in padding)
+
+
+def _out_size(size: int, k: int, s: int, pad: tuple[int, int]) -> int:
+  return (size + pad[0] + pad[1] - k) // s + 1
+
+
+def _tap_slices(xp: jnp.ndarray, kernel, strides, out_hw):
+  """The strided slice of the padded input that each tap multiplies."""
+  (kh, kw), (sh, sw), (ho, wo) = kernel, strides, out_hw
+  for i in range(kh):
+    for j in range(kw):
+      yield i, j, lax.slice(xp, (0, i, j, 0),
+                            (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1,
+                             xp.shape[3]), (1, sh, sw, 1))
+
+
+def _pad_input(x, pads):
+  return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def _matmul(a, b, spec, dtype):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _forward(algorithm, x, w, strides, pads, out_hw):
+  if algorithm == "xla":
+    return lax.conv_general_dilated(x, w, strides, pads,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  xp = _pad_input(x, pads)
+  kh, kw = w.shape[:2]
+  if algorithm == "im2col":
+    cols = jnp.concatenate([s for _, _, s in _tap_slices(xp, (kh, kw), strides, out_hw)], -1)
+    return _matmul(cols, w.reshape(-1, w.shape[-1]), "nhwk,ko->nhwo", x.dtype)
+  total = None
+  for i, j, s in _tap_slices(xp, (kh, kw), strides, out_hw):
+    y = jnp.einsum("nhwc,co->nhwo", s, w[i, j], preferred_element_type=jnp.float32)
+    total = y if total is None else total + y
+  return total.astype(x.dtype)
+
+
+def _input_grad(algorithm, x, w, g, strides, pads, out_hw):
+  if algorithm == "xla":
+    _, vjp = jax.vjp(lambda t: _forward("xla", t, w, strides, pads, out_hw), x)
+    return vjp(g)[0]
+  kh, kw = w.shape[:2]
+  n, h, wd, c = x.shape
+  hp, wp = h + pads[0][0] + pads[0][1], wd + pads[1][0] + pads[1][1]
+  (sh, sw), (ho, wo) = strides, out_hw
+  zero = jnp.zeros((), jnp.float32)
+  total = jnp.zeros((n, hp, wp, c), jnp.float32)
+  if algorithm == "im2col":
+    cols = jnp.einsum("nhwo,ko->nhwk", g, w.reshape(-1, w.shape[-1]),
+                      preferred_element_type=jnp.float32).reshape(n, ho, wo, kh * kw, c)
+    taps = ((i, j, cols[..., i * kw + j, :]) for i in range(kh) for j in range(kw))
+  else:
+    taps = ((i, j, jnp.einsum("nhwo,co->nhwc", g, w[i, j], preferred_element_type=jnp.float32))
+            for i in range(kh) for j in range(kw))
+  for i, j, t in taps:  # place tap (i, j)'s contribution where its slice came from
+    config = ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+              (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
+    total = total + lax.pad(t, zero, config)
+  return total[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd].astype(x.dtype)
+
+
+def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw):
+  if algorithm == "xla":
+    _, vjp = jax.vjp(lambda t: _forward("xla", x, t, strides, pads, out_hw), w)
+    return vjp(g)[0]
+  xp = _pad_input(x, pads)
+  kh, kw = w.shape[:2]
+  slices = list(_tap_slices(xp, (kh, kw), strides, out_hw))
+  if algorithm == "im2col":
+    cols = jnp.concatenate([s for _, _, s in slices], -1)
+    return _matmul(cols, g, "nhwk,nhwo->ko", w.dtype).reshape(w.shape)
+  # "taps": batched matmuls over groups of examples, summed: on XLA:CPU they
+  # parallelise far better than one matmul contracting over N*H*W. Groups
+  # are as many as keep the per-group results under 2M floats (at small
+  # spatial sizes one result per example would be mostly memory traffic).
+  groups = _batch_groups(x.shape[0], w.shape[2] * w.shape[3])
+  grads = []
+  for _, _, s in slices:
+    s = s.reshape(groups, -1, *s.shape[1:])
+    gg = g.reshape(groups, -1, *g.shape[1:])
+    grads.append(jnp.einsum("gnhwc,gnhwo->gco", s, gg,
+                            preferred_element_type=jnp.float32).sum(0))
+  return jnp.stack(grads).reshape(w.shape).astype(w.dtype)
+
+
+def _batch_groups(batch: int, kernel_matrix: int, limit: int = 1 << 21) -> int:
+  """The largest divisor of `batch` with groups * kernel_matrix <= limit."""
+  return max(d for d in range(1, batch + 1)
+             if batch % d == 0 and (d == 1 or d * kernel_matrix <= limit))
+
+
+def _planned_conv(plan: Plan, strides, pads, out_hw):
+  """A conv whose forward and two gradients use the plan's algorithms."""
+
+  @jax.custom_vjp
+  def conv(x, w):
+    return _forward(plan.forward, x, w, strides, pads, out_hw)
+
+  def fwd(x, w):
+    return conv(x, w), (x, w)
+
+  def bwd(res, g):
+    x, w = res
+    return (_input_grad(plan.input_grad, x, w, g, strides, pads, out_hw),
+            _kernel_grad(plan.kernel_grad, x, w, g, strides, pads, out_hw))
+
+  conv.defvjp(fwd, bwd)
+  return conv
+
+
+def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
+                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, with per-shape algorithms on the CPU backend."""
+  xla = lambda: lax.conv_general_dilated(  # pylint: disable=unnecessary-lambda-assignment
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+      precision=precision, preferred_element_type=preferred_element_type)
+  plan = plan_for(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation,
+                  dimension_numbers, feature_group_count, batch_group_count,
+                  preferred_element_type)
+  if plan == XLA_PLAN:
+    return xla()
+  shape = layer_shape(lhs.shape, rhs.shape, window_strides)
+  pads = _pads(shape, padding)
+  out_hw = tuple(_out_size(n, k, s, p) for n, k, s, p in
+                 zip((shape.height, shape.width), shape.kernel, shape.strides, pads))
+  return _planned_conv(plan, shape.strides, pads, out_hw)(lhs, rhs)
+
+
+def layer_shape(lhs_shape, rhs_shape, window_strides) -> ConvShape:
+  _, h, w, c = lhs_shape
+  kh, kw, _, o = rhs_shape
+  return ConvShape(h, w, c, o, (kh, kw), tuple(window_strides))
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+  if dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+
+
+def plan_for(lhs_shape, rhs_shape, window_strides, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+             preferred_element_type=None, backend: str | None = None) -> Plan:
+  """The plan for one call: `choose`'s on the CPU backend (`backend`, default
+  JAX's default backend) for plain 2-D NHWC convolutions, XLA everywhere else."""
+  plain = (len(lhs_shape) == 4 and _is_nhwc(dimension_numbers)
+           and feature_group_count == 1 and batch_group_count == 1
+           and preferred_element_type is None
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1))))
+  if not plain or (backend or jax.default_backend()) != "cpu":
+    return XLA_PLAN
+  return choose(layer_shape(lhs_shape, rhs_shape, window_strides))

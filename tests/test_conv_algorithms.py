@@ -1,0 +1,219 @@
+"""The CPU convolution algorithms (cnn/models/conv_algorithms.py): each equals
+XLA's convolution within float32 tolerance, the rule is deterministic and
+matches the measured table, nothing changes on other backends, and models
+train identically with it (same seed, same metrics; resume is covered by
+tests/test_resume.py, which runs the default "auto")."""
+import itertools
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnn.models import conv_algorithms as ca
+from cnn.models import create_model
+from cnn.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+TABLE = REPO / "benchmarks/results/conv_shapes_cpu.json"
+# float32: the alternatives add the same products in another order. Relative
+# to the largest magnitude of the result, 1e-5 is ~100 ulp, far below any
+# algorithmic mistake (a wrong tap or stride gives O(1) errors).
+RTOL = 1e-5
+
+
+def reference(x, w, strides, padding, g):
+  conv = lambda x, w: lax.conv_general_dilated(  # noqa: E731
+      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y, vjp = jax.vjp(conv, x, w)
+  return (y, *vjp(g))
+
+
+def planned(plan, x, w, strides, padding, g):
+  shape = ca.layer_shape(x.shape, w.shape, strides)
+  pads = ca._pads(shape, padding)  # pylint: disable=protected-access
+  out_hw = tuple(ca._out_size(n, k, s, p) for n, k, s, p in  # pylint: disable=protected-access
+                 zip(x.shape[1:3], w.shape[:2], strides, pads))
+  y, vjp = jax.vjp(ca._planned_conv(plan, strides, pads, out_hw), x, w)  # pylint: disable=protected-access
+  return (y, *vjp(g))
+
+
+def assert_close(got, want, what):
+  for name, a, b in zip(("forward", "input grad", "kernel grad"), got, want):
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, name)
+    err = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    assert err < RTOL, f"{what}: {name} relative error {err:.2e}"
+
+
+def check_all_algorithms(batch, h, w, c, o, kernel, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(*kernel, c, o)) * 0.1, jnp.float32)
+  y = jax.eval_shape(lambda: lax.conv_general_dilated(
+      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  want = reference(x, k, strides, padding, g)
+  for plan in itertools.product(ca.ALGORITHMS, repeat=3):
+    got = jax.jit(planned, static_argnums=(0, 3, 4))(ca.Plan(*plan), x, k, strides, padding, g)
+    assert_close(got, want, f"{(h, w, c, o, kernel, strides, padding)} plan {plan}")
+
+
+# Every kind of geometry the models use, and the edge cases around them.
+GEOMETRIES = [
+    (8, 8, 4, 6, (3, 3), (1, 1), ((1, 1), (1, 1))),  # the CIFAR 3x3
+    (8, 8, 4, 6, (3, 3), (2, 2), ((1, 1), (1, 1))),  # strided, symmetric (Torch)
+    (8, 8, 4, 6, (3, 3), (2, 2), "SAME"),  # strided, TensorFlow's (0, 1)
+    (7, 7, 3, 5, (3, 3), (2, 2), ((1, 1), (1, 1))),  # odd size (MNIST 7x7)
+    (9, 6, 3, 4, (3, 3), (1, 1), "VALID"),  # non-square, no padding
+    (8, 8, 4, 6, (1, 1), (2, 2), ((0, 0), (0, 0))),  # 1x1 projection shortcut
+    (8, 8, 3, 4, (5, 5), (1, 1), ((2, 2), (2, 2))),  # 5x5 (Inception)
+    (2, 2, 16, 16, (3, 3), (1, 1), ((1, 1), (1, 1))),  # VGG's last stage
+    (1, 1, 16, 16, (3, 3), (1, 1), ((1, 1), (1, 1))),  # VGG on MNIST, 1x1 input
+    (4, 4, 8, 8, (3, 3), (1, 1), ((1, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_every_algorithm_matches_xla(geometry):
+  check_all_algorithms(3, *geometry)
+
+
+def model_layers(names=None):
+  from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
+  return conv_shapes.all_layers(2, names)
+
+
+def test_rule_choices_match_xla_on_every_model_shape():
+  """Every distinct conv shape of every registered model where the rule picks
+  something other than XLA, at batch 2, through the public entry point
+  (`conv_general_dilated` as flax calls it) against XLA's convolution."""
+  rng = np.random.default_rng(1)
+  checked = 0
+  for layer in model_layers():
+    if layer["groups"] > 1:
+      continue
+    x_shape = (layer["batch"], layer["height"], layer["width"], layer["in_channels"])
+    k_shape = (*layer["kernel"], layer["in_channels"], layer["out_channels"])
+    strides, padding = tuple(layer["strides"]), [tuple(p) for p in layer["padding"]]
+    if ca.choose(ca.layer_shape(x_shape, k_shape, strides)) == ca.XLA_PLAN:
+      continue
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=k_shape) * 0.1, jnp.float32)
+    dn = lax.conv_dimension_numbers(x_shape, k_shape, ("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, k: ca.conv_general_dilated(  # noqa: E731
+        x, k, strides, padding, dimension_numbers=dn)
+    y, vjp = jax.vjp(ours, x, k)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    assert_close((y, *vjp(g)), reference(x, k, strides, padding, g), str(layer))
+    checked += 1
+  assert checked >= 3  # VGG's 2x2 and 4x4 stages, MNIST's 1x1: the rule is in use
+
+
+@pytest.mark.exhaustive
+def test_every_algorithm_on_every_model_shape():
+  """All 27 plans on every distinct plain conv shape of every model (batch 2)."""
+  for layer in model_layers():
+    if layer["groups"] == 1:
+      check_all_algorithms(2, layer["height"], layer["width"], layer["in_channels"],
+                           layer["out_channels"], tuple(layer["kernel"]),
+                           tuple(layer["strides"]), [tuple(p) for p in layer["padding"]])
+
+
+def test_bf16_compute_stays_bf16_and_close():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 2, 2, 32)), jnp.bfloat16)
+  k = jnp.asarray(rng.normal(size=(3, 3, 32, 32)) * 0.1, jnp.bfloat16)
+  dn = lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+  pad = [(1, 1), (1, 1)]
+  ours = ca.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dn)
+  want = lax.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dn)
+  assert ours.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.float32(ours), np.float32(want), rtol=2e-2, atol=2e-2)
+
+
+def test_the_rule_is_a_pure_function_of_the_shape():
+  shape = ca.ConvShape(2, 2, 512, 512, (3, 3), (1, 1))
+  assert ca.choose(shape) == ca.choose(ca.ConvShape(*shape))
+  assert ca.choose(shape) != ca.XLA_PLAN
+  assert ca.choose(ca.ConvShape(32, 32, 16, 16, (1, 1), (1, 1))) == ca.XLA_PLAN
+
+
+def test_no_effect_on_other_backends():
+  """On GPU and TPU every shape gets XLA's convolution itself, and an
+  XLA plan is `lax.conv_general_dilated` unchanged (the same jaxpr)."""
+  for layer in model_layers(["vgg16", "resnet20_v1"]):
+    args = ((2, layer["height"], layer["width"], layer["in_channels"]),
+            (*layer["kernel"], layer["in_channels"], layer["out_channels"]),
+            layer["strides"])
+    for backend in ("gpu", "cuda", "rocm", "tpu"):
+      assert ca.plan_for(*args, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                         backend=backend) == ca.XLA_PLAN
+  x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  dn = ("NHWC", "HWIO", "NHWC")
+  ours = jax.make_jaxpr(lambda x, k: ca.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=dn))(x, k)
+  xla = jax.make_jaxpr(lambda x, k: lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=dn))(x, k)
+  assert str(ours) == str(xla)
+
+
+def test_grouped_and_dilated_convolutions_stay_with_xla():
+  base = dict(lhs_shape=(2, 2, 2, 512), rhs_shape=(3, 3, 512, 512), window_strides=(1, 1),
+              dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu")
+  assert ca.plan_for(**base) != ca.XLA_PLAN
+  assert ca.plan_for(**base | {"feature_group_count": 8}) == ca.XLA_PLAN
+  assert ca.plan_for(**base | {"rhs_dilation": (2, 2)}) == ca.XLA_PLAN
+  assert ca.plan_for(**base | {"dimension_numbers": ("NCHW", "OIHW", "NCHW")}) == ca.XLA_PLAN
+
+
+def test_models_give_the_same_logits_and_gradients_with_either_setting():
+  """VGG-16 on MNIST-sized input (1x1 and 2x2 stages use the alternatives):
+  the "auto" model equals the "xla" model, parameters are interchangeable."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 28, 28, 1)), jnp.float32)
+  auto = create_model("vgg16", num_classes=10, dtype=jnp.float32)
+  xla = create_model("vgg16", num_classes=10, dtype=jnp.float32, conv_algorithm="xla")
+  variables = auto.init(jax.random.key(0), x, train=False)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      xla.init(jax.random.key(0), x, train=False))
+
+  def loss(params, model):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    return jnp.mean(logits ** 2), logits
+
+  (la, ya), ga = jax.value_and_grad(loss, has_aux=True)(variables["params"], auto)
+  (lx, yx), gx = jax.value_and_grad(loss, has_aux=True)(variables["params"], xla)
+  np.testing.assert_allclose(ya, yx, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gx)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  assert jnp.allclose(la, lx, rtol=1e-5)
+
+
+def test_unknown_algorithm_is_a_user_error():
+  model = create_model("resnet20_v1", num_classes=10, dtype=jnp.float32, conv_algorithm="fast")
+  with pytest.raises(UserError, match="unknown conv_algorithm 'fast'; valid: auto, xla"):
+    model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)
+
+
+@pytest.mark.skipif(not TABLE.exists(), reason="no measured table")
+def test_rule_is_within_10_percent_of_the_best_measured():
+  """Against benchmarks/results/conv_shapes_cpu.json: for every measured plain
+  shape and product, the rule's algorithm costs at most 10% (or 2 ms, the
+  timer's noise on the small ones) more than the fastest algorithm."""
+  from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
+  result = json.loads(TABLE.read_text())
+  worse = []
+  for row in result["rows"]:
+    if row["groups"] > 1:
+      continue
+    pick = conv_shapes.rule(row)
+    for product in conv_shapes.PRODUCTS:
+      best = min(row["ms"][a][product] for a in ca.ALGORITHMS)
+      ours = row["ms"][pick[product]][product]
+      if ours > 1.1 * best and ours - best > 2.0:
+        worse.append(f"{conv_shapes.describe(row)} {product}: {pick[product]} {ours} ms, "
+                     f"best {best} ms")
+  assert not worse, "\n".join(worse)
