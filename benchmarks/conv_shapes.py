@@ -10,11 +10,15 @@ For each distinct layer shape (found by tracing every model of the registry on
 batch of 128) it times the forward pass, the input gradient and the kernel
 gradient separately, for each algorithm of `conv_algorithms.ALGORITHMS` and
 for PyTorch's CPU convolution (channels-last, `torch.nn.grad`), in
-alternating rounds, and reports medians in milliseconds. PyTorch runs in a
+alternating rounds, and reports medians in milliseconds per call (each
+sample times enough back-to-back calls to last about 30 ms, so that thread
+wake-up and dispatch do not dominate small layers). PyTorch runs in a
 worker process that sleeps while JAX is timed. Grouped and depthwise
 convolutions (ResNeXt, MobileNet) are timed for XLA and PyTorch only: the
 alternatives do not cover them, so the rule keeps XLA there.
 
+The JSON is written after every shape; the same command again continues an
+interrupted run (shapes already in `--out` are not timed again).
 `--render FILE --readme benchmarks/README.md` rewrites the table in that
 README from a saved JSON; `--check` fails if it is out of date.
 """
@@ -33,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 BEGIN, END = "<!-- conv-shapes:begin -->", "<!-- conv-shapes:end -->"
 MNIST_MODELS = ("resnet20_v1", "vgg16")  # configs/*_mnist.py: 28x28x1 inputs
+# Timed first (an interrupted run has their rows): the models of benchmarks/run.py
+# and of the paper configs.
+FIRST = ("resnet20_v1", "resnet20_v2", "resnet56_v1", "resnet56_v2", "resnet110_v1", "vgg16")
 PRODUCTS = ("forward", "input_grad", "kernel_grad")
 
 
@@ -88,7 +95,9 @@ def all_layers(batch: int, models: list[str] | None) -> list[dict]:
     for layer in conv_layers(label.split(" ")[0], input_shape, batch):
       entry = shapes.setdefault(layer_key(layer), {**layer, "used_by": {}})
       entry["used_by"][label] = entry["used_by"].get(label, 0) + 1
-  return sorted(shapes.values(), key=layer_key)
+  return sorted(shapes.values(),
+                key=lambda s: (not any(m.split(" ")[0] in FIRST for m in s["used_by"]),
+                               layer_key(s)))
 
 
 class JaxTimer:
@@ -127,14 +136,30 @@ class JaxTimer:
         "input_grad": jax.jit(lambda x, k, g: jax.vjp(lambda t: conv(t, k), x)[1](g)[0]),
         "kernel_grad": jax.jit(lambda x, k, g: jax.vjp(lambda t: conv(x, t), k)[1](g)[0]),
     }
-    for product in PRODUCTS:  # compile
+    self.calls = {}
+    for product in PRODUCTS:  # compile, then size the timed loops
+      self.calls[product] = 1
       self.time(product)
+      self.calls[product] = calls_for(self.time(product))
 
   def time(self, product: str) -> float:
+    """Milliseconds per call, over back-to-back calls lasting about MIN_MS."""
     args = (self.x, self.w) if product == "forward" else (self.x, self.w, self.g)
+    fn, calls = self.fns[product], self.calls[product]
     start = time.perf_counter()
-    self._jax.block_until_ready(self.fns[product](*args))
-    return (time.perf_counter() - start) * 1e3
+    for _ in range(calls):
+      out = fn(*args)
+    self._jax.block_until_ready(out)
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+MIN_MS = 30.0  # each sample: enough back-to-back calls to last this long
+
+
+def calls_for(ms: float) -> int:
+  """Back-to-back calls per sample, so thread wake-up and dispatch do not
+  dominate small layers (for JAX and PyTorch alike)."""
+  return max(1, min(50, int(MIN_MS / max(ms, 1e-3))))
 
 
 class TorchWorker:
@@ -186,25 +211,38 @@ def torch_worker() -> None:
       products = (lambda: conv(x, k),
                   lambda: torch.nn.grad.conv2d_input(x.shape, k, gy, s, p, 1, groups),
                   lambda: torch.nn.grad.conv2d_weight(x, k.shape, gy, s, p, 1, groups))
-      for f in products:
+      calls = []
+      for f in products:  # warm up, then size the timed loops as JaxTimer does
         with torch.no_grad():
           f()
-      cache[line] = products
+          start = time.perf_counter()
+          f()
+          calls.append(calls_for((time.perf_counter() - start) * 1e3))
+      cache[line] = list(zip(products, calls))
     times = []
-    for f in cache[line]:
+    for f, calls in cache[line]:
       with torch.no_grad():
         start = time.perf_counter()
-        f()
-        times.append((time.perf_counter() - start) * 1e3)
+        for _ in range(calls):
+          f()
+        times.append((time.perf_counter() - start) * 1e3 / calls)
     print(json.dumps(times), flush=True)
 
 
-def measure(layers: list[dict], repeats: int) -> list[dict]:
+def measure(layers: list[dict], repeats: int, done: list[dict],
+            save=lambda rows: None) -> list[dict]:
+  """Times every layer not in `done` (rows of an earlier, interrupted run of
+  the same command), calling `save(rows)` after each, so a long run can be
+  stopped and continued."""
   from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  measured = {layer_key(r): r for r in done}
   worker = TorchWorker()
   rows = []
   try:
     for i, layer in enumerate(layers):
+      if layer_key(layer) in measured:
+        rows.append({**measured[layer_key(layer)], "used_by": layer["used_by"]})
+        continue
       plain = layer["groups"] == 1
       algorithms = ca.ALGORITHMS if plain else ("xla",)
       timers = {a: JaxTimer(layer, a) for a in algorithms}
@@ -219,6 +257,7 @@ def measure(layers: list[dict], repeats: int) -> list[dict]:
       medians = {a: {p: round(statistics.median(v), 2) for p, v in s.items()}
                  for a, s in samples.items()}
       rows.append({**layer, "ms": medians})
+      save(rows)
       print(f"[{i + 1}/{len(layers)}] {describe(layer)}: " + "  ".join(
           f"{a} " + "/".join(f"{medians[a][p]:.1f}" for p in PRODUCTS) for a in medians),
             flush=True)
@@ -262,7 +301,7 @@ def render(result: dict) -> str:
          "rule: fwd / dx / dw | rule vs xla | rule vs PyTorch |",
          "|---|---:|---|---|---|---|---|---:|---:|"]
   total = {"rule": 0.0, "xla": 0.0, "torch": 0.0}
-  for row in result["rows"]:
+  for row in sorted(result["rows"], key=layer_key):
     pick = rule(row)
 
     def cell(a, row=row, pick=pick):
@@ -318,11 +357,21 @@ def main() -> int:
   layers = all_layers(args.batch, args.models.split(",") if args.models else None)
   print(f"{len(layers)} distinct conv shapes", flush=True)
   result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-            "machine": machine(), "batch": args.batch, "repeats": args.repeats,
-            "rows": measure(layers, args.repeats)}
-  if args.out:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+            "machine": machine(), "batch": args.batch, "repeats": args.repeats, "rows": []}
+  done = []
+  if args.out and args.out.exists():  # continue an interrupted run of the same table
+    earlier = json.loads(args.out.read_text())
+    if (earlier["batch"], earlier["repeats"]) == (args.batch, args.repeats):
+      done, result["date"] = earlier["rows"], earlier["date"]
+      print(f"continuing {args.out}: {len(done)} shapes already measured", flush=True)
+
+  def save(rows):
+    if args.out:
+      args.out.parent.mkdir(parents=True, exist_ok=True)
+      args.out.write_text(json.dumps({**result, "rows": rows}, indent=1) + "\n")
+
+  result["rows"] = measure(layers, args.repeats, done, save)
+  save(result["rows"])
   table = render(result)
   if args.readme:
     results_table.rewrite_readme(args.readme, table, BEGIN, END)

@@ -38,3 +38,27 @@ def test_readme_speedrun_block_is_rendered_from_the_saved_runs():
       [sys.executable, "benchmarks/speedrun.py", "--render", *saved, "--readme", "README.md",
        "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_benchmarks_readme_conv_shapes_table_is_rendered_from_the_saved_run():
+  """The per-shape table (and the rule's picks in it) comes from the saved JSON."""
+  result = subprocess.run(
+      [sys.executable, "benchmarks/conv_shapes.py", "--render",
+       "benchmarks/results/conv_shapes_cpu.json", "--readme", "benchmarks/README.md", "--check"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_profile_groups_ops_by_layer_and_direction():
+  sys.path.insert(0, str(REPO))
+  from benchmarks import profile_step  # pylint: disable=import-outside-toplevel
+  cat = profile_step.jax_category
+  assert cat("jit(f)/transpose(jvp(CifarResNet))/stage1_block1/Conv_0/conv_general_dilated",
+             "ynn_fusion.3") == ("convolution", "backward", "stage1_block1/Conv_0")
+  assert cat("jit(f)/jvp(CifarResNet)/stage2_block1/BatchNorm_1/reduce_sum",
+             "ynn_fusion.4") == ("batchnorm", "forward", "stage2_block1/BatchNorm_1")
+  assert cat("jit(f)/jvp(VGG)/stage5/conv/dot_general", "dot.1")[0] == "convolution"
+  assert cat("jit(f)/sgd/mul", "fusion.2") == ("optimizer", "-", "-")
+  assert cat(None, "transpose_copy_fusion.19") == ("layout copies", "backward", "-")
+  assert profile_step.torch_category("ConvolutionBackward0") == ("convolution", "backward")
+  assert profile_step.torch_category("aten::native_batch_norm") == ("batchnorm", "forward")

@@ -217,3 +217,18 @@ def test_rule_is_within_10_percent_of_the_best_measured():
         worse.append(f"{conv_shapes.describe(row)} {product}: {pick[product]} {ours} ms, "
                      f"best {best} ms")
   assert not worse, "\n".join(worse)
+
+
+def test_the_end_to_end_tests_exercise_the_alternatives():
+  """tests/test_resume.py and test_main.py check identical metrics.jsonl for
+  the same seed and bitwise-exact resume on configs/tiny_mnist.py: its model
+  uses the alternatives (stem, strided layers), so those checks cover them."""
+  from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
+  from configs import tiny_mnist  # pylint: disable=import-outside-toplevel
+  config = tiny_mnist.get_config()
+  plans = [ca.choose(ca.layer_shape((1, l["height"], l["width"], l["in_channels"]),
+                                    (*l["kernel"], l["in_channels"], l["out_channels"]),
+                                    l["strides"]))
+           for l in conv_shapes.conv_layers(config.model, (28, 28, 1), 2)]
+  assert any(p != ca.XLA_PLAN for p in plans)
+  assert any(p == ca.XLA_PLAN for p in plans)
