@@ -59,35 +59,33 @@ def choose(shape: ConvShape) -> Plan:
 
   Derived from benchmarks/conv_shapes.py on the 2-core CPU (table in
   benchmarks/README.md; batch 128, fp32). XLA stays wherever it is the
-  fastest or within noise of it, which is most CIFAR shapes; the exceptions:
+  fastest or within noise of it, which is most 3x3 layers; the exceptions:
+  - 1x1 kernels are matmuls: "im2col" (the input itself is the patch
+    matrix) runs them 1.5-3x faster than XLA's convolution.
   - Inputs of 2x2 or smaller (VGG's last stage, 1x1 after MNIST's pools):
     XLA's forward and input gradient take seconds, "im2col" tens of ms.
   - Stems with 1-4 input channels: one channel is 9 rank-1 products
-    ("taps"), a few channels one small im2col matmul; both beat XLA 1.3-10x.
-  - Strided layers: the input gradient by "taps" (XLA dilates dy with zeros
-    and convolves the lot); the kernel gradient too up to 16x16 inputs, and
-    always for strided 1x1 projections (XLA's is 5-10x slower).
-  - Kernel gradients on 14x14-16x16 inputs with 64+ channels: XLA's is
-    pathological there (630-970 ms for 16x16x64-128); "taps" 2-3x faster.
+    ("taps"), a few channels one small im2col matmul; up to 15x faster.
+  - Strided layers: both gradients by "taps" (XLA dilates dy with zeros and
+    convolves the lot), 1.5-2x faster.
+  - Kernel gradients on inputs of 12x12 and up with 64+ channels: "taps"
+    (batched matmuls per tap) 1.1-2x faster; XLA's transposes the whole input.
   """
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
   channels = shape.in_channels
-  strided = tuple(shape.strides) != (1, 1)
-  forward = input_grad = kernel_grad = "xla"
   if (kh, kw) == (1, 1):
-    return Plan(forward, input_grad, "taps" if strided else "xla")
+    return Plan("im2col", "im2col", "im2col")
+  forward = input_grad = kernel_grad = "xla"
   if spatial <= 4:
     forward = input_grad = "im2col"
   if channels == 1:
-    forward, input_grad = "taps", "im2col"
+    forward, input_grad, kernel_grad = "taps", "im2col", "taps"
   elif channels <= 4:
-    forward = input_grad = "im2col"
-  if strided:
-    input_grad = "taps"
-    if spatial <= 256:
-      kernel_grad = "taps"
-  if 128 <= spatial <= 256 and channels >= 64:
+    forward, input_grad, kernel_grad = "im2col", "im2col", "taps"
+  if tuple(shape.strides) != (1, 1):
+    input_grad = kernel_grad = "taps"
+  if spatial >= 144 and channels >= 64:
     kernel_grad = "taps"
   return Plan(forward, input_grad, kernel_grad)
 
