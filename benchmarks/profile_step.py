@@ -50,7 +50,8 @@ def jax_category(op_name: str | None, hlo_name: str) -> tuple[str, str, str]:
   if model_at is None:
     return "optimizer", "-", "-"
   path = parts[model_at + 1:-1]
-  layer = "/".join(path) or "-"
+  module = [i for i, p in enumerate(path) if "Conv" in p or p.endswith("conv")]
+  layer = "/".join(path[:module[-1] + 1] if module else path) or "-"
   if any("Conv" in p or p.endswith("conv") for p in path) or op_name == UNATTRIBUTED_CONV:
     return "convolution", direction, layer
   if any("BatchNorm" in p or p.endswith("bn") for p in path):
@@ -168,6 +169,8 @@ def summarise(ops: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def render(result: dict) -> str:
+  for o in result["jax"]["ops"]:  # classify with this version's rules
+    o.update(zip(("category", "direction", "layer"), jax_category(o["op_name"], o["hlo"])))
   jx, pt = summarise(result["jax"]["ops"]), summarise(result["torch"]["ops"])
   m = result["machine"]
   out = [f"{result['model']} train step, batch {result['batch']}, fp32, measured "
@@ -194,7 +197,10 @@ def render(result: dict) -> str:
     if o["category"] == "convolution":
       layers[o["layer"]][o["direction"]] += o["ms"]
   out += ["", "JAX convolutions per layer (ms per step, forward / backward = input and "
-          "kernel gradient, including the layer's im2col/taps ops where the rule picks them):",
+          "kernel gradient, including the layer's im2col/taps ops where the rule picks them). "
+          "XLA:CPU runs some convolutions asynchronously: their time then lands in the next "
+          "op that waits for them (stage 1's BatchNorm here), so per-layer numbers are "
+          "indicative, and the kinds of op above understate convolutions somewhat:",
           "", "| layer | forward | backward |", "|---|---:|---:|"]
   for layer, t in sorted(layers.items(), key=lambda kv: -sum(kv[1].values())):
     out.append(f"| {layer} | {t['forward']:.1f} | {t['backward']:.1f} |")

@@ -282,3 +282,23 @@ def test_error_at_training_batch_is_no_worse_than_xla(geometry):
     ours_err = np.max(np.abs(np.float64(a) - t)) / scale
     xla_err = np.max(np.abs(np.float64(b) - t)) / scale
     assert ours_err <= 2 * xla_err + 1e-6, f"{name}: ours {ours_err:.2e}, XLA {xla_err:.2e}"
+
+
+def test_every_registered_model_takes_the_conv_algorithm_option():
+  from cnn.models import registry  # pylint: disable=import-outside-toplevel
+  for name in registry():
+    model = create_model(name, num_classes=10, dtype=jnp.float32, conv_algorithm="xla")
+    assert model.conv_algorithm == "xla", name
+
+
+def test_fusion_barrier_is_a_model_option():
+  """`fusion_barrier=False` (what benchmarks/run.py compares) removes the
+  barriers' conditionals and changes no value."""
+  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
+  with_barrier = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+  without = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32, fusion_barrier=False)
+  variables = with_barrier.init(jax.random.key(0), x, train=False)
+  assert "cond[" in str(jax.make_jaxpr(lambda v: with_barrier.apply(v, x, train=False))(variables))
+  assert "cond[" not in str(jax.make_jaxpr(lambda v: without.apply(v, x, train=False))(variables))
+  np.testing.assert_array_equal(with_barrier.apply(variables, x, train=False),
+                                without.apply(variables, x, train=False))
