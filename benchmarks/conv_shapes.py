@@ -124,11 +124,8 @@ class JaxTimer:
           x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
           feature_group_count=groups)
     else:
-      shape = ca.layer_shape(self.x.shape, self.w.shape, strides)
-      out_hw = tuple(ca._out_size(s, k, st, p) for s, k, st, p in  # pylint: disable=protected-access
-                     zip((h, w), (kh, kw), strides, pads))
-      conv = ca._planned_conv(ca.Plan(algorithm, algorithm, algorithm),  # pylint: disable=protected-access
-                              shape.strides, pads, out_hw)
+      conv = ca.planned_conv(ca.Plan(algorithm, algorithm, algorithm), self.x.shape,
+                             self.w.shape, strides, pads)
     y = jax.eval_shape(conv, self.x, self.w)
     self.g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
     self.fns = {
@@ -319,9 +316,15 @@ def render(result: dict) -> str:
                f"{cell('taps')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
                f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
                f"{torch / ours:.2f}x |")
-  out += ["", f"All layers of all models, weighted by their count: the rule's "
+  measured = len(result["rows"])
+  scope = ("All layers of all models" if measured >= result.get("shapes_total", measured)
+           else f"The {measured} of {result['shapes_total']} shapes measured so far (the "
+                "command continues the table; the models of run.py and the paper configs "
+                "come first)")
+  out += ["", f"{scope}, each shape weighted by how many layers have it: the rule's "
           f"{total['rule'] / 1e3:.1f} s, XLA alone {total['xla'] / 1e3:.1f} s, PyTorch "
-          f"{total['torch'] / 1e3:.1f} s."]
+          f"{total['torch'] / 1e3:.1f} s (grouped and depthwise layers: XLA's time, "
+          "as the rule keeps XLA there)."]
   return "\n".join(out) + "\n"
 
 
@@ -357,7 +360,8 @@ def main() -> int:
   layers = all_layers(args.batch, args.models.split(",") if args.models else None)
   print(f"{len(layers)} distinct conv shapes", flush=True)
   result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-            "machine": machine(), "batch": args.batch, "repeats": args.repeats, "rows": []}
+            "machine": machine(), "batch": args.batch, "repeats": args.repeats,
+            "shapes_total": len(layers), "rows": []}
   done = []
   if args.out and args.out.exists():  # continue an interrupted run of the same table
     earlier = json.loads(args.out.read_text())

@@ -26,12 +26,14 @@ BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 # name -> (seed codebase %, published %, our target %, why not run yet).
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "30 epochs: about a day of a 2-core CPU, where VGG-16 trains at ~15-20 "
-                    "images/s; needs a GPU"),
+                    "30 epochs of 55k images: about 11 h of a 2-core CPU at the 43 images/s "
+                    "VGG-16 trains at since the per-shape convolutions (benchmarks/"
+                    "baseline_cpu.json); queued on the CPU after the ResNet-20 paper runs"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5", "needs a GPU"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
-                           "64k iterations: running on the 2-core CPU, ~11 h"),
+                           "64k iterations: running on the 2-core CPU since 2026-11-30 (a new "
+                           "machine lost the first start), 15-20 h"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7", "queued on the 2-core CPU after v1"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3", "needs a GPU"),

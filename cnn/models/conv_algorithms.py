@@ -37,7 +37,7 @@ CONV_ALGORITHM_CHOICES = ("auto", "xla")  # model option: the rule, or XLA every
 
 class ConvShape(NamedTuple):
   """What the rule looks at: one layer's shape (the batch size is not used)."""
-  height: int  # input spatial size, after padding is applied nowhere yet
+  height: int  # of the input, before padding
   width: int
   in_channels: int
   out_channels: int
@@ -60,22 +60,25 @@ def choose(shape: ConvShape) -> Plan:
   Derived from benchmarks/conv_shapes.py on the 2-core CPU (table in
   benchmarks/README.md; batch 128, fp32). XLA stays wherever it is the
   fastest or within noise of it, which is most 3x3 layers; the exceptions:
-  - 1x1 kernels are matmuls: "im2col" (the input itself is the patch
-    matrix) runs them 1.5-3x faster than XLA's convolution.
+  - 1x1 kernels are matmuls: "taps" (one tap, the input itself) runs them
+    1.5-3x faster than XLA's convolution; for kernel gradients on inputs
+    under 12x12 one plain matmul ("im2col") beats batched ones.
   - Inputs of 2x2 or smaller (VGG's last stage, 1x1 after MNIST's pools):
     XLA's forward and input gradient take seconds, "im2col" tens of ms.
   - Stems with 1-4 input channels: one channel is 9 rank-1 products
     ("taps"), a few channels one small im2col matmul; up to 15x faster.
-  - Strided layers: both gradients by "taps" (XLA dilates dy with zeros and
-    convolves the lot), 1.5-2x faster.
-  - Kernel gradients on inputs of 12x12 and up with 64+ channels: "taps"
-    (batched matmuls per tap) 1.1-2x faster; XLA's transposes the whole input.
+  - Strided layers: the input gradient by "taps" (XLA dilates dy with zeros
+    and convolves the lot), 1.5-2x faster; the kernel gradient too up to 64
+    input channels.
+  - Kernel gradients on inputs of 12x12 and up with 64+ channels in and
+    out: "taps" (batched matmuls per tap) 1.1-2x faster; XLA's transposes
+    the whole input. (With few output channels, DenseNet's 12, XLA's wins.)
   """
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
   channels = shape.in_channels
-  if (kh, kw) == (1, 1):
-    return Plan("im2col", "im2col", "im2col")
+  if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
+    return Plan("taps", "taps", "taps" if spatial >= 144 else "im2col")
   forward = input_grad = kernel_grad = "xla"
   if spatial <= 4:
     forward = input_grad = "im2col"
@@ -83,10 +86,11 @@ def choose(shape: ConvShape) -> Plan:
     forward, input_grad, kernel_grad = "taps", "im2col", "taps"
   elif channels <= 4:
     forward, input_grad, kernel_grad = "im2col", "im2col", "taps"
-  if tuple(shape.strides) != (1, 1):
-    input_grad = kernel_grad = "taps"
-  if spatial >= 144 and channels >= 64:
+  if spatial >= 144 and min(channels, shape.out_channels) >= 64:
     kernel_grad = "taps"
+  if tuple(shape.strides) != (1, 1):
+    input_grad = "taps"
+    kernel_grad = "taps" if channels <= 64 else "xla"
   return Plan(forward, input_grad, kernel_grad)
 
 
@@ -223,11 +227,17 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
                   preferred_element_type)
   if plan == XLA_PLAN:
     return xla()
-  shape = layer_shape(lhs.shape, rhs.shape, window_strides)
+  return planned_conv(plan, lhs.shape, rhs.shape, window_strides, padding)(lhs, rhs)
+
+
+def planned_conv(plan: Plan, lhs_shape, rhs_shape, window_strides, padding):
+  """conv(x, w) for NHWC inputs and HWIO kernels of these shapes, its
+  forward pass and two gradients computed as `plan` says."""
+  shape = layer_shape(lhs_shape, rhs_shape, window_strides)
   pads = _pads(shape, padding)
   out_hw = tuple(_out_size(n, k, s, p) for n, k, s, p in
                  zip((shape.height, shape.width), shape.kernel, shape.strides, pads))
-  return _planned_conv(plan, shape.strides, pads, out_hw)(lhs, rhs)
+  return _planned_conv(plan, shape.strides, pads, out_hw)
 
 
 def layer_shape(lhs_shape, rhs_shape, window_strides) -> ConvShape:
