@@ -157,7 +157,6 @@ def profile_torch(model: str, batch: int, steps: int) -> dict:
     category, direction = torch_category(avg.key)
     ops.append({"op": avg.key, "ms": avg.self_cpu_time_total / 1e3 / steps,
                 "category": category, "direction": direction})
-  del torch
   return {"wall_ms": wall * 1e3, "ops": sorted(ops, key=lambda o: -o["ms"])}
 
 
