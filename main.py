@@ -29,8 +29,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _show_only_our_info(record) -> bool:
-  """Library INFO chatter (orbax, tfds, jax) hides the progress lines."""
-  return record.levelno >= std_logging.WARNING or "/cnn/" in record.pathname
+  """Library INFO chatter (orbax, tfds, jax) hides the progress lines, and a
+  full disk is reported once, by us, not by every write that hit it."""
+  if "/cnn/" in record.pathname:
+    return True
+  from cnn.errors import DISK_FULL_TEXTS  # pylint: disable=import-outside-toplevel
+  text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+  if any(t in text for t in DISK_FULL_TEXTS):
+    return False
+  return record.levelno >= std_logging.WARNING
+
+
+def disk_full_message(workdir: str) -> str:
+  """One line for a workdir on a full disk, naming the checkpoint it resumes from."""
+  from cnn import checkpoint  # pylint: disable=import-outside-toplevel
+  return (f"no space left on the device of workdir {workdir}; "
+          f"{checkpoint.what_is_kept(workdir)}: free space, then rerun the same command to resume")
 
 
 def main(argv):
@@ -38,7 +52,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_show_only_our_info)
   from cnn.config_validation import validate_config  # pylint: disable=import-outside-toplevel
-  from cnn.errors import Preempted, UserError  # pylint: disable=import-outside-toplevel
+  from cnn.errors import (  # pylint: disable=import-outside-toplevel
+      Preempted, UserError, is_disk_full)
   try:
     validate_config(FLAGS.config)  # before the slow imports: mistakes are reported at once
   except UserError as e:
@@ -60,6 +75,12 @@ def main(argv):
   except Preempted as e:  # a clean stop: exit status 0, results.json not yet written
     logging.flush()
     print(f"preempted: {e}", file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except (a full disk fails any write)
+    if not is_disk_full(e):
+      raise
+    logging.flush()
+    print(f"error: {disk_full_message(FLAGS.workdir)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def config_path(argv: list[str]) -> str | None:

@@ -8,14 +8,18 @@ the model) so a resumed run continues exactly and a workdir that belongs to a
 different model is refused instead of overwritten.
 
 Orbax writes to a temporary directory and renames it when complete, so a
-checkpoint half-written by a killed process is never taken as the latest. A
+checkpoint half-written by a killed process (or cut short by a full disk) is
+never taken as the latest; the trainer's manager deletes such leftovers when
+it starts (`clean_up`), so they do not hold on to the space. A
 complete checkpoint damaged later (a storage fault, a truncated file) is
 moved aside to `<workdir>/damaged_checkpoints/<step>` (never deleted) by
 `restore_newest_readable`, which resumes from the newest one that reads.
 """
 import logging
+import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -29,7 +33,9 @@ def _val_accuracy(metrics: dict) -> float:
   return metrics["val_accuracy"]
 
 
-def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int, clean_up: bool = False) -> ocp.CheckpointManager:
+  """`clean_up`: delete unfinished checkpoints (only the workdir's one trainer,
+  which holds its lock, may: a reader could race a save in flight)."""
   policy = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep),
       policies.BestN(get_metric_fn=_val_accuracy, n=1,
@@ -40,7 +46,8 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # checkpoint was best and the policy deletes it (the preservation policy
   # alone decides what is kept).
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                         best_fn=_val_accuracy, best_mode="max")
+                                         best_fn=_val_accuracy, best_mode="max",
+                                         cleanup_tmp_directories=clean_up)
   directory = workdirs.resolve(workdir) / "checkpoints"  # a gs:// URI stays one
   return ocp.CheckpointManager(directory, options=options)
 
@@ -53,6 +60,48 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: Any,
                             meta=ocp.args.JsonSave(meta))
   metrics = None if val_accuracy is None else {"val_accuracy": val_accuracy}
   manager.save(step, args=args, metrics=metrics, force=True)
+
+
+MARGIN_BYTES = 1 << 20  # metadata, indices and file-system blocks on top of the arrays
+
+
+def bytes_needed(*trees: Any) -> int:
+  """A checkpoint's size on disk, from above: its arrays plus 10% and 1 MiB."""
+  arrays = sum(leaf.nbytes for tree in trees for leaf in jax.tree.leaves(tree)
+               if hasattr(leaf, "nbytes"))
+  return int(arrays * 1.1) + MARGIN_BYTES
+
+
+def free_bytes(workdir: str) -> int | None:
+  """Free space where `workdir` lives; None for an object store (no such number)."""
+  if workdirs.is_uri(workdir):
+    return None
+  path = workdirs.resolve(workdir)
+  while not path.exists():
+    path = path.parent
+  return shutil.disk_usage(str(path)).free
+
+
+def what_is_kept(workdir: str) -> str:
+  """`the last good checkpoint (step N) is kept`, for the error lines of a full disk."""
+  steps = finalized_steps(workdir)
+  return (f"the last good checkpoint (step {steps[-1]}) is kept" if steps
+          else "no checkpoint was completed yet")
+
+
+def space_error(workdir: str, step: int, needed: int, free: int) -> UserError:
+  return UserError(f"no space for checkpoint step {step} in workdir {workdir} (needs about "
+                   f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free); "
+                   f"{what_is_kept(workdir)}: free space, then rerun the same command to resume")
+
+
+def finalized_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints on disk, read without orbax (which
+  may be in a failed state when this is asked)."""
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 def load_meta(manager: ocp.CheckpointManager, step: int) -> dict:

@@ -391,7 +391,7 @@ class Run:
 
   def __init__(self, exp: Experiment, workdir: str):
     self.exp, self.workdir = exp, workdir
-    self.manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints)
+    self.manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints, clean_up=True)
     self.state, self.sums = exp.initial_state, exp.zero_sums()
     self.history, self.timing = [], []
     restored = checkpoint.restore_newest_readable(
@@ -408,8 +408,33 @@ class Run:
   def step(self) -> int:
     return int(self.state.step)
 
+  def check_space(self) -> None:
+    """Refuses (UserError, on every process) to start a checkpoint the disk
+    cannot hold, after the save in flight has taken its share."""
+    self.manager.wait_until_finished()
+    needed = checkpoint.bytes_needed(self.state, self.sums)
+    free = checkpoint.free_bytes(self.workdir) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:  # process 0 decides, so all stop together (in MiB: int32)
+      mib = -1 if free is None else min(free >> 20, 2**31 - 1)
+      mib = int(multihost_utils.broadcast_one_to_all(np.array(mib, np.int32)))
+      free = None if mib < 0 else mib << 20
+    if free is not None and free < needed:
+      raise checkpoint.space_error(self.workdir, self.step, needed, free)
+
+  def close(self) -> None:
+    """Waits for the save in flight (raising its error, e.g. a full disk) and
+    closes the checkpoint manager and the metric writer, the writer even if
+    the save failed."""
+    try:
+      self.manager.wait_until_finished()
+      self.manager.close()
+    finally:
+      if self.writer:
+        self.writer.close()
+
   def save(self, val_accuracy: float | None = None) -> None:
     check_finite(jax.device_get(self.sums))
+    self.check_space()
     meta = {"fingerprint": self.exp.fingerprint, "history": self.history, "timing": self.timing}
     checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
 
@@ -549,10 +574,7 @@ def _train_and_evaluate(exp: Experiment, workdir: str) -> dict:
     run.manager.wait_until_finished()
     results = final_results(run, compile_time)
   finally:
-    run.manager.wait_until_finished()
-    run.manager.close()
-    if run.writer:
-      run.writer.close()
+    run.close()
   if jax.process_index() == 0:
     (workdirs.resolve(workdir) / "results.json").write_text(
         json.dumps(results, indent=2, default=str) + "\n")

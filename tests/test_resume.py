@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -50,16 +51,54 @@ def interrupt(env, workdir, when: str, sig: int, *extra: str) -> tuple[int, str]
   return proc.returncode, "".join(seen) + rest
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tiny_run, data_env, tmp_path):
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint being written
+
+
+def in_flight_saves(checkpoints) -> list[str]:
+  try:
+    return [p.name for p in checkpoints.iterdir() if p.name.endswith(TMP_SUFFIX)]
+  except FileNotFoundError:
+    return []
+
+
+def kill_during_save(env, workdir, after_step: int, *extra: str) -> str | None:
+  """Starts a run and SIGKILLs it as soon as a checkpoint of a step after
+  `after_step` is being written; returns that checkpoint's temporary
+  directory if it was still unfinished after the kill (None: it finished in
+  the instant between the look and the kill)."""
+  proc = subprocess.Popen([sys.executable, "main.py", TINY, f"--workdir={workdir}", *extra],
+                          cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+  checkpoints = workdir / "checkpoints"
+  try:
+    while proc.poll() is None:
+      writing = [n for n in in_flight_saves(checkpoints) if int(n.split(".")[0]) > after_step]
+      if writing:
+        proc.kill()
+        proc.wait()
+        return writing[0] if (checkpoints / writing[0]).exists() else None
+      time.sleep(0.002)
+  finally:
+    proc.kill()
+    proc.wait()
+  raise AssertionError(f"the run ended (status {proc.returncode}) before a save after step "
+                       f"{after_step} was seen")
+
+
+def test_sigkill_while_a_checkpoint_is_written_then_resume_is_bitwise_equal(
+    tiny_run, data_env, tmp_path):
   reference, _ = tiny_run
-  workdir = tmp_path / "killed"
-  code, _ = interrupt(data_env, workdir, "epoch 2/2 step 8/32", signal.SIGKILL,
-                      "--config.checkpoint_every_steps=5")
-  assert code == -signal.SIGKILL
+  every = "--config.checkpoint_every_steps=5"
+  for attempt in range(3):  # the kill must land while the save is unfinished
+    workdir = tmp_path / f"killed{attempt}"
+    unfinished = kill_during_save(data_env, workdir, 32, every)
+    if unfinished:
+      break
+  assert unfinished, "three kills all missed the save in flight"
   assert not (workdir / "results.json").exists()
-  resumed = run_main(data_env, TINY, f"--workdir={workdir}", "--config.checkpoint_every_steps=5")
+  resumed = run_main(data_env, TINY, f"--workdir={workdir}", every)
   step = int(re.search(r"resumed from .* at step (\d+)", resumed.stderr).group(1))
-  assert 32 < step < 64 and step % 5 == 0  # mid-epoch: the input position was restored
+  assert 32 <= step < int(unfinished.split(".")[0]) and (step == 32 or step % 5 == 0)
+  assert in_flight_saves(workdir / "checkpoints") == []  # the unfinished one was deleted
   assert_bitwise_equal(final_params(workdir), final_params(reference))
   assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
   ours, theirs = (json.loads((w / "results.json").read_text()) for w in (workdir, reference))
