@@ -14,11 +14,12 @@ alternating rounds, and reports medians in milliseconds per call (each
 sample times enough back-to-back calls to last about 30 ms, so that thread
 wake-up and dispatch do not dominate small layers). PyTorch runs in a
 worker process that sleeps while JAX is timed. Grouped and depthwise
-convolutions (ResNeXt, MobileNet) are timed for XLA and PyTorch only: the
-alternatives do not cover them, so the rule keeps XLA there.
+convolutions (ResNeXt, MobileNet) are timed for XLA and "taps" (im2col has
+no grouped form here).
 
 The JSON is written after every shape; the same command again continues an
-interrupted run (shapes already in `--out` are not timed again).
+interrupted run (shapes already in `--out` with every algorithm are not timed
+again).
 `--render FILE --readme benchmarks/README.md` rewrites the table in that
 README from a saved JSON; `--check` fails if it is out of date.
 """
@@ -237,11 +238,11 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
   rows = []
   try:
     for i, layer in enumerate(layers):
-      if layer_key(layer) in measured:
-        rows.append({**measured[layer_key(layer)], "used_by": layer["used_by"]})
+      algorithms = algorithms_for(layer)
+      done_row = measured.get(layer_key(layer))
+      if done_row and all(a in done_row["ms"] for a in algorithms):
+        rows.append({**done_row, "used_by": layer["used_by"]})
         continue
-      plain = layer["groups"] == 1
-      algorithms = ca.ALGORITHMS if plain else ("xla",)
       timers = {a: JaxTimer(layer, a) for a in algorithms}
       samples = {a: {p: [] for p in PRODUCTS} for a in (*algorithms, "torch")}
       worker.time(layer)  # warm-up
@@ -263,6 +264,13 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
   return rows
 
 
+def algorithms_for(layer: dict) -> tuple[str, ...]:
+  """Every algorithm for plain convolutions; XLA and "taps" for grouped and
+  depthwise ones (the im2col matmul has no grouped form here)."""
+  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  return ca.ALGORITHMS if layer["groups"] == 1 else ("xla", "taps")
+
+
 def describe(layer: dict) -> str:
   kh, kw = layer["kernel"]
   s = layer["strides"][0]
@@ -272,13 +280,11 @@ def describe(layer: dict) -> str:
 
 
 def rule(layer: dict) -> dict[str, str]:
-  """The current rule's pick for a layer (XLA for grouped convolutions)."""
+  """The current rule's pick for a layer."""
   from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
-  if layer["groups"] > 1:
-    return ca.XLA_PLAN._asdict()
   shape = ca.layer_shape((layer["batch"], layer["height"], layer["width"], layer["in_channels"]),
-                         (*layer["kernel"], layer["in_channels"], layer["out_channels"]),
-                         layer["strides"])
+                         (*layer["kernel"], layer["in_channels"] // layer["groups"],
+                          layer["out_channels"]), layer["strides"])
   return ca.choose(shape)._asdict()
 
 
@@ -323,8 +329,7 @@ def render(result: dict) -> str:
                 "come first)")
   out += ["", f"{scope}, each shape weighted by how many layers have it: the rule's "
           f"{total['rule'] / 1e3:.1f} s, XLA alone {total['xla'] / 1e3:.1f} s, PyTorch "
-          f"{total['torch'] / 1e3:.1f} s (grouped and depthwise layers: XLA's time, "
-          "as the rule keeps XLA there)."]
+          f"{total['torch'] / 1e3:.1f} s."]
   return "\n".join(out) + "\n"
 
 

@@ -26,8 +26,10 @@ RTOL = 1e-5
 
 
 def reference(x, w, strides, padding, g):
+  groups = x.shape[-1] // w.shape[2]
   conv = lambda x, w: lax.conv_general_dilated(  # noqa: E731
-      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups)
   y, vjp = jax.vjp(conv, x, w)
   return (y, *vjp(g))
 
@@ -44,17 +46,19 @@ def assert_close(got, want, what):
     assert err < RTOL, f"{what}: {name} relative error {err:.2e}"
 
 
-def check_all_algorithms(batch, h, w, c, o, kernel, strides, padding):
+def check_all_algorithms(batch, h, w, c, o, kernel, strides, padding, groups=1):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, h, w, c)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(*kernel, c, o)) * 0.1, jnp.float32)
+  k = jnp.asarray(rng.normal(size=(*kernel, c // groups, o)) * 0.1, jnp.float32)
   y = jax.eval_shape(lambda: lax.conv_general_dilated(
-      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+      x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups))
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   want = reference(x, k, strides, padding, g)
   # The three products are independent functions of the plan, so one plan
-  # per algorithm covers every (product, algorithm) pair.
-  for algorithm in ca.ALGORITHMS:
+  # per algorithm covers every (product, algorithm) pair. im2col has no
+  # grouped form.
+  for algorithm in ca.ALGORITHMS if groups == 1 else ("xla", "taps"):
     plan = ca.Plan(algorithm, algorithm, algorithm)
     got = jax.jit(planned, static_argnums=(0, 3, 4))(plan, x, k, strides, padding, g)
     assert_close(got, want, f"{(h, w, c, o, kernel, strides, padding)} {algorithm}")
@@ -80,6 +84,24 @@ def test_every_algorithm_matches_xla(geometry):
   check_all_algorithms(3, *geometry)
 
 
+# Grouped (ResNeXt's cardinality) and depthwise (MobileNet, groups = channels,
+# also with a channel multiplier) convolutions.
+GROUPED = [
+    (8, 8, 8, 8, (3, 3), (1, 1), ((1, 1), (1, 1)), 8),  # depthwise
+    (8, 8, 8, 8, (3, 3), (2, 2), ((1, 1), (1, 1)), 8),  # depthwise, strided
+    (7, 7, 4, 8, (3, 3), (2, 2), "SAME", 4),  # depthwise, multiplier 2, odd size
+    (2, 2, 8, 8, (3, 3), (1, 1), ((1, 1), (1, 1)), 8),  # depthwise, tiny input
+    (8, 8, 12, 18, (3, 3), (1, 1), ((1, 1), (1, 1)), 3),  # ResNeXt-like
+    (8, 8, 12, 12, (3, 3), (2, 2), ((1, 1), (1, 1)), 4),  # ResNeXt-like, strided
+    (6, 6, 8, 8, (1, 1), (1, 1), ((0, 0), (0, 0)), 2),  # grouped 1x1
+]
+
+
+@pytest.mark.parametrize("geometry", GROUPED, ids=str)
+def test_grouped_algorithms_match_xla(geometry):
+  check_all_algorithms(3, *geometry)
+
+
 @functools.cache
 def model_layers(names=None):
   from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
@@ -102,10 +124,9 @@ def test_rule_choices_match_xla_on_every_model_shape(models):
   rng = np.random.default_rng(1)
   checked = 0
   for layer in model_layers(models):
-    if layer["groups"] > 1:
-      continue
+    groups = layer["groups"]
     x_shape = (layer["batch"], layer["height"], layer["width"], layer["in_channels"])
-    k_shape = (*layer["kernel"], layer["in_channels"], layer["out_channels"])
+    k_shape = (*layer["kernel"], layer["in_channels"] // groups, layer["out_channels"])
     strides, padding = tuple(layer["strides"]), [tuple(p) for p in layer["padding"]]
     if ca.choose(ca.layer_shape(x_shape, k_shape, strides)) == ca.XLA_PLAN:
       continue
@@ -113,7 +134,7 @@ def test_rule_choices_match_xla_on_every_model_shape(models):
     k = jnp.asarray(rng.normal(size=k_shape) * 0.1, jnp.float32)
     dn = lax.conv_dimension_numbers(x_shape, k_shape, ("NHWC", "HWIO", "NHWC"))
     ours = lambda x, k: ca.conv_general_dilated(  # noqa: E731
-        x, k, strides, padding, dimension_numbers=dn)
+        x, k, strides, padding, dimension_numbers=dn, feature_group_count=groups)
     y, vjp = jax.vjp(ours, x, k)
     g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
     assert_close((y, *vjp(g)), reference(x, k, strides, padding, g), str(layer))
@@ -123,13 +144,13 @@ def test_rule_choices_match_xla_on_every_model_shape(models):
 
 @pytest.mark.exhaustive
 def test_every_algorithm_on_every_model_shape():
-  """Every algorithm for every product on every distinct plain conv shape of
-  every registered model (batch 2)."""
+  """Every algorithm for every product on every distinct conv shape of every
+  registered model (batch 2)."""
   for layer in model_layers():
-    if layer["groups"] == 1:
-      check_all_algorithms(2, layer["height"], layer["width"], layer["in_channels"],
-                           layer["out_channels"], tuple(layer["kernel"]),
-                           tuple(layer["strides"]), tuple(tuple(p) for p in layer["padding"]))
+    check_all_algorithms(2, layer["height"], layer["width"], layer["in_channels"],
+                         layer["out_channels"], tuple(layer["kernel"]),
+                         tuple(layer["strides"]), tuple(tuple(p) for p in layer["padding"]),
+                         layer["groups"])
 
 
 def test_bf16_compute_stays_bf16_and_close():
@@ -172,12 +193,14 @@ def test_no_effect_on_other_backends():
   assert str(ours) == str(xla)
 
 
-def test_grouped_and_dilated_convolutions_stay_with_xla():
+def test_dilated_and_batch_grouped_convolutions_stay_with_xla():
   base = dict(lhs_shape=(2, 2, 2, 512), rhs_shape=(3, 3, 512, 512), window_strides=(1, 1),
               dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu")
   assert ca.plan_for(**base) != ca.XLA_PLAN
-  assert ca.plan_for(**base | {"feature_group_count": 8}) == ca.XLA_PLAN
+  grouped = base | {"rhs_shape": (3, 3, 64, 512), "feature_group_count": 8}
+  assert ca.plan_for(**grouped) == ca.choose(ca.ConvShape(2, 2, 512, 512, (3, 3), (1, 1), 8))
   assert ca.plan_for(**base | {"rhs_dilation": (2, 2)}) == ca.XLA_PLAN
+  assert ca.plan_for(**base | {"batch_group_count": 2}) == ca.XLA_PLAN
   assert ca.plan_for(**base | {"dimension_numbers": ("NCHW", "OIHW", "NCHW")}) == ca.XLA_PLAN
 
 
@@ -224,11 +247,9 @@ def test_rule_is_within_noise_of_the_best_measured():
   result = json.loads(TABLE.read_text())
   worse = []
   for row in result["rows"]:
-    if row["groups"] > 1:
-      continue
     pick = conv_shapes.rule(row)
     for product in conv_shapes.PRODUCTS:
-      times = {a: row["ms"][a][product] for a in ca.ALGORITHMS}
+      times = {a: row["ms"][a][product] for a in conv_shapes.algorithms_for(row)}
       if row["kernel"] == [1, 1] and product != "kernel_grad":
         times["im2col"] = times["taps"] = min(times["im2col"], times["taps"])
       best, ours = min(times.values()), times[pick[product]]

@@ -43,6 +43,7 @@ class ConvShape(NamedTuple):
   out_channels: int
   kernel: tuple[int, int]
   strides: tuple[int, int]
+  groups: int = 1  # feature_group_count: in_channels (depthwise), or ResNeXt's cardinality
 
 
 class Plan(NamedTuple):
@@ -77,6 +78,8 @@ def choose(shape: ConvShape) -> Plan:
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
   channels = shape.in_channels
+  if shape.groups > 1:
+    return Plan("taps", "taps", "taps")
   if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
     return Plan("taps", "taps", "taps" if spatial >= 144 else "im2col")
   forward = input_grad = kernel_grad = "xla"
@@ -123,10 +126,34 @@ def _matmul(a, b, spec, dtype):
   return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(dtype)
 
 
-def _forward(algorithm, x, w, strides, pads, out_hw):
+def _grouped(t, groups):
+  """(..., C) -> (..., groups, C // groups): channel c is in group c // (C // groups)."""
+  return t.reshape(*t.shape[:-1], groups, t.shape[-1] // groups)
+
+
+def _tap_forward(s, w_tap, groups):
+  """One tap's product: input slice (N,Ho,Wo,C) times its kernel (C/groups, O)."""
+  if groups == 1:
+    return jnp.einsum("nhwc,co->nhwo", s, w_tap, preferred_element_type=jnp.float32)
+  y = jnp.einsum("nhwgc,cgo->nhwgo", _grouped(s, groups), _grouped(w_tap, groups),
+                 preferred_element_type=jnp.float32)
+  return y.reshape(*y.shape[:3], -1)
+
+
+def _tap_input_grad(g, w_tap, groups):
+  """dy (N,Ho,Wo,O) times one tap's kernel, transposed: (N,Ho,Wo,C)."""
+  if groups == 1:
+    return jnp.einsum("nhwo,co->nhwc", g, w_tap, preferred_element_type=jnp.float32)
+  t = jnp.einsum("nhwgo,cgo->nhwgc", _grouped(g, groups), _grouped(w_tap, groups),
+                 preferred_element_type=jnp.float32)
+  return t.reshape(*t.shape[:3], -1)
+
+
+def _forward(algorithm, x, w, strides, pads, out_hw, groups=1):
   if algorithm == "xla":
     return lax.conv_general_dilated(x, w, strides, pads,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=groups)
   xp = _pad_input(x, pads)
   kh, kw = w.shape[:2]
   if algorithm == "im2col":
@@ -134,14 +161,14 @@ def _forward(algorithm, x, w, strides, pads, out_hw):
     return _matmul(cols, w.reshape(-1, w.shape[-1]), "nhwk,ko->nhwo", x.dtype)
   total = None
   for i, j, s in _tap_slices(xp, (kh, kw), strides, out_hw):
-    y = jnp.einsum("nhwc,co->nhwo", s, w[i, j], preferred_element_type=jnp.float32)
+    y = _tap_forward(s, w[i, j], groups)
     total = y if total is None else total + y
   return total.astype(x.dtype)
 
 
-def _input_grad(algorithm, x, w, g, strides, pads, out_hw):
+def _input_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
   if algorithm == "xla":
-    _, vjp = jax.vjp(lambda t: _forward("xla", t, w, strides, pads, out_hw), x)
+    _, vjp = jax.vjp(lambda t: _forward("xla", t, w, strides, pads, out_hw, groups), x)
     return vjp(g)[0]
   kh, kw = w.shape[:2]
   n, h, wd, c = x.shape
@@ -154,8 +181,7 @@ def _input_grad(algorithm, x, w, g, strides, pads, out_hw):
                       preferred_element_type=jnp.float32).reshape(n, ho, wo, kh * kw, c)
     taps = ((i, j, cols[..., i * kw + j, :]) for i in range(kh) for j in range(kw))
   else:
-    taps = ((i, j, jnp.einsum("nhwo,co->nhwc", g, w[i, j], preferred_element_type=jnp.float32))
-            for i in range(kh) for j in range(kw))
+    taps = ((i, j, _tap_input_grad(g, w[i, j], groups)) for i in range(kh) for j in range(kw))
   for i, j, t in taps:  # place tap (i, j)'s contribution where its slice came from
     config = ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
               (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
@@ -163,9 +189,9 @@ def _input_grad(algorithm, x, w, g, strides, pads, out_hw):
   return total[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd].astype(x.dtype)
 
 
-def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw):
+def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
   if algorithm == "xla":
-    _, vjp = jax.vjp(lambda t: _forward("xla", x, t, strides, pads, out_hw), w)
+    _, vjp = jax.vjp(lambda t: _forward("xla", x, t, strides, pads, out_hw, groups), w)
     return vjp(g)[0]
   xp = _pad_input(x, pads)
   kh, kw = w.shape[:2]
@@ -177,13 +203,19 @@ def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw):
   # parallelise far better than one matmul contracting over N*H*W. Groups
   # are as many as keep the per-group results under 2M floats (at small
   # spatial sizes one result per example would be mostly memory traffic).
-  groups = _batch_groups(x.shape[0], w.shape[2] * w.shape[3])
+  # With feature groups, each group's (C/groups, O/groups) block is one more
+  # batch dimension of the same matmuls.
+  parts = _batch_groups(x.shape[0], w.shape[2] * w.shape[3])
+  dy = g.reshape(parts, -1, *g.shape[1:])
   grads = []
   for _, _, s in slices:
-    s = s.reshape(groups, -1, *s.shape[1:])
-    gg = g.reshape(groups, -1, *g.shape[1:])
-    grads.append(jnp.einsum("gnhwc,gnhwo->gco", s, gg,
-                            preferred_element_type=jnp.float32).sum(0))
+    s = s.reshape(parts, -1, *s.shape[1:])
+    if groups == 1:
+      grads.append(jnp.einsum("bnhwc,bnhwo->bco", s, dy,
+                              preferred_element_type=jnp.float32).sum(0))
+    else:
+      grads.append(jnp.einsum("bnhwgc,bnhwgo->bcgo", _grouped(s, groups), _grouped(dy, groups),
+                              preferred_element_type=jnp.float32).sum(0).reshape(w.shape[2], -1))
   return jnp.stack(grads).reshape(w.shape).astype(w.dtype)
 
 
@@ -193,20 +225,20 @@ def _batch_groups(batch: int, kernel_matrix: int, limit: int = 1 << 21) -> int:
              if batch % d == 0 and (d == 1 or d * kernel_matrix <= limit))
 
 
-def _planned_conv(plan: Plan, strides, pads, out_hw):
+def _planned_conv(plan: Plan, strides, pads, out_hw, groups):
   """A conv whose forward and two gradients use the plan's algorithms."""
 
   @jax.custom_vjp
   def conv(x, w):
-    return _forward(plan.forward, x, w, strides, pads, out_hw)
+    return _forward(plan.forward, x, w, strides, pads, out_hw, groups)
 
   def fwd(x, w):
     return conv(x, w), (x, w)
 
   def bwd(res, g):
     x, w = res
-    return (_input_grad(plan.input_grad, x, w, g, strides, pads, out_hw),
-            _kernel_grad(plan.kernel_grad, x, w, g, strides, pads, out_hw))
+    return (_input_grad(plan.input_grad, x, w, g, strides, pads, out_hw, groups),
+            _kernel_grad(plan.kernel_grad, x, w, g, strides, pads, out_hw, groups))
 
   conv.defvjp(fwd, bwd)
   return conv
@@ -237,13 +269,14 @@ def planned_conv(plan: Plan, lhs_shape, rhs_shape, window_strides, padding):
   pads = _pads(shape, padding)
   out_hw = tuple(_out_size(n, k, s, p) for n, k, s, p in
                  zip((shape.height, shape.width), shape.kernel, shape.strides, pads))
-  return _planned_conv(plan, shape.strides, pads, out_hw)
+  return _planned_conv(plan, shape.strides, pads, out_hw, shape.groups)
 
 
 def layer_shape(lhs_shape, rhs_shape, window_strides) -> ConvShape:
+  """The layer's shape; its feature groups follow from the kernel's input channels."""
   _, h, w, c = lhs_shape
-  kh, kw, _, o = rhs_shape
-  return ConvShape(h, w, c, o, (kh, kw), tuple(window_strides))
+  kh, kw, group_channels, o = rhs_shape
+  return ConvShape(h, w, c, o, (kh, kw), tuple(window_strides), c // group_channels)
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -258,9 +291,9 @@ def plan_for(lhs_shape, rhs_shape, window_strides, lhs_dilation=None, rhs_dilati
              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
              preferred_element_type=None, backend: str | None = None) -> Plan:
   """The plan for one call: `choose`'s on the CPU backend (`backend`, default
-  JAX's default backend) for plain 2-D NHWC convolutions, XLA everywhere else."""
-  plain = (len(lhs_shape) == 4 and _is_nhwc(dimension_numbers)
-           and feature_group_count == 1 and batch_group_count == 1
+  JAX's default backend) for 2-D NHWC convolutions, grouped or not, XLA
+  everywhere else (dilated, batch-grouped, other layouts or backends)."""
+  plain = (len(lhs_shape) == 4 and _is_nhwc(dimension_numbers) and batch_group_count == 1
            and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1))))
