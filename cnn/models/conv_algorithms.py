@@ -14,8 +14,8 @@ algorithm that `choose` names for the layer's shape, through a `custom_vjp`.
 `choose` is a deterministic rule on the shape (no timing at run time), so a
 seeded run gives the same numbers every time; its thresholds come from the
 measured table, and tests/test_conv_algorithms.py checks the rule against it.
-On any other backend, and for shapes the alternatives do not cover (grouped,
-dilated, non-NHWC), it is `lax.conv_general_dilated` itself.
+On any other backend, and for shapes the alternatives do not cover
+(dilated, batch-grouped, non-NHWC), it is `lax.conv_general_dilated` itself.
 
 The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
 - "xla": XLA's own convolution (and its transpose rules for the gradients).
@@ -24,6 +24,8 @@ The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
 - "taps": one matmul per tap on a strided slice of the padded input, summed:
   no patch tensor; the input gradient multiplies dy by each tap's kernel and
   adds the results into the padded input's shape (col2im without the cols).
+  Grouped and depthwise convolutions (feature groups) make each tap's
+  product a matmul batched over the groups.
 """
 from typing import NamedTuple, Sequence
 
@@ -203,6 +205,10 @@ def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
   # parallelise far better than one matmul contracting over N*H*W. Groups
   # are as many as keep the per-group results under 2M floats (at small
   # spatial sizes one result per example would be mostly memory traffic).
+  if w.shape[2] == 1 and groups > 1:  # depthwise: products per channel, summed over N,H,W
+    dy = _grouped(g, groups).astype(jnp.float32)
+    return jnp.stack([jnp.sum(s.astype(jnp.float32)[..., None] * dy, axis=(0, 1, 2))
+                      for _, _, s in slices]).reshape(w.shape).astype(w.dtype)
   # With feature groups, each group's (C/groups, O/groups) block is one more
   # batch dimension of the same matmuls.
   parts = _batch_groups(x.shape[0], w.shape[2] * w.shape[3])
