@@ -255,7 +255,8 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
       medians = {a: {p: round(statistics.median(v), 2) for p, v in s.items()}
                  for a, s in samples.items()}
       rows.append({**layer, "ms": medians})
-      save(rows)
+      reached = {layer_key(r) for r in rows}
+      save(rows + [r for r in done if layer_key(r) not in reached])  # keep the later ones
       print(f"[{i + 1}/{len(layers)}] {describe(layer)}: " + "  ".join(
           f"{a} " + "/".join(f"{medians[a][p]:.1f}" for p in PRODUCTS) for a in medians),
             flush=True)
