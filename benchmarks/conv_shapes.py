@@ -305,7 +305,8 @@ def render(result: dict) -> str:
          "rule: fwd / dx / dw | rule vs xla | rule vs PyTorch |",
          "|---|---:|---|---|---|---|---|---:|---:|"]
   total = {"rule": 0.0, "xla": 0.0, "torch": 0.0}
-  for row in sorted(result["rows"], key=layer_key):
+  complete = [r for r in result["rows"] if set(algorithms_for(r)) <= set(r["ms"])]
+  for row in sorted(complete, key=layer_key):
     pick = rule(row)
 
     def cell(a, row=row, pick=pick):
@@ -323,7 +324,7 @@ def render(result: dict) -> str:
                f"{cell('taps')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
                f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
                f"{torch / ours:.2f}x |")
-  measured = len(result["rows"])
+  measured = len(complete)
   scope = ("All layers of all models" if measured >= result.get("shapes_total", measured)
            else f"The {measured} of {result['shapes_total']} shapes measured so far (the "
                 "command continues the table; the models of run.py and the paper configs "

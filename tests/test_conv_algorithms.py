@@ -245,8 +245,11 @@ def test_rule_is_within_noise_of_the_best_measured():
   input gradient, so either counts as the other's time there."""
   from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
   result = json.loads(TABLE.read_text())
+  # A row not yet timed with every algorithm (a table being continued) is left out.
+  rows = [r for r in result["rows"] if set(conv_shapes.algorithms_for(r)) <= set(r["ms"])]
+  assert len(rows) >= 100
   worse = []
-  for row in result["rows"]:
+  for row in rows:
     pick = conv_shapes.rule(row)
     for product in conv_shapes.PRODUCTS:
       times = {a: row["ms"][a][product] for a in conv_shapes.algorithms_for(row)}

@@ -76,6 +76,10 @@ def choose(shape: ConvShape) -> Plan:
   - Kernel gradients on inputs of 12x12 and up with 64+ channels in and
     out: "taps" (batched matmuls per tap) 1.1-2x faster; XLA's transposes
     the whole input. (With few output channels, DenseNet's 12, XLA's wins.)
+  - Grouped and depthwise convolutions (ResNeXt, MobileNet): "taps" for all
+    three. XLA:CPU's grouped convolution is its slowest path: 10-40x slower
+    on depthwise layers, and seconds per call on ResNeXt-29's 2048-channel
+    layers (its kernel gradient 14x slower than taps).
   """
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
