@@ -134,11 +134,12 @@ class JaxTimer:
         "input_grad": jax.jit(lambda x, k, g: jax.vjp(lambda t: conv(t, k), x)[1](g)[0]),
         "kernel_grad": jax.jit(lambda x, k, g: jax.vjp(lambda t: conv(x, t), k)[1](g)[0]),
     }
-    self.calls = {}
+    self.calls, self.first_ms = {}, {}
     for product in PRODUCTS:  # compile, then size the timed loops
       self.calls[product] = 1
       self.time(product)
-      self.calls[product] = calls_for(self.time(product))
+      self.first_ms[product] = self.time(product)
+      self.calls[product] = calls_for(self.first_ms[product])
 
   def time(self, product: str) -> float:
     """Milliseconds per call, over back-to-back calls lasting about MIN_MS."""
@@ -152,6 +153,7 @@ class JaxTimer:
 
 
 MIN_MS = 30.0  # each sample: enough back-to-back calls to last this long
+SLOW_MS = 5000.0  # a product slower than this per call: one round for its layer
 
 
 def calls_for(ms: float) -> int:
@@ -246,7 +248,11 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
       timers = {a: JaxTimer(layer, a) for a in algorithms}
       samples = {a: {p: [] for p in PRODUCTS} for a in (*algorithms, "torch")}
       worker.time(layer)  # warm-up
-      for _ in range(repeats):
+      # Calls of many seconds (XLA's grouped convolutions on ResNeXt-29) vary
+      # by far less than the gaps measured; one round keeps the table to hours.
+      slowest = max(t.first_ms[p] for t in timers.values() for p in PRODUCTS)
+      rounds = 1 if slowest > SLOW_MS else repeats
+      for _ in range(rounds):
         for a, timer in timers.items():
           for p in PRODUCTS:
             samples[a][p].append(timer.time(p))
@@ -254,7 +260,7 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
           samples["torch"][p].append(t)
       medians = {a: {p: round(statistics.median(v), 2) for p, v in s.items()}
                  for a, s in samples.items()}
-      rows.append({**layer, "ms": medians})
+      rows.append({**layer, "ms": medians} | ({"rounds": rounds} if rounds != repeats else {}))
       reached = {layer_key(r) for r in rows}
       save(rows + [r for r in done if layer_key(r) not in reached])  # keep the later ones
       print(f"[{i + 1}/{len(layers)}] {describe(layer)}: " + "  ".join(
@@ -298,7 +304,8 @@ def render(result: dict) -> str:
   m = result["machine"]
   out = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
          f"torch {m['torch']}; batch {result['batch']}, fp32, medians of {result['repeats']} "
-         "alternating rounds, milliseconds. Each cell: forward / input gradient / kernel "
+         "alternating rounds (one round where a call takes over 5 s, marked), "
+         "milliseconds. Each cell: forward / input gradient / kernel "
          "gradient. **Bold**: the algorithm the rule (`conv_algorithms.choose`) picks. "
          "Layers: how many layers of that shape, summed over the models.", "",
          "| layer (HxWxC kxk/stride -> out) | layers | xla | im2col | taps | PyTorch | "
@@ -320,7 +327,8 @@ def render(result: dict) -> str:
     total["rule"] += ours * count
     total["xla"] += xla * count
     total["torch"] += torch * count
-    out.append(f"| {describe(row)} | {count} | {cell('xla')} | {cell('im2col')} | "
+    rounds = f" ({row['rounds']} round)" if "rounds" in row else ""
+    out.append(f"| {describe(row)}{rounds} | {count} | {cell('xla')} | {cell('im2col')} | "
                f"{cell('taps')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
                f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
                f"{torch / ours:.2f}x |")
