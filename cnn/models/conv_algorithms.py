@@ -64,15 +64,17 @@ def choose(shape: ConvShape) -> Plan:
   benchmarks/README.md; batch 128, fp32). XLA stays wherever it is the
   fastest or within noise of it, which is most 3x3 layers; the exceptions:
   - 1x1 kernels are matmuls: "taps" (one tap, the input itself) runs them
-    1.5-3x faster than XLA's convolution; for kernel gradients on inputs
-    under 12x12 one plain matmul ("im2col") beats batched ones.
+    1.5-3x faster than XLA's convolution (up to 7x for wide ones); for
+    kernel gradients on inputs under 12x12, or with 256+ input channels,
+    one plain matmul ("im2col") beats batched ones.
   - Inputs of 2x2 or smaller (VGG's last stage, 1x1 after MNIST's pools):
     XLA's forward and input gradient take seconds, "im2col" tens of ms.
   - Stems with 1-4 input channels: one channel is 9 rank-1 products
     ("taps"), a few channels one small im2col matmul; up to 15x faster.
   - Strided layers: the input gradient by "taps" (XLA dilates dy with zeros
     and convolves the lot), 1.5-2x faster; the kernel gradient too up to 64
-    input channels.
+    input channels, and from 256 input channels the forward pass and the
+    kernel gradient by "im2col" (2x faster: WRN's wide downsampling layers).
   - Kernel gradients on inputs of 12x12 and up with 64+ channels in and
     out: "taps" (batched matmuls per tap) 1.1-2x faster; XLA's transposes
     the whole input. (With few output channels, DenseNet's 12, XLA's wins.)
@@ -87,7 +89,8 @@ def choose(shape: ConvShape) -> Plan:
   if shape.groups > 1:
     return Plan("taps", "taps", "taps")
   if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
-    return Plan("taps", "taps", "taps" if spatial >= 144 else "im2col")
+    batched = spatial >= 144 and channels < 256
+    return Plan("taps", "taps", "taps" if batched else "im2col")
   forward = input_grad = kernel_grad = "xla"
   if spatial <= 4:
     forward = input_grad = "im2col"
@@ -100,6 +103,8 @@ def choose(shape: ConvShape) -> Plan:
   if tuple(shape.strides) != (1, 1):
     input_grad = "taps"
     kernel_grad = "taps" if channels <= 64 else "xla"
+    if channels >= 256:  # wide strided layers (WRN-28-10, WRN-16-8): one big matmul
+      forward = kernel_grad = "im2col"
   return Plan(forward, input_grad, kernel_grad)
 
 
