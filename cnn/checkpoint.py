@@ -52,6 +52,12 @@ def make_manager(workdir: str, keep: int, clean_up: bool = False) -> ocp.Checkpo
   return ocp.CheckpointManager(directory, options=options)
 
 
+def open_for_reading(workdir: str) -> ocp.CheckpointManager:
+  """A manager that only reads (it creates, cleans and deletes nothing)."""
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  return ocp.CheckpointManager(workdirs.resolve(workdir) / "checkpoints", options=options)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: Any,
          meta: dict, val_accuracy: float | None = None) -> None:
   """Saves asynchronously; `val_accuracy` marks an end-of-epoch checkpoint."""

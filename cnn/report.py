@@ -1,7 +1,8 @@
 """`main.py --mode=evaluate`: the analysis report of a trained workdir.
 
-Loads the checkpoint with the best validation accuracy (the one whose test
-accuracy `results.json` reports), predicts the whole test split once, and
+Loads the checkpoint whose test accuracy `results.json` reports (best by
+validation; the final one under the paper protocol) as a `cnn.predictor`
+(evaluation variables only), predicts the whole test split once, and
 writes `<workdir>/report/`: per-class metrics (JSON + markdown), the confusion
 matrix, training curves, the most confidently misclassified test images,
 feature maps for one test image, and an `index.html` that shows them all.
@@ -19,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn import input_pipeline, plots, report_pages, train
+from cnn import datasets, plots, predictor, report_pages, train
 from cnn import workdir as workdirs
 from cnn import workdir_lock
 from cnn.errors import UserError
@@ -96,12 +97,6 @@ def most_confused_pairs(cm: np.ndarray, class_names: list[str], k: int = NUM_CON
   return pairs
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(axis=-1, keepdims=True)
-  exp = np.exp(shifted)
-  return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def most_confident_errors(labels: np.ndarray, probabilities: np.ndarray, k: int
                           ) -> np.ndarray:
   """Indices of up to k misclassified examples, most confident first: the
@@ -125,12 +120,12 @@ def _is_feature_layer(module: nn.Module, method_name: str) -> bool:
           and not isinstance(module, NOT_FEATURE_LAYERS))
 
 
-def capture_feature_maps(state: train.TrainState, image: np.ndarray
+def capture_feature_maps(p: predictor.Predictor, image: np.ndarray
                          ) -> list[tuple[str, np.ndarray]]:
   """(layer name, [H, W, C] output) of every feature layer, in call order,
   for one normalised image, through flax's `capture_intermediates`."""
-  _, captured = state.apply_fn(
-      state.eval_variables, image[None], train=False,
+  _, captured = p.model.apply(
+      p.variables, image[None], train=False,
       capture_intermediates=_is_feature_layer, mutable=["intermediates"])
   layers = []
   for name, outputs in captured["intermediates"].items():
@@ -176,31 +171,39 @@ def check_image_index(index: int, num_images: int) -> int:
   return index
 
 
+def test_split(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """The config's test split (uint8 images, labels), and nothing else."""
+  spec = datasets.get_spec(config.dataset)
+  builder = train.prepare_data(spec, config.data_dir or None,
+                               datasets.resolve_archive_dir(config.archive_dir))
+  return datasets.load_split(builder, config.test_split)
+
+
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Writes `<workdir>/report/` from the best-by-validation checkpoint and
-  returns the classification report."""
+  """Writes `<workdir>/report/` from the checkpoint `results.json` reports
+  (best by validation; the final one under the paper protocol) and returns
+  the classification report. Reads only the evaluation variables and the
+  test split (`cnn.predictor`)."""
   workdir_lock.check_no_trainer(workdir)  # not while a trainer writes it
-  exp = train.Experiment(config)
-  state, checkpoint_history = train.restore_for_evaluation(exp, workdir, "best")
-  images, labels = exp.splits["test"]
+  p = predictor.load(workdir, "best")
+  p.check_config(config)
+  images, labels = test_split(config)
   index = check_image_index(int(config.get("report_image_index", 0)), len(labels))
-  predicted = exp.predict(state, "test")
-  probabilities = softmax(predicted["logits"].astype(np.float64))
+  probabilities = p.probabilities(images)
   predictions = probabilities.argmax(axis=-1)
-  names = exp.class_names
+  names = list(p.class_names)
   cm = confusion_matrix(labels, predictions, len(names))
-  best = train.best_epoch(checkpoint_history) if checkpoint_history else {}
+  checkpoint_history = list(p.history)
   report = {
       "model": config.model, "dataset": config.dataset, "num_examples": int(len(labels)),
-      "checkpoint": {k: best.get(k) for k in ("epoch", "step", "val_accuracy")},
+      "checkpoint": {k: p.source.get(k) for k in ("epoch", "step", "val_accuracy")},
       **classification_report(cm, names),
       "most_confused": most_confused_pairs(cm, names),
       "activations_image": {"index": index, "true": names[labels[index]],
                             "predicted": names[predictions[index]],
                             "confidence": float(probabilities[index].max())},
   }
-  normalized = input_pipeline.normalize(images[index:index + 1], exp.spec).numpy()[0]
-  layers = stage_outputs(capture_feature_maps(state, normalized))
+  layers = stage_outputs(capture_feature_maps(p, p.normalize(images[index:index + 1])[0]))
   if jax.process_index() != 0:
     return report
 

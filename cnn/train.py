@@ -337,25 +337,6 @@ class Experiment:
     return float(self.schedule(int(state.step))) * optim.plateau_scale(state.opt_state)
 
 
-def restore_for_evaluation(exp: Experiment, workdir: str, which: str = "best"
-                           ) -> tuple[TrainState, list[dict]]:
-  """The `best` (by validation accuracy) or `last` checkpoint of a finished or
-  running workdir, and its metric history."""
-  manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints)
-  latest = manager.latest_step()
-  if latest is None:
-    raise UserError(f"no checkpoint in {workdir}/checkpoints; train first (same command "
-                    "without --mode)")
-  meta = checkpoint.load_meta(manager, latest)
-  checkpoint.check_compatible(meta, exp.fingerprint, workdir)
-  step = latest
-  if which == "best" and meta["history"]:
-    step = best_epoch(meta["history"], manager.all_steps())["step"]
-  state, _, _ = checkpoint.restore(manager, step, exp.initial_state)
-  manager.close()
-  return state, meta["history"]
-
-
 def check_finite(sums: dict) -> None:
   """Stops before anything non-finite is checkpointed."""
   step = int(sums["first_nonfinite_step"])
@@ -435,7 +416,10 @@ class Run:
   def save(self, val_accuracy: float | None = None) -> None:
     check_finite(jax.device_get(self.sums))
     self.check_space()
-    meta = {"fingerprint": self.exp.fingerprint, "history": self.history, "timing": self.timing}
+    # The config and class names let `cnn.predictor.load` rebuild the model
+    # from the workdir alone.
+    meta = {"fingerprint": self.exp.fingerprint, "history": self.history, "timing": self.timing,
+            "config": self.exp.config.to_dict(), "class_names": list(self.exp.class_names)}
     checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
 
   def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:

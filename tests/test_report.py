@@ -12,13 +12,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 import pytest
 import sklearn.metrics
 from PIL import Image
 
-from cnn import plots, report, report_pages, train
+from cnn import plots, predictor, report, report_pages
 from cnn.errors import UserError
 from cnn.models import create_model
 
@@ -104,23 +104,19 @@ def test_most_confident_errors_come_first_and_skip_right_answers():
   np.testing.assert_array_equal(report.most_confident_errors(labels, probabilities, 2), [0, 3])
 
 
-def test_softmax_rows_sum_to_one_even_for_large_logits():
-  p = report.softmax(np.array([[1000.0, 1000.0], [0.0, np.log(3.0)]]))
-  np.testing.assert_allclose(p, [[0.5, 0.5], [0.25, 0.75]])
-
-
 def test_image_index_outside_the_test_split_is_a_user_error():
   assert report.check_image_index(9999, 10000) == 9999
   with pytest.raises(UserError, match="report_image_index=10000 is outside"):
     report.check_image_index(10000, 10000)
 
 
-def random_state(model_name: str, image_shape: tuple[int, int, int]) -> train.TrainState:
+def random_predictor(model_name: str, image_shape: tuple[int, int, int]) -> predictor.Predictor:
   model = create_model(model_name, num_classes=10, dtype=jnp.float32)
   variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
-  return train.TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                 batch_stats=variables.get("batch_stats", {}),
-                                 tx=optax.identity())
+  return predictor.Predictor(
+      model=model, variables=variables, image_shape=image_shape, mean=(0.5,), std=(0.25,),
+      class_names=tuple("0123456789"), flip=False, batch_size=10, source={},
+      config=ml_collections.ConfigDict(), history=())
 
 
 def test_feature_maps_are_the_stem_conv_and_the_last_block_of_each_stage():
@@ -128,7 +124,7 @@ def test_feature_maps_are_the_stem_conv_and_the_last_block_of_each_stage():
   inputs keep it fast; the layers are the same as on 28x28 or 32x32."""
   image = np.random.default_rng(0).normal(size=(8, 8, 1)).astype(np.float32)
   layers = report.stage_outputs(
-      report.capture_feature_maps(random_state("resnet20_v2", image.shape), image))
+      report.capture_feature_maps(random_predictor("resnet20_v2", image.shape), image))
   assert [(n, m.shape) for n, m in layers] == [
       ("stem_conv", (8, 8, 16)), ("stage1_block3", (8, 8, 16)),
       ("stage2_block3", (4, 4, 32)), ("stage3_block3", (2, 2, 64))]

@@ -72,12 +72,14 @@ def choose(shape: ConvShape) -> Plan:
   - Stems with 1-4 input channels: one channel is 9 rank-1 products
     ("taps"), a few channels one small im2col matmul; up to 15x faster.
   - Strided layers: the input gradient by "taps" (XLA dilates dy with zeros
-    and convolves the lot), 1.5-2x faster; the kernel gradient too up to 64
-    input channels, and from 256 input channels the forward pass and the
-    kernel gradient by "im2col" (2x faster: WRN's wide downsampling layers).
-  - Kernel gradients on inputs of 12x12 and up with 64+ channels in and
-    out: "taps" (batched matmuls per tap) 1.1-2x faster; XLA's transposes
-    the whole input. (With few output channels, DenseNet's 12, XLA's wins.)
+    and convolves the lot), 1.5-2x faster; the kernel gradient too under 128
+    input channels and by "im2col" from there (2x faster: WRN's wide
+    downsampling layers), as is the forward pass from 256 input channels.
+  - Kernel gradients on inputs of 12x12 and up with 16+ input and 64+
+    output channels (48+ on 32x32): "taps" (batched matmuls per tap)
+    1.1-2x faster; XLA's transposes the whole input. (With few output
+    channels, DenseNet's 12, XLA's wins.) With 16 input and 128+ output
+    channels (WRN's first widening layer) the input gradient by "im2col".
   - Grouped and depthwise convolutions (ResNeXt, MobileNet): "taps" for all
     three. XLA:CPU's grouped convolution is its slowest path: 10-40x slower
     on depthwise layers, and seconds per call on ResNeXt-29's 2048-channel
@@ -98,13 +100,16 @@ def choose(shape: ConvShape) -> Plan:
     forward, input_grad, kernel_grad = "taps", "im2col", "taps"
   elif channels <= 4:
     forward, input_grad, kernel_grad = "im2col", "im2col", "taps"
-  if spatial >= 144 and min(channels, shape.out_channels) >= 64:
+  out = shape.out_channels
+  if spatial >= 144 and channels >= 16 and (out >= 64 or (out >= 48 and spatial >= 1024)):
     kernel_grad = "taps"
+  if spatial >= 144 and channels <= 16 and out >= 128:  # WRN's first widening layer
+    input_grad = "im2col"
   if tuple(shape.strides) != (1, 1):
     input_grad = "taps"
-    kernel_grad = "taps" if channels <= 64 else "xla"
+    kernel_grad = "taps" if channels < 128 else "im2col"
     if channels >= 256:  # wide strided layers (WRN-28-10, WRN-16-8): one big matmul
-      forward = kernel_grad = "im2col"
+      forward = "im2col"
   return Plan(forward, input_grad, kernel_grad)
 
 

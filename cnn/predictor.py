@@ -1,0 +1,190 @@
+"""A trained model as a function: `load(workdir)` gives a `Predictor`.
+
+    from cnn import predictor
+    p = predictor.load("runs/r20")                 # the checkpoint results.json reports
+    probabilities = p.probabilities(uint8_images)  # (N, H, W, C) -> (N, classes)
+
+A predictor holds what inference needs and nothing else: the model, its
+evaluation variables (the moving averages when the run kept them), the
+dataset's input shape and normalisation, the class names and whether the
+logits average the image with its mirror image (`config.eval_flip`). Only
+those arrays are read from the checkpoint (an orbax partial restore): no
+optimizer state, no training split, no input pipeline.
+
+Its logits equal evaluation's (`train.Experiment.predict`): the same
+normalisation arithmetic in float32 and the same batch size
+(`config.eval_batch_size`), padded the same way.
+"""
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import linen as nn
+
+from cnn import checkpoint, datasets
+from cnn import workdir as workdirs
+from cnn.errors import UserError, unknown_name
+from cnn.models import create_model
+
+WHICH = ("best", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """`model.apply(variables, normalized_images, train=False)`, wrapped."""
+  model: nn.Module
+  variables: dict  # {"params", "batch_stats"}
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]  # per channel, on [0, 1] pixels
+  std: tuple[float, ...]
+  class_names: tuple[str, ...]
+  flip: bool  # average the logits of each image and its mirror image
+  batch_size: int
+  source: dict  # where the variables came from: workdir, which, step, epoch, val_accuracy
+  config: ml_collections.ConfigDict  # the run's
+  history: tuple[dict, ...]  # the run's per-epoch metrics, up to the newest checkpoint
+
+  def normalize(self, images: np.ndarray) -> np.ndarray:
+    """uint8 pixels (N, H, W, C) -> float32 with the training split's per-channel
+    mean and standard deviation, as `input_pipeline.normalize` computes it."""
+    x = np.asarray(images).astype(np.float32) / np.float32(255.0)
+    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+  @functools.cached_property
+  def _logits_fn(self):
+    def logits(variables, x):
+      y = self.model.apply(variables, x, train=False)
+      if self.flip:
+        y = (y + self.model.apply(variables, x[:, :, ::-1], train=False)) / 2
+      return y
+    return jax.jit(logits)
+
+  def check_config(self, config: ml_collections.ConfigDict) -> None:
+    """Refuses a config of another model or dataset than the checkpoint's."""
+    keys = ("model", "dataset", "model_kwargs")
+    ours = {k: (config[k].to_dict() if k == "model_kwargs" else config[k]) for k in keys}
+    theirs = {k: (self.config[k].to_dict() if k == "model_kwargs" else self.config[k])
+              for k in keys}
+    diff = "; ".join(f"{k}: checkpoint has {theirs[k]!r}, config has {ours[k]!r}"
+                     for k in keys if ours[k] != theirs[k])
+    if diff:
+      raise UserError(f"workdir {self.source['workdir']} holds an incompatible checkpoint "
+                      f"({diff}); use the config it was trained with")
+
+  def check_images(self, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == len(self.image_shape):  # one image, no batch axis
+      images = images[None]
+    if images.shape[1:] != tuple(self.image_shape):
+      raise UserError(f"images of shape {images.shape[1:]} given, the model takes "
+                      f"{tuple(self.image_shape)} (height, width, channels)")
+    return images
+
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 images -> (N, classes) float32 logits, in batches of
+    `batch_size` (the last one zero-padded, as evaluation pads it)."""
+    images = self.check_images(images)
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = self.normalize(images[start:start + self.batch_size])
+      real = len(chunk)
+      if real < self.batch_size:
+        chunk = np.concatenate([chunk, np.zeros((self.batch_size - real, *chunk.shape[1:]),
+                                                chunk.dtype)])
+      out.append(np.asarray(self._logits_fn(self.variables, chunk))[:real])
+    if not out:
+      return np.zeros((0, len(self.class_names)), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+  def probabilities(self, images: np.ndarray) -> np.ndarray:
+    """Softmax of the logits, in float64 (rows sum to 1 to 1e-12)."""
+    return softmax(self.logits(images))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """In float64, shifted by each row's maximum: large logits do not overflow."""
+  shifted = np.asarray(logits, np.float64)
+  shifted = shifted - shifted.max(axis=-1, keepdims=True)
+  e = np.exp(shifted)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:
+  """The run's config: stored in each checkpoint; for checkpoints written
+  before that, the one `results.json` records."""
+  if "config" in meta:
+    return ml_collections.ConfigDict(meta["config"])
+  results = workdirs.resolve(workdir) / "results.json"
+  if results.exists():
+    return ml_collections.ConfigDict(json.loads(results.read_text())["config"])
+  raise UserError(f"the checkpoints in {workdir} do not record their config (written by an "
+                  "older version, and there is no results.json); finish the run or rerun it "
+                  "with this version")
+
+
+def _class_names_from_tfds(spec, config) -> list[str]:
+  """For checkpoints written before they recorded their class names."""
+  builder = datasets.prepare(spec, config.get("data_dir") or None,
+                             datasets.resolve_archive_dir(config.get("archive_dir", "")))
+  return datasets.class_names(builder)
+
+
+def abstract_variables(model: nn.Module, image_shape) -> dict:
+  """Shapes and dtypes of the model's {"params", "batch_stats"}, without computing them."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((1, *image_shape), jnp.float32),
+                                             train=False))
+  return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+
+
+def choose_step(meta: dict, steps: list[int], which: str, protocol: str) -> dict:
+  """The epoch record of the checkpoint to load: "last", or "best", the one
+  `results.json` reports (best by validation accuracy; the final model under
+  the paper protocol)."""
+  from cnn.train import best_epoch  # pylint: disable=import-outside-toplevel
+  history = [r for r in meta["history"] if r["step"] in set(steps)]
+  if which == "last" or protocol == "paper" or not history:
+    return {"step": max(steps), **next((r for r in history if r["step"] == max(steps)), {})}
+  return best_epoch(history)
+
+
+def load(workdir: str, which: str = "best") -> Predictor:
+  """The predictor of a trained (or training) workdir's `which` checkpoint."""
+  if which not in WHICH:
+    raise unknown_name("checkpoint choice", which, WHICH)
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  steps = checkpoint.finalized_steps(workdir)
+  if not steps:
+    raise UserError(f"no checkpoint in {directory}; train first: python main.py "
+                    f"--config=... --workdir={workdir}")
+  manager = checkpoint.open_for_reading(workdir)
+  try:
+    meta = checkpoint.load_meta(manager, max(steps))
+    config = _config_of(workdir, meta)
+    record = choose_step(meta, steps, which, config.get("protocol", "validation"))
+    spec = datasets.get_spec(config.dataset)
+    model = create_model(config.model, num_classes=spec.num_classes,
+                         dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+    wanted = abstract_variables(model, spec.image_shape)
+    ema = config.get("ema_decay", 0.0) > 0
+    item = {"ema": wanted} if ema else wanted
+    state = manager.restore(record["step"], args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, partial_restore=True)))["state"]
+  finally:
+    manager.close()
+  variables = state["ema"] if ema else state
+  class_names = meta.get("class_names") or _class_names_from_tfds(spec, config)
+  return Predictor(
+      model=model, variables={"params": variables["params"],
+                              "batch_stats": variables.get("batch_stats", {})},
+      image_shape=tuple(spec.image_shape), mean=tuple(spec.mean), std=tuple(spec.std),
+      class_names=tuple(class_names), flip=bool(config.get("eval_flip", False)),
+      batch_size=int(config.eval_batch_size),
+      source={"workdir": str(workdir), "which": which, "step": record["step"],
+              "epoch": record.get("epoch"), "val_accuracy": record.get("val_accuracy")},
+      config=config, history=tuple(meta["history"]))
