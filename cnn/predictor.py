@@ -170,7 +170,11 @@ def load(workdir: str, which: str = "best") -> Predictor:
     spec = datasets.get_spec(config.dataset)
     model = create_model(config.model, num_classes=spec.num_classes,
                          dtype=jnp.dtype(config.dtype), **config.model_kwargs)
-    wanted = abstract_variables(model, spec.image_shape)
+    # Onto this process's first device: on a multi-process job each process
+    # reads its own copy, so prediction needs no other process.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    wanted = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
+                          abstract_variables(model, spec.image_shape))
     ema = config.get("ema_decay", 0.0) > 0
     item = {"ema": wanted} if ema else wanted
     state = manager.restore(record["step"], args=ocp.args.Composite(
