@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cnn.errors import DISK_FULL_TEXTS  # no heavy imports: errors.py needs only errno
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
@@ -33,7 +35,6 @@ def _show_only_our_info(record) -> bool:
   full disk is reported once, by us, not by every write that hit it."""
   if "/cnn/" in record.pathname:
     return True
-  from cnn.errors import DISK_FULL_TEXTS  # pylint: disable=import-outside-toplevel
   text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
   if any(t in text for t in DISK_FULL_TEXTS):
     return False

@@ -147,22 +147,16 @@ def _grouped(t, groups):
   return t.reshape(*t.shape[:-1], groups, t.shape[-1] // groups)
 
 
-def _tap_forward(s, w_tap, groups):
-  """One tap's product: input slice (N,Ho,Wo,C) times its kernel (C/groups, O)."""
+def _tap_product(a, w_tap, groups, transposed=False):
+  """One tap's product with its kernel (C/groups, O): an input slice
+  (N,Ho,Wo,C) -> (N,Ho,Wo,O), or, `transposed`, dy (N,Ho,Wo,O) -> (N,Ho,Wo,C).
+  With feature groups, a matmul batched over the groups."""
+  spec = "nhwgo,cgo->nhwgc" if transposed else "nhwgc,cgo->nhwgo"
   if groups == 1:
-    return jnp.einsum("nhwc,co->nhwo", s, w_tap, preferred_element_type=jnp.float32)
-  y = jnp.einsum("nhwgc,cgo->nhwgo", _grouped(s, groups), _grouped(w_tap, groups),
+    return jnp.einsum(spec.replace("g", ""), a, w_tap, preferred_element_type=jnp.float32)
+  y = jnp.einsum(spec, _grouped(a, groups), _grouped(w_tap, groups),
                  preferred_element_type=jnp.float32)
   return y.reshape(*y.shape[:3], -1)
-
-
-def _tap_input_grad(g, w_tap, groups):
-  """dy (N,Ho,Wo,O) times one tap's kernel, transposed: (N,Ho,Wo,C)."""
-  if groups == 1:
-    return jnp.einsum("nhwo,co->nhwc", g, w_tap, preferred_element_type=jnp.float32)
-  t = jnp.einsum("nhwgo,cgo->nhwgc", _grouped(g, groups), _grouped(w_tap, groups),
-                 preferred_element_type=jnp.float32)
-  return t.reshape(*t.shape[:3], -1)
 
 
 def _forward(algorithm, x, w, strides, pads, out_hw, groups=1):
@@ -177,7 +171,7 @@ def _forward(algorithm, x, w, strides, pads, out_hw, groups=1):
     return _matmul(cols, w.reshape(-1, w.shape[-1]), "nhwk,ko->nhwo", x.dtype)
   total = None
   for i, j, s in _tap_slices(xp, (kh, kw), strides, out_hw):
-    y = _tap_forward(s, w[i, j], groups)
+    y = _tap_product(s, w[i, j], groups)
     total = y if total is None else total + y
   return total.astype(x.dtype)
 
@@ -197,7 +191,8 @@ def _input_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
                       preferred_element_type=jnp.float32).reshape(n, ho, wo, kh * kw, c)
     taps = ((i, j, cols[..., i * kw + j, :]) for i in range(kh) for j in range(kw))
   else:
-    taps = ((i, j, _tap_input_grad(g, w[i, j], groups)) for i in range(kh) for j in range(kw))
+    taps = ((i, j, _tap_product(g, w[i, j], groups, transposed=True))
+            for i in range(kh) for j in range(kw))
   for i, j, t in taps:  # place tap (i, j)'s contribution where its slice came from
     config = ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
               (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
