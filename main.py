@@ -1,9 +1,11 @@
-"""Trains and evaluates one experiment.
+"""Trains and evaluates one experiment; classifies your own images with it.
 
   python main.py --config=configs/resnet20v1_cifar10.py --workdir=runs/r20
   python main.py --config=configs/resnet20_mnist.py --workdir=W --config.num_epochs=1
+  python main.py --mode=evaluate --config=configs/resnet20v1_cifar10.py --workdir=runs/r20
+  python main.py --mode=predict --workdir=runs/r20 --images=photos/ --images='more/*.jpg'
 
-Rerunning the same command resumes from the latest checkpoint in --workdir.
+Rerunning the same training command resumes from the latest checkpoint in --workdir.
 """
 import difflib
 import logging as std_logging
@@ -17,17 +19,39 @@ from ml_collections import config_flags
 
 from cnn.errors import DISK_FULL_TEXTS  # no heavy imports: errors.py needs only errno
 
+# orbax's warning for the read-only checkpoint managers that evaluation and prediction use.
+READ_ONLY_TEXT = "Given directory is read only"
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
                   "train: train (or resume) and evaluate; evaluate: write <workdir>/report/ "
-                  "from the workdir's best checkpoint.")
+                  "from the workdir's best checkpoint; predict: classify --images.")
+flags.DEFINE_multi_string("images", [], "predict: image files, folders or globs (repeatable).")
+flags.DEFINE_string("weights", None, "predict: a published weights file (*.safetensors) "
+                    "instead of --workdir.")
+flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "predict: the checkpoint results.json "
+                  "reports (best), or the newest one (last).")
+flags.DEFINE_integer("top_k", 3, "predict: classes shown per image.")
+flags.DEFINE_string("out", None, "predict: folder for predictions.csv and .json (default "
+                    "<workdir>/predictions, or predictions/ for --weights).")
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0 "
                     "(not needed on TPU pods and under SLURM, which are detected).")
 flags.DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
 flags.DEFINE_integer("process_id", 0, "Multi-process: index of this process.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+REQUIRED = {"train": ("config", "workdir"), "evaluate": ("config", "workdir")}
+
+
+def missing_flags_message(mode: str) -> str | None:
+  """One line naming the flags `--mode` needs that were not given."""
+  if mode == "predict":
+    if bool(FLAGS.workdir) == bool(FLAGS.weights):
+      return "--mode=predict needs --workdir=W (a trained workdir) or --weights=FILE, not both"
+    return None if FLAGS.images else "--mode=predict needs --images=FILE|FOLDER|GLOB"
+  missing = [f"--{name}" for name in REQUIRED[mode] if FLAGS[name].value is None]
+  return f"--mode={mode} needs {' and '.join(missing)}" if missing else None
 
 
 def _show_only_our_info(record) -> bool:
@@ -36,7 +60,7 @@ def _show_only_our_info(record) -> bool:
   if "/cnn/" in record.pathname:
     return True
   text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-  if any(t in text for t in DISK_FULL_TEXTS):
+  if any(t in text for t in DISK_FULL_TEXTS) or text.startswith(READ_ONLY_TEXT):
     return False
   return record.levelno >= std_logging.WARNING
 
@@ -52,6 +76,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_show_only_our_info)
+  missing = missing_flags_message(FLAGS.mode)
+  if missing:
+    print(f"error: {missing}", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.mode == "predict":
+    sys.exit(predict())
   from cnn.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from cnn.errors import (  # pylint: disable=import-outside-toplevel
       Preempted, UserError, is_disk_full)
@@ -67,8 +97,8 @@ def main(argv):
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
-      from cnn import report  # pylint: disable=import-outside-toplevel
-      report.write_report(FLAGS.config, FLAGS.workdir)
+      from cnn.report import analysis  # pylint: disable=import-outside-toplevel
+      analysis.write_report(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
@@ -82,6 +112,18 @@ def main(argv):
     logging.flush()
     print(f"error: {disk_full_message(FLAGS.workdir)}", file=sys.stderr)
     sys.exit(2)
+
+
+def predict() -> int:
+  """--mode=predict: no training machinery, no multi-process setup."""
+  from cnn.errors import UserError  # pylint: disable=import-outside-toplevel
+  from cnn.inference import predict as predicting  # pylint: disable=import-outside-toplevel
+  try:
+    return predicting.run(FLAGS.workdir, FLAGS.weights, FLAGS.images, FLAGS.checkpoint,
+                          FLAGS.top_k, FLAGS.out)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 def config_path(argv: list[str]) -> str | None:

@@ -357,7 +357,7 @@ def main() -> int:
   if args.torch_worker:
     torch_worker()
     return 0
-  from cnn import results_table  # pylint: disable=import-outside-toplevel
+  from cnn.report import results_table  # pylint: disable=import-outside-toplevel
   if args.render:
     table = render(json.loads(args.render.read_text()))
     if args.check:

@@ -295,7 +295,7 @@ def regressions(result: dict, baseline: dict) -> list[str]:
 
 def rewrite_readme(readme: Path, table: str) -> None:
   """Replaces the Performance block (the results table's mechanism)."""
-  from cnn import results_table  # pylint: disable=import-outside-toplevel
+  from cnn.report import results_table  # pylint: disable=import-outside-toplevel
   results_table.rewrite_readme(readme, table, BEGIN, END)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnn import results_table  # noqa: E402
+from cnn.report import results_table  # noqa: E402
 from run import machine, readme_block, run_main  # noqa: E402  (benchmarks/run.py)
 
 CONFIG = "configs/speedrun_cifar10.py"

@@ -416,7 +416,7 @@ class Run:
   def save(self, val_accuracy: float | None = None) -> None:
     check_finite(jax.device_get(self.sums))
     self.check_space()
-    # The config and class names let `cnn.predictor.load` rebuild the model
+    # The config and class names let `cnn.inference.predictor.load` rebuild the model
     # from the workdir alone.
     meta = {"fingerprint": self.exp.fingerprint, "history": self.history, "timing": self.timing,
             "config": self.exp.config.to_dict(), "class_names": list(self.exp.class_names)}

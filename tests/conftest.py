@@ -69,6 +69,15 @@ def tiny_run(data_env, tmp_path_factory, mnist):
   return workdir, first
 
 
+@pytest.fixture(scope="session")
+def tiny_cifar_run(data_env, tmp_path_factory, cifar10):
+  """configs/tiny_cifar10.py (with test-time flips): a CIFAR-10 workdir for
+  the inference tests."""
+  workdir = tmp_path_factory.mktemp("tiny_cifar")
+  run_main(data_env, "--config=configs/tiny_cifar10.py", f"--workdir={workdir}")
+  return workdir
+
+
 # Slow suites, each behind its own option (README: "Checking it without a cluster",
 # "CPU convolution algorithms").
 SLOW_SUITES = {

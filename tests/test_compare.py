@@ -1,11 +1,11 @@
-"""`python -m cnn.compare` on hand-written results.json files: formatting,
+"""`python -m cnn.report.compare` on hand-written results.json files: formatting,
 output paths and errors (the run on real workdirs is in test_report.py)."""
 import csv
 import json
 
 import pytest
 
-from cnn import compare
+from cnn.report import compare
 
 RESULTS = {"model": "resnet20_v1", "dataset": "cifar10", "epochs": 182, "batch_size": 128,
            "num_params": 272_474, "train_accuracy": 0.99912, "best_val_accuracy": 0.9204,

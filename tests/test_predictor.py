@@ -1,11 +1,12 @@
-"""`cnn.predictor.load`: a trained workdir as a function, with only the
+"""`cnn.inference.predictor.load`: a trained workdir as a function, with only the
 evaluation variables restored, predicting exactly what evaluation measured."""
 import json
 
 import numpy as np
 import pytest
 
-from cnn import datasets, predictor
+from cnn import datasets
+from cnn.inference import predictor
 from cnn.errors import UserError
 
 

@@ -1,6 +1,6 @@
 """The analysis report: metric functions against hand-computed numbers and
 sklearn, feature-map capture on real models, then `--mode=evaluate` and
-`python -m cnn.compare` end to end on two tiny real MNIST runs, and the HTML
+`python -m cnn.report.compare` end to end on two tiny real MNIST runs, and the HTML
 rendered by headless Chromium."""
 import csv
 import json
@@ -18,7 +18,8 @@ import pytest
 import sklearn.metrics
 from PIL import Image
 
-from cnn import plots, predictor, report, report_pages
+from cnn.report import analysis as report, pages as report_pages, plots
+from cnn.inference import predictor
 from cnn.errors import UserError
 from cnn.models import create_model
 
@@ -255,7 +256,7 @@ def test_index_html_renders_in_headless_chromium(two_runs, tmp_path):
 
 
 def test_compare_prints_and_writes_both_runs(two_runs, data_env, tmp_path):
-  result = run(data_env, "-m", "cnn.compare", *map(str, two_runs), "--out", str(tmp_path) + "/")
+  result = run(data_env, "-m", "cnn.report.compare", *map(str, two_runs), "--out", str(tmp_path) + "/")
   lines = result.stdout.splitlines()
   assert lines[0].startswith("| workdir | model | dataset | epochs | batch size | params |")
   rows = [line.split(" | ") for line in lines[2:]]

@@ -1,7 +1,7 @@
 """Side-by-side results of finished runs, from each workdir's `results.json`.
 
-  python -m cnn.compare runs/resnet20_mnist runs/vgg16_mnist
-  python -m cnn.compare runs/* --out results/comparison   # -> comparison.md, .csv
+  python -m cnn.report.compare runs/resnet20_mnist runs/vgg16_mnist
+  python -m cnn.report.compare runs/* --out results/comparison   # -> comparison.md, .csv
 
 Prints the markdown table and writes it with a CSV of the raw numbers
 (fractions, seconds) next to it: to `./comparison.{md,csv}` by default, into a
@@ -110,7 +110,7 @@ def compare(workdirs: Sequence[str], out: str | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cnn.compare", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m cnn.report.compare", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs")
   parser.add_argument("--out", default=None,

@@ -1,7 +1,8 @@
 """A trained model as a function: `load(workdir)` gives a `Predictor`.
 
-    from cnn import predictor
+    from cnn.inference import predictor
     p = predictor.load("runs/r20")                 # the checkpoint results.json reports
+    p = predictor.load("results/weights/resnet20_mnist_seed0.safetensors")  # published
     probabilities = p.probabilities(uint8_images)  # (N, H, W, C) -> (N, classes)
 
 A predictor holds what inference needs and nothing else: the model, its
@@ -73,8 +74,10 @@ class Predictor:
     diff = "; ".join(f"{k}: checkpoint has {theirs[k]!r}, config has {ours[k]!r}"
                      for k in keys if ours[k] != theirs[k])
     if diff:
-      raise UserError(f"workdir {self.source['workdir']} holds an incompatible checkpoint "
-                      f"({diff}); use the config it was trained with")
+      where = (f"workdir {self.source['workdir']}" if "workdir" in self.source
+               else f"weights file {self.source.get('weights')}")
+      raise UserError(f"{where} holds an incompatible checkpoint ({diff}); use the config "
+                      "it was trained with")
 
   def check_images(self, images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
@@ -154,7 +157,11 @@ def choose_step(meta: dict, steps: list[int], which: str, protocol: str) -> dict
 
 
 def load(workdir: str, which: str = "best") -> Predictor:
-  """The predictor of a trained (or training) workdir's `which` checkpoint."""
+  """The predictor of a trained (or training) workdir's `which` checkpoint,
+  or of a published weights file (`*.safetensors`, `cnn.inference.weights`)."""
+  from cnn.inference import weights  # pylint: disable=import-outside-toplevel
+  if weights.is_weights_file(workdir):
+    return weights.load(workdir)
   if which not in WHICH:
     raise unknown_name("checkpoint choice", which, WHICH)
   directory = workdirs.resolve(workdir) / "checkpoints"
@@ -178,7 +185,9 @@ def load(workdir: str, which: str = "best") -> Predictor:
     ema = config.get("ema_decay", 0.0) > 0
     item = {"ema": wanted} if ema else wanted
     state = manager.restore(record["step"], args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=item, partial_restore=True)))["state"]
+        state=ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                         item))))["state"]
   finally:
     manager.close()
   variables = state["ema"] if ema else state

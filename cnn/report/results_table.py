@@ -1,14 +1,17 @@
 """The README's experiment table, generated from the measured runs in results/.
 
-  python -m cnn.results_table record runs/resnet20_mnist --name resnet20_mnist \
+  python -m cnn.report.results_table record runs/resnet20_mnist --name resnet20_mnist \
       --hardware "2-core CPU" --command "python main.py --config=configs/resnet20_mnist.py ..."
-  python -m cnn.results_table render                    # print the table
-  python -m cnn.results_table render --readme README.md # rewrite the README's table
+  python -m cnn.report.results_table render                    # print the table
+  python -m cnn.report.results_table render --readme README.md # rewrite the README's table
 
-`record` keeps the numbers of a finished workdir (no checkpoints) as
-`results/<name>_seed<seed>.json`; `render` averages each experiment over its
-seeds. Rows without a results file say so and why. Only the standard library
-is imported (and etils.epath, for workdirs that are URIs).
+`record` keeps the numbers of a finished workdir as
+`results/<name>_seed<seed>.json` and its evaluation weights (the checkpoint
+results.json reports) as `results/weights/<name>_seed<seed>.safetensors`,
+with the file's size and SHA-256 in the JSON (`--no-weights`: numbers only);
+`render` averages each experiment over its seeds. Rows without a results file
+say so and why. `render` imports only the standard library (and etils.epath,
+for workdirs that are URIs); `record` also JAX, to read the checkpoint.
 """
 import argparse
 import json
@@ -17,10 +20,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cnn.compare import load_results
+from cnn.report.compare import load_results
 from cnn.errors import UserError
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+WEIGHTS_DIR = "weights"  # under RESULTS_DIR
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 
 # name -> (seed codebase %, published %, our target %, why not run yet).
@@ -48,18 +52,38 @@ KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epo
 
 def record(workdir: str, name: str, hardware: str, command: str,
            results_dir: Path = RESULTS_DIR, commit: str | None = None,
-           resumes: int | None = None) -> Path:
+           resumes: int | None = None, weights: bool = True) -> Path:
   """Copies a finished run's numbers into `results_dir`, with the commit the
-  run was pinned to and how many times it was resumed, when given."""
+  run was pinned to and how many times it was resumed, when given, and its
+  evaluation weights (`weights`)."""
   results = load_results(workdir)
   entry = {"name": name, "hardware": hardware, "command": command,
            **({"commit": commit} if commit else {}),
            **({"resumes": resumes} if resumes is not None else {}),
            **{k: results.get(k) for k in KEPT}}
+  stem = f"{name}_seed{results['seed']}"
+  if weights:
+    entry["weights"] = ship_weights(workdir, results_dir / WEIGHTS_DIR / f"{stem}.safetensors",
+                                    name, results)
   results_dir.mkdir(parents=True, exist_ok=True)
-  path = results_dir / f"{name}_seed{results['seed']}.json"
+  path = results_dir / f"{stem}.json"
   path.write_text(json.dumps(entry, indent=2) + "\n")
   return path
+
+
+def ship_weights(workdir: str, path: Path, name: str, results: dict) -> dict:
+  """Writes the evaluation weights of the checkpoint results.json reports;
+  refuses (nothing written) when the file would be too large for git."""
+  from cnn.inference import predictor, weights  # pylint: disable=import-outside-toplevel
+  p = predictor.load(workdir, "best")
+  written = weights.save(p, path, {"name": name, "test_accuracy": results.get("test_accuracy")})
+  if written["bytes"] > weights.GIT_SIZE_LIMIT_BYTES:
+    path.unlink()
+    raise UserError(f"the weights of {workdir} take {written['bytes'] / 2**20:.1f} MiB, over the "
+                    f"{weights.GIT_SIZE_LIMIT_BYTES / 2**20:.0f} MiB kept in git; publish them "
+                    "elsewhere and record with --no-weights")
+  return {"file": f"{WEIGHTS_DIR}/{path.name}", **written,
+          "step": p.source["step"], "epoch": p.source["epoch"]}
 
 
 def load_all(results_dir: Path = RESULTS_DIR) -> dict[str, list[dict]]:
@@ -84,22 +108,30 @@ def protocol(entry: dict) -> str:
   return entry.get("protocol") or (entry.get("config") or {}).get("protocol") or "validation"
 
 
+def weights_cell(entries: list[dict]) -> str:
+  """Links to the shipped weights files (one per seed), or why there are none."""
+  links = [f"[seed {e['seed']}, {e['weights']['bytes'] / 1e6:.1f} MB](results/"
+           f"{e['weights']['file']})" for e in entries if e.get("weights")]
+  return ", ".join(links) or f"— ({entries[0].get('weights_missing', 'not shipped')})"
+
+
 def render(results_dir: Path = RESULTS_DIR) -> str:
   runs = load_all(results_dir)
   lines = ["| config | seed codebase | published | target | ours (test %) | protocol | seeds "
-           "| epochs | measured on, wall time |", "|---|---:|---|---|---|---|---:|---:|---|"]
+           "| epochs | measured on, wall time | weights |",
+           "|---|---:|---|---|---|---|---:|---:|---|---|"]
   for name in list(EXPERIMENTS) + sorted(set(runs) - set(EXPERIMENTS)):
     seed, published, target, why = EXPERIMENTS.get(name, ("—", "—", "—", ""))
     entries = runs.get(name)
     if not entries:
       lines.append(f"| `{name}` | {seed} | {published} | {target} | not yet run ({why}) "
-                   "| | | | |")
+                   "| | | | | |")
       continue
     hours = statistics.mean(e["wall_time_s"] for e in entries) / 3600
     lines.append(
         f"| `{name}` | {seed} | {published} | {target} | {ours(entries)} | "
         f"{protocol(entries[0])} | {len(entries)} | {entries[0]['epochs']} | "
-        f"{entries[0]['hardware']}, {hours:.2f} h |")
+        f"{entries[0]['hardware']}, {hours:.2f} h | {weights_cell(entries)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -113,7 +145,7 @@ def rewrite_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cnn.results_table", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m cnn.report.results_table", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="action", required=True)
   add = commands.add_parser("record", help="keep a finished workdir's numbers in results/")
@@ -123,13 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   add.add_argument("--command", required=True, help="the exact training command")
   add.add_argument("--commit", default=None, help="the commit the run was pinned to")
   add.add_argument("--resumes", type=int, default=None, help="times the run was resumed")
+  add.add_argument("--no-weights", dest="weights", action="store_false",
+                   help="numbers only: do not ship the evaluation weights")
   show = commands.add_parser("render", help="print the table (and rewrite a README's)")
   show.add_argument("--readme", default=None)
   args = parser.parse_args(argv)
   try:
     if args.action == "record":
       print(record(args.workdir, args.name, args.hardware, args.command, RESULTS_DIR,
-                   args.commit, args.resumes))
+                   args.commit, args.resumes, args.weights))
     else:
       table = render(RESULTS_DIR)
       if args.readme:

@@ -1,15 +1,15 @@
 """`main.py --mode=evaluate`: the analysis report of a trained workdir.
 
 Loads the checkpoint whose test accuracy `results.json` reports (best by
-validation; the final one under the paper protocol) as a `cnn.predictor`
+validation; the final one under the paper protocol) as a `cnn.inference.predictor`
 (evaluation variables only), predicts the whole test split once, and
 writes `<workdir>/report/`: per-class metrics (JSON + markdown), the confusion
 matrix, training curves, the most confidently misclassified test images,
 feature maps for one test image, and an `index.html` that shows them all.
 
 The metric functions are pure numpy so they can be checked against hand-made
-confusion matrices and sklearn; figures live in `cnn/plots.py` and the
-markdown/HTML text in `cnn/report_pages.py`.
+confusion matrices and sklearn; figures live in `cnn/report/plots.py` and the
+markdown/HTML text in `cnn/report/pages.py`.
 """
 import json
 import logging
@@ -20,7 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn import datasets, plots, predictor, report_pages, train
+from cnn import datasets, train
+from cnn.report import pages as report_pages, plots
+from cnn.inference import predictor
 from cnn import workdir as workdirs
 from cnn import workdir_lock
 from cnn.errors import UserError
@@ -183,7 +185,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Writes `<workdir>/report/` from the checkpoint `results.json` reports
   (best by validation; the final one under the paper protocol) and returns
   the classification report. Reads only the evaluation variables and the
-  test split (`cnn.predictor`)."""
+  test split (`cnn.inference.predictor`)."""
   workdir_lock.check_no_trainer(workdir)  # not while a trainer writes it
   p = predictor.load(workdir, "best")
   p.check_config(config)

@@ -1,0 +1,66 @@
+"""Published weights: `results_table record` ships a run's evaluation weights
+with their checksum; `predictor.load` takes the file and predicts exactly what
+the workdir predicts; the weights shipped in results/ reproduce their
+recorded test accuracy."""
+import json
+
+import numpy as np
+import pytest
+
+from cnn import datasets
+from cnn.report import results_table
+from cnn.errors import UserError
+from cnn.inference import predictor, weights
+
+SHIPPED = sorted(p for p in results_table.RESULTS_DIR.glob("*.json")
+                 if "weights" in json.loads(p.read_text()))
+
+
+def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp_path):
+  workdir, _ = tiny_run
+  path = results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
+                              tmp_path)
+  entry = json.loads(path.read_text())
+  shipped = entry["weights"]
+  file = tmp_path / shipped["file"]
+  assert shipped["file"] == "weights/tiny_mnist_seed0.safetensors"
+  assert shipped["bytes"] == file.stat().st_size < weights.GIT_SIZE_LIMIT_BYTES
+  assert shipped["sha256"] == weights.sha256(file)
+  from_file = weights.load(str(file), shipped["sha256"])
+  from_workdir = predictor.load(str(workdir))
+  assert shipped["step"] == from_workdir.source["step"]
+  images, labels = datasets.load_split(mnist, "test")
+  np.testing.assert_array_equal(from_file.logits(images), from_workdir.logits(images))
+  assert from_file.class_names == from_workdir.class_names
+  assert from_file.source["test_accuracy"] == entry["test_accuracy"]
+  assert predictor.load(str(file)).source == from_file.source  # the loader takes files too
+  assert "|" in results_table.render(tmp_path)
+
+  file.write_bytes(file.read_bytes()[:-1] + b"\0")  # one byte changed
+  with pytest.raises(UserError, match="does not match its recorded SHA-256"):
+    weights.load(str(file), shipped["sha256"])
+  (tmp_path / "not.safetensors").write_text("{}")
+  with pytest.raises(UserError, match="cannot be read"):
+    weights.load(str(tmp_path / "not.safetensors"))
+
+
+@pytest.mark.parametrize("results_file", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_weights_reproduce_their_recorded_test_accuracy(results_file, archive_dir,
+                                                                tfds_dir):
+  """Up to one image of 10,000: XLA's CPU code differs slightly between
+  processors (measured here: equal)."""
+  entry = json.loads(results_file.read_text())
+  p = weights.load(str(results_table.RESULTS_DIR / entry["weights"]["file"]),
+                   entry["weights"]["sha256"])
+  builder = datasets.prepare(datasets.get_spec(entry["dataset"]), tfds_dir, archive_dir)
+  images, labels = datasets.load_split(builder, "test")
+  accuracy = float(np.mean(p.logits(images).argmax(-1) == labels))
+  assert accuracy == pytest.approx(entry["test_accuracy"], abs=1e-4 + 1e-9)
+
+
+def test_every_measured_row_ships_its_weights():
+  """Rows measured since weights ship; the ones before, whose checkpoints are
+  gone, are listed in results/README.md."""
+  for path in results_table.RESULTS_DIR.glob("*.json"):
+    entry = json.loads(path.read_text())
+    assert "weights" in entry or entry.get("weights_missing"), path.name
