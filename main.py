@@ -116,13 +116,19 @@ def main(argv):
 
 def predict() -> int:
   """--mode=predict: no training machinery, no multi-process setup."""
-  from cnn.errors import UserError  # pylint: disable=import-outside-toplevel
+  from cnn.errors import UserError, is_disk_full  # pylint: disable=import-outside-toplevel
   from cnn.inference import predict as predicting  # pylint: disable=import-outside-toplevel
   try:
     return predicting.run(FLAGS.workdir, FLAGS.weights, FLAGS.images, FLAGS.checkpoint,
                           FLAGS.top_k, FLAGS.out)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    if not is_disk_full(e):
+      raise
+    print(f"error: no space left to write the predictions ({e}); free space or pass --out=DIR",
+          file=sys.stderr)
     return 2
 
 
