@@ -148,6 +148,7 @@ def test_several_processes_agree_on_stopping_only_at_sync_points(data_env, mnist
   assert one["asked_at"] == list(range(1, 33))
 
 
+@pytest.mark.cluster
 def test_unset_eval_batch_is_fitted_to_eight_devices_with_one_log_line(data_env, tmp_path):
   result = run_main(with_devices(data_env, 8), *SMALL, f"--workdir={tmp_path}",
                     "--config.num_epochs=1", "--config.eval_batch_size=500",

@@ -43,6 +43,7 @@ def test_eight_devices_train_like_one(data_env, mnist):
   np.testing.assert_allclose(eight["validation"]["loss"], one["validation"]["loss"], atol=1e-5)
 
 
+@pytest.mark.cluster
 def test_eight_devices_train_like_one_with_data_on_device(data_env, mnist):
   """Batches made on the devices are global too: sharding does not change them."""
   one, eight = probe(data_env, 1, data="on_device"), probe(data_env, 8, data="on_device")
@@ -51,6 +52,7 @@ def test_eight_devices_train_like_one_with_data_on_device(data_env, mnist):
   assert eight["validation"]["accuracy"] == one["validation"]["accuracy"]
 
 
+@pytest.mark.cluster
 def test_per_device_batchnorm_is_a_real_switch(data_env, mnist):
   """Per-device statistics on 8 sub-batches of 8 differ from global ones."""
   global_bn, per_device = probe(data_env, 8), probe(data_env, 8, "per_device")
