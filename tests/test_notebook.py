@@ -1,6 +1,7 @@
 """notebooks/quickstart.ipynb runs top to bottom (nbclient, a real Jupyter
 kernel) on the tiny config, offline: train, report, predict, published weights."""
 import json
+import subprocess
 
 import nbformat
 import pytest
@@ -13,6 +14,7 @@ def test_quickstart_notebook_runs_top_to_bottom(data_env, tmp_path, mnist):
   shipped = REPO / "results/resnet20_mnist_seed0.json"
   if "weights" not in json.loads(shipped.read_text()):
     pytest.fail("results/resnet20_mnist_seed0.json ships no weights; the notebook loads them")
+  before = untracked()
   notebook = nbformat.read(REPO / "notebooks/quickstart.ipynb", as_version=4)
   env = {**data_env, "QUICKSTART_WORKDIR": str(tmp_path / "quick")}
   NotebookClient(notebook, timeout=600, kernel_name="python3",
@@ -26,3 +28,9 @@ def test_quickstart_notebook_runs_top_to_bottom(data_env, tmp_path, mnist):
                for o in cell.get("outputs", []) if "image/png" in o.get("data", {}))
   assert images >= 5  # 4 report figures and the classified image
   assert (tmp_path / "quick/predictions/predictions.json").exists()
+  assert untracked() == before  # everything went to QUICKSTART_WORKDIR
+
+
+def untracked() -> str:
+  return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                        capture_output=True, text=True, check=True).stdout
