@@ -83,12 +83,18 @@ def choose(shape: ConvShape) -> Plan:
   - Grouped and depthwise convolutions (ResNeXt, MobileNet): "taps" for all
     three. XLA:CPU's grouped convolution is its slowest path: 10-40x slower
     on depthwise layers, and seconds per call on ResNeXt-29's 2048-channel
-    layers (its kernel gradient 14x slower than taps).
+    layers (its kernel gradient 14x slower than taps). Except on 32x32
+    inputs with stride 2 (ResNeXt-29's first downsampling, cardinality 2 or
+    8): there XLA's forward and input gradient are 1.4-2.4x faster than the
+    strided taps, so only the kernel gradient (9x faster) uses taps.
   """
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
   channels = shape.in_channels
   if shape.groups > 1:
+    depthwise = shape.groups == channels
+    if tuple(shape.strides) != (1, 1) and spatial >= 1024 and not depthwise:
+      return Plan("xla", "xla", "taps")
     return Plan("taps", "taps", "taps")
   if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
     batched = spatial >= 144 and channels < 256
