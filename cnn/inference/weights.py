@@ -116,17 +116,17 @@ def load(path: str, sha256_expected: str | None = None):
     raise UserError(f"{path} is not a weights file of this project (format "
                     f"{meta.get('format')!r}, expected {FORMAT!r})")
   config = ml_collections.ConfigDict(json.loads(meta["config"]))
-  class_names = json.loads(meta["class_names"])
+  class_names = tuple(json.loads(meta["class_names"]))
+  image_shape = tuple(json.loads(meta["image_shape"]))
   model = create_model(config.model, num_classes=len(class_names),
                        dtype=jnp.dtype(config.dtype), **config.model_kwargs)
   variables = jax.tree.map(jnp.asarray, _nested(flat))
-  _check_shapes(path, variables, predictor.abstract_variables(
-      model, tuple(json.loads(meta["image_shape"]))))
+  _check_shapes(path, variables, predictor.abstract_variables(model, image_shape))
   return predictor.Predictor(
       model=model, variables={"params": variables["params"],
                               "batch_stats": variables.get("batch_stats", {})},
-      image_shape=tuple(json.loads(meta["image_shape"])), mean=tuple(json.loads(meta["mean"])),
-      std=tuple(json.loads(meta["std"])), class_names=tuple(class_names),
+      image_shape=image_shape, mean=tuple(json.loads(meta["mean"])),
+      std=tuple(json.loads(meta["std"])), class_names=class_names,
       flip=bool(json.loads(meta.get("flip", "false"))), batch_size=int(config.eval_batch_size),
       source={"weights": str(path), **json.loads(meta.get("source", "{}"))},
       config=config, history=())
