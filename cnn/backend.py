@@ -10,6 +10,7 @@ so the same seed on the same GPU model and device count gives the same
 numbers run after run, at some cost in speed. CPU and TPU runs are
 deterministic without it (the flag is ignored there).
 """
+import importlib.metadata
 import logging
 import os
 from typing import Iterable, MutableMapping
@@ -35,7 +36,9 @@ def configure(config: ml_collections.ConfigDict,
     environ["XLA_FLAGS"] = flags
 
 
-JAX_VERSION = "0.10.2"  # requirements.txt's pin; the accelerator wheels must match it
+# The accelerator wheels must match the installed jax (requirements.txt pins
+# 0.10.2 for CPU; accelerator images bring their own, e.g. 0.11.x).
+JAX_VERSION = importlib.metadata.version("jax")
 ACCELERATOR_DEVICE_FILES = {
     "/dev/nvidia0": f'pip install "jax[cuda12]=={JAX_VERSION}" (or jax[cuda13] for CUDA 13)',
     "/dev/accel0": f'pip install "jax[tpu]=={JAX_VERSION}"',

@@ -26,7 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
   return default.get_config()
 
 
-# Registries, imported when a name is checked (they pull in TensorFlow and flax).
+# Registries, imported when a name is checked (they pull in flax).
 def _models():
   from cnn.models import registry  # pylint: disable=import-outside-toplevel
   return registry()
@@ -37,8 +37,13 @@ def _datasets():
   return DATASETS
 
 
+def _data_sources():
+  from cnn.datasets import DATA_SOURCES  # pylint: disable=import-outside-toplevel
+  return DATA_SOURCES
+
+
 def _augmentations():
-  from cnn.input_pipeline import AUGMENTATIONS  # pylint: disable=import-outside-toplevel
+  from cnn.batching import AUGMENTATIONS  # pylint: disable=import-outside-toplevel
   return AUGMENTATIONS
 
 
@@ -93,6 +98,7 @@ RULES: dict[str, Rule] = {
     "test_split": Rule(STR, "test", bool, "a tfds split, e.g. test"),
     "archive_dir": Rule(STR, ""),
     "data_dir": Rule(STR, ""),
+    "data_source": Rule(STR, "archives", choices=_data_sources),
     "augment": Rule(STR, "pad_crop_flip", choices=_augmentations),
     "crop_padding": Rule(INT, 4, _at_least(0), ">= 0"),
     "cutout": Rule(INT, 16, _at_least(0), ">= 0 (0 = off)"),

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding
 
 from cnn.datasets import DatasetSpec
 from cnn.errors import UserError
-from cnn.input_pipeline import epoch_permutation, steps_per_epoch
+from cnn.batching import epoch_permutation, steps_per_epoch
 
 MAX_MEMORY_FRACTION = 0.25  # of one device's memory, left for the model and activations
 

@@ -1,58 +1,22 @@
-"""Batches for training and evaluation, built with tf.data from in-memory splits.
+"""Training batches built on the host with tf.data from an in-memory split
+(the default feed; `config.data_on_device=True` makes them on the accelerator
+instead, device_pipeline.py, and needs no TensorFlow).
 
-Every random choice is a pure function of (seed, epoch, step): the epoch's
-example order is a seeded permutation and augmentation uses stateless TF ops
-keyed by the same numbers. Hence
-  * a run resumed at step k sees exactly the batches an uninterrupted run sees;
-  * the global batch does not depend on how many devices or hosts share it:
-    each process takes its contiguous slice of every global batch.
+The example order and sharding come from batching.py; augmentation uses
+stateless TF ops keyed by (seed, epoch, step), so resumed runs and any number
+of hosts see the same batches.
 """
-import dataclasses
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from cnn.datasets import DatasetSpec
-from cnn.errors import UserError, unknown_name
+from cnn.batching import AUGMENTATIONS, Shard, epoch_permutation, steps_per_epoch
+from cnn.errors import unknown_name
 
 # tf.data must not take accelerator memory that JAX needs.
 tf.config.set_visible_devices([], "GPU")
-
-AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip")
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-  """Which slice of every global batch this process feeds."""
-  global_batch_size: int
-  process_index: int = 0
-  process_count: int = 1
-
-  @property
-  def local_batch_size(self) -> int:
-    return self.global_batch_size // self.process_count
-
-  def local_slice(self) -> slice:
-    start = self.process_index * self.local_batch_size
-    return slice(start, start + self.local_batch_size)
-
-
-def check_batch_size(batch_size: int, device_count: int, what: str = "batch_size") -> None:
-  if batch_size <= 0 or batch_size % device_count:
-    raise UserError(f"config.{what}={batch_size} must be a positive multiple of the "
-                    f"{device_count} devices; e.g. --config.{what}="
-                    f"{max(1, round(batch_size / device_count)) * device_count}")
-
-
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """Full batches per epoch; the remainder is a different set each epoch."""
-  return num_examples // global_batch_size
-
-
-def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
 
 def normalize(images: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
   """uint8 pixels -> float32 with zero mean, unit variance per channel."""
@@ -135,23 +99,4 @@ def train_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
     return {"image": batch, "label": tf.gather(labels_t, indices)}
 
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(2).as_numpy_iterator()
-
-
-def eval_batches(images: np.ndarray, labels: np.ndarray, *, spec: DatasetSpec,
-                 shard: Shard) -> Iterator[dict[str, np.ndarray]]:
-  """Every example exactly once, in order. The last global batch is padded
-  with zero images whose `mask` is 0, so nothing is dropped or counted twice."""
-  gbs = shard.global_batch_size
-  num_batches = -(-len(images) // gbs)
-  padding = num_batches * gbs - len(images)
-  mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(padding, np.float32)])
-  images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-  labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
-  local = shard.local_slice()
-  split = lambda a: a.reshape(num_batches, gbs, *a.shape[1:])[:, local]
-  ds = tf.data.Dataset.from_tensor_slices(
-      {"image": split(images), "label": split(labels), "mask": split(mask)})
-  ds = ds.map(lambda b: {**b, "image": normalize(b["image"], spec)},
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(2).as_numpy_iterator()

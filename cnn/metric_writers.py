@@ -1,12 +1,14 @@
 """Where metrics go: a JSON-lines history, TensorBoard events and the console.
 
 Only process 0 writes (see `train.py`); everything here is host-side.
+TensorBoard events are written through flax's writer, which needs
+TensorFlow; without it (accelerator images) they are skipped with one log
+line, and the JSON-lines files still hold every number.
 """
 import json
 import logging
 import time
 from etils import epath
-from flax.metrics import tensorboard
 
 from cnn import workdir as workdirs
 
@@ -23,6 +25,17 @@ def write_jsonl(path: epath.Path, records: list[dict]) -> None:
   tmp.replace(path)
 
 
+def tensorboard_writer(logdir: str):
+  """flax's TensorBoard writer, or None where TensorFlow is not installed."""
+  try:
+    from flax.metrics import tensorboard  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    logging.info("TensorBoard events skipped (no tensorflow); metrics.jsonl and timing.jsonl "
+                 "hold every number")
+    return None
+  return tensorboard.SummaryWriter(logdir)
+
+
 class MetricWriter:
   """Writes each epoch to `metrics.jsonl` (the metrics: deterministic for a
   config and seed), `timing.jsonl` (wall times and speeds) and TensorBoard.
@@ -33,19 +46,21 @@ class MetricWriter:
 
   def __init__(self, workdir: str):
     self._workdir = workdirs.resolve(workdir)
-    self._tensorboard = tensorboard.SummaryWriter(str(self._workdir / "tensorboard"))
+    self._tensorboard = tensorboard_writer(str(self._workdir / "tensorboard"))
 
   def write_epoch(self, history: list[dict], timing: list[dict]) -> None:
-    for record in (history[-1], timing[-1]):
-      for key, value in record.items():
-        if key not in ("epoch", "step") and isinstance(value, (int, float)):
-          self._tensorboard.scalar(key, value, record["epoch"])
-    self._tensorboard.flush()
+    if self._tensorboard:
+      for record in (history[-1], timing[-1]):
+        for key, value in record.items():
+          if key not in ("epoch", "step") and isinstance(value, (int, float)):
+            self._tensorboard.scalar(key, value, record["epoch"])
+      self._tensorboard.flush()
     write_jsonl(self._workdir / "metrics.jsonl", history)
     write_jsonl(self._workdir / "timing.jsonl", timing)
 
   def close(self) -> None:
-    self._tensorboard.close()
+    if self._tensorboard:
+      self._tensorboard.close()
 
 
 def format_duration(seconds: float) -> str:

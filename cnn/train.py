@@ -27,7 +27,7 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from cnn import (backend, checkpoint, datasets, device_pipeline, distributed, input_pipeline,
+from cnn import (backend, batching, checkpoint, datasets, device_pipeline, distributed,
                  metric_writers, optim, preemption)
 from cnn import workdir as workdirs
 from cnn import workdir_lock
@@ -181,17 +181,27 @@ def fit_eval_batch_size(batch_size: int, device_count: int) -> int:
   return fitted
 
 
-def prepare_data(spec: datasets.DatasetSpec, data_dir: str | None, archive_dir: str):
-  """The tfds builder, prepared by process 0 while the others wait: processes
-  sharing one TFDS_DATA_DIR never write it at the same time, and hosts with
-  their own directories each prepare theirs afterwards."""
+def host_pipeline():
+  """input_pipeline.py (tf.data), or a one-line error where TensorFlow is missing."""
+  try:
+    from cnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError("config.data_on_device=False feeds batches with tf.data, which needs "
+                    "tensorflow; install it or set --config.data_on_device=True") from None
+  return input_pipeline
+
+
+def open_data(config: ml_collections.ConfigDict) -> datasets.Source:
+  """The dataset, prepared (tfds) by process 0 while the others wait:
+  processes sharing one TFDS_DATA_DIR never write it at the same time, and
+  hosts with their own directories each prepare theirs afterwards."""
   if jax.process_index() == 0:
-    builder = datasets.prepare(spec, data_dir, archive_dir)
+    source = datasets.open_from_config(config)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("tfds data prepared by process 0")
+    multihost_utils.sync_global_devices("dataset prepared by process 0")
   if jax.process_index() != 0:
-    builder = datasets.prepare(spec, data_dir, archive_dir)
-  return builder
+    source = datasets.open_from_config(config)
+  return source
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -240,20 +250,21 @@ class Experiment:
     validate_config(config)
     self.config = config
     self.spec = datasets.get_spec(config.dataset)
+    if not config.data_on_device:
+      host_pipeline()  # without TensorFlow, fail before loading anything
     self.mesh = make_mesh()
-    input_pipeline.check_batch_size(config.batch_size, jax.device_count())
+    batching.check_batch_size(config.batch_size, jax.device_count())
     self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
     norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
     self.model = create_model(config.model, num_classes=self.spec.num_classes,
                               dtype=jnp.dtype(config.dtype), norm_groups=norm_groups,
                               **config.model_kwargs)
-    builder = prepare_data(self.spec, config.data_dir or None,
-                           datasets.resolve_archive_dir(config.archive_dir))
-    self.class_names = datasets.class_names(builder)
-    self.splits = {name: datasets.load_split(builder, split) for name, split in (
+    source = open_data(config)
+    self.class_names = source.class_names()
+    self.splits = {name: source.load_split(split) for name, split in (
         ("train", config.train_split), ("validation", config.validation_split),
         ("test", config.test_split)) if split}
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(
+    self.steps_per_epoch = batching.steps_per_epoch(
         len(self.splits["train"][0]), config.batch_size)
     if self.steps_per_epoch == 0:
       raise UserError(f"train split {config.train_split!r} has fewer examples than "
@@ -261,10 +272,10 @@ class Experiment:
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.schedule = optim.make_lr_schedule(config, self.steps_per_epoch)
     self.tx = optim.make_optimizer(config, self.steps_per_epoch)
-    self.train_shard = input_pipeline.Shard(config.batch_size, jax.process_index(),
-                                            jax.process_count())
-    self.eval_shard = input_pipeline.Shard(self.eval_batch_size, jax.process_index(),
-                                           jax.process_count())
+    self.train_shard = batching.Shard(config.batch_size, jax.process_index(),
+                                      jax.process_count())
+    self.eval_shard = batching.Shard(self.eval_batch_size, jax.process_index(),
+                                     jax.process_count())
     replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     init_key, self.dropout_key = jax.random.split(jax.random.key(config.seed))
@@ -310,15 +321,19 @@ class Experiment:
   def train_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
     """This process's host-side (tf.data) part of each training batch."""
     images, labels = self.splits["train"]
-    return input_pipeline.train_batches(
+    return host_pipeline().train_batches(
         images, labels, spec=self.spec, shard=self.train_shard, seed=self.config.seed,
         epoch=epoch, start_step=start_step, augment=self.config.augment,
         crop_padding=self.config.crop_padding, cutout=self.config.cutout)
 
   def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
     images, labels = self.splits[split]
-    return evaluate(self.eval_step, state, input_pipeline.eval_batches(
-        images, labels, spec=self.spec, shard=self.eval_shard), self.batch_sharding)
+    return evaluate(self.eval_step, state, self.eval_batches(images, labels),
+                    self.batch_sharding)
+
+  def eval_batches(self, images: np.ndarray, labels: np.ndarray) -> Iterator[dict]:
+    return batching.eval_batches(images, labels, mean=self.spec.mean, std=self.spec.std,
+                                 shard=self.eval_shard)
 
   def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
     """Logits and labels for every example of a split, in order."""
@@ -329,8 +344,7 @@ class Experiment:
                       out_shardings=NamedSharding(self.mesh, P()))
     logits = [jax.device_get(predict(state, to_global({"image": b["image"]},
                                                       self.batch_sharding)["image"]))
-              for b in input_pipeline.eval_batches(images, labels, spec=self.spec,
-                                                   shard=self.eval_shard)]
+              for b in self.eval_batches(images, labels)]
     return {"logits": np.concatenate(logits)[:len(labels)], "labels": labels}
 
   def learning_rate(self, state: TrainState) -> float:

@@ -13,12 +13,14 @@ def get_config() -> ml_collections.ConfigDict:
   #   "validation": the epoch with the best accuracy on validation_split (held out of train);
   #   "paper": train on the full training split, report the final model (no selection)
 
-  # Data (see cnn/datasets.py for the supported names).
+  # Data (see cnn/datasets/__init__.py for the supported names).
   config.dataset = "cifar10"
   config.train_split = "train[:45000]"  # tfds split strings
   config.validation_split = "train[45000:]"  # held out of train; "" = none
   config.test_split = "test"
   config.archive_dir = ""  # original archives for offline use; "" = $CNN_ARCHIVE_DIR
+  config.data_source = "auto"  # "tfds" | "archives" (numpy, no TensorFlow) | "auto": tfds if
+  #                               installed (cnn/datasets/); the arrays are the same
   config.data_dir = ""  # where tfds keeps prepared data; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.augment = "pad_crop_flip"  # "none" | "pad_crop" | "pad_crop_flip"
   config.crop_padding = 4  # pixels of zero padding before the random crop

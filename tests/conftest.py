@@ -38,7 +38,8 @@ def data_env(archive_dir, tfds_dir) -> dict:
 
 def _prepared(name: str, archive_dir: str, tfds_dir: str):
   from cnn import datasets
-  return datasets.prepare(datasets.get_spec(name), tfds_dir, archive_dir)
+  from cnn.datasets import tfds_source
+  return tfds_source.TfdsSource(tfds_source.prepare(datasets.get_spec(name), tfds_dir, archive_dir))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cnn import datasets, device_pipeline, input_pipeline, train
+from cnn import batching, datasets, device_pipeline, input_pipeline, train
 from cnn.errors import UserError
 from conftest import run_main
 
@@ -54,7 +54,7 @@ def test_without_augmentation_the_batches_are_the_tf_data_batches():
   images, labels = images_and_labels()
   on_device = list(device_data(images, labels, augment="none").batches(epoch=1))
   tf_data = list(input_pipeline.train_batches(
-      images, labels, spec=CIFAR, shard=input_pipeline.Shard(16), seed=3, epoch=1,
+      images, labels, spec=CIFAR, shard=batching.Shard(16), seed=3, epoch=1,
       augment="none"))
   assert len(on_device) == len(tf_data) == 6
   for d, t in zip(on_device, tf_data):

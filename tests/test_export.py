@@ -34,7 +34,7 @@ def test_every_export_matches_jax_on_real_test_images(tiny_cifar_run, data_env, 
     assert measured["top1_agreement"] == 1.0, (name, measured)
     assert f"{name}: {out / measured['path']}: max |logit difference|" in result.stdout
   # Any batch size: 7 images the check did not use, through each runtime again.
-  images = datasets.load_split(cifar10, "test[2000:2007]")[0]
+  images = cifar10.load_split("test[2000:2007]")[0]
   reference = predictor.load(str(tiny_cifar_run)).logits(images)
   for name, (_, run) in export.FORMATS.items():
     got = run(out / summary["exports"][name]["path"], images)

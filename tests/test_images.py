@@ -10,12 +10,12 @@ from cnn.inference import images
 
 @pytest.fixture(scope="module")
 def mnist_test(mnist):
-  return datasets.load_split(mnist, "test")
+  return mnist.load_split("test")
 
 
 @pytest.fixture(scope="module")
 def cifar_test(cifar10):
-  return datasets.load_split(cifar10, "test")
+  return cifar10.load_split("test")
 
 
 def test_the_datasets_own_images_come_back_unchanged(mnist_test, cifar_test, tmp_path):

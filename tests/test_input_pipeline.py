@@ -1,19 +1,21 @@
-"""Real data through tfds, augmentation, sharding and exact evaluation counts."""
+"""Real data through tfds, tf.data augmentation, sharding and exact evaluation counts."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cnn import datasets, input_pipeline
+from cnn import batching, datasets, input_pipeline
+from cnn.batching import Shard
+from cnn.datasets import tfds_source
 from cnn.errors import UserError
-from cnn.input_pipeline import Shard
 
 MNIST = datasets.get_spec("mnist")
 
 
 def test_eval_counts_every_mnist_test_image_exactly_once(mnist):
-  images, labels = datasets.load_split(mnist, "test")
+  images, labels = mnist.load_split("test")
   assert len(images) == 10_000
-  batches = list(input_pipeline.eval_batches(images, labels, spec=MNIST, shard=Shard(3000)))
+  batches = list(batching.eval_batches(images, labels, mean=MNIST.mean, std=MNIST.std,
+                                       shard=Shard(3000)))
   assert len(batches) == 4  # 3 full batches and one padded with 2000 masked zeros
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == 10_000 and mask[:10_000].all()
@@ -21,16 +23,18 @@ def test_eval_counts_every_mnist_test_image_exactly_once(mnist):
 
 
 def test_mnist_is_normalised_per_channel(mnist):
-  images, _ = datasets.load_split(mnist, "train[:5000]")
+  images, _ = mnist.load_split("train[:5000]")
   x = input_pipeline.normalize(tf.constant(images), MNIST).numpy()
   assert abs(x.mean()) < 0.05 and abs(x.std() - 1.0) < 0.05
+  # The evaluation batches (numpy) and the device pipeline (JAX) normalise to the same bits.
+  np.testing.assert_array_equal(batching.normalize(images, MNIST.mean, MNIST.std), x)
 
 
 def test_cifar10_from_extracted_batches_has_seed_splits(cifar10):
-  assert datasets.class_names(cifar10)[:3] == ["airplane", "automobile", "bird"]
-  train, _ = datasets.load_split(cifar10, "train[:45000]")
-  val, _ = datasets.load_split(cifar10, "train[45000:]")
-  test, test_labels = datasets.load_split(cifar10, "test")
+  assert cifar10.class_names()[:3] == ["airplane", "automobile", "bird"]
+  train, _ = cifar10.load_split("train[:45000]")
+  val, _ = cifar10.load_split("train[45000:]")
+  test, test_labels = cifar10.load_split("test")
   assert (len(train), len(val), len(test)) == (45_000, 5_000, 10_000)
   assert np.bincount(test_labels).tolist() == [1000] * 10
   # Official per-channel test mean (shared/datasets/README.md).
@@ -40,7 +44,7 @@ def test_cifar10_from_extracted_batches_has_seed_splits(cifar10):
 
 def test_missing_archives_name_the_files(tmp_path):
   with pytest.raises(UserError, match="train-images-idx3-ubyte.gz.*mnist/"):
-    datasets.prepare(MNIST, str(tmp_path / "tfds"), str(tmp_path))
+    tfds_source.prepare(MNIST, str(tmp_path / "tfds"), str(tmp_path))
 
 
 def test_corrupt_extracted_cifar_batch_is_refused(tmp_path, archive_dir):
@@ -49,7 +53,7 @@ def test_corrupt_extracted_cifar_batch_is_refused(tmp_path, archive_dir):
   for f in datasets.DATASETS["cifar10"].archives[1]:
     (root.parent / f).write_bytes(b"not the original")
   with pytest.raises(UserError, match="corrupt archive .*data_batch_1.bin"):
-    datasets.prepare(datasets.get_spec("cifar10"), str(tmp_path / "tfds"), str(tmp_path))
+    tfds_source.prepare(datasets.get_spec("cifar10"), str(tmp_path / "tfds"), str(tmp_path))
 
 
 def test_pad_crop_flip_geometry():
@@ -95,4 +99,4 @@ def test_train_batches_are_a_function_of_seed_epoch_and_step():
 
 def test_batch_size_must_divide_over_devices():
   with pytest.raises(UserError, match="multiple of the 8 devices; e.g. --config.batch_size=96"):
-    input_pipeline.check_batch_size(100, 8)
+    batching.check_batch_size(100, 8)

@@ -56,7 +56,7 @@ def test_test_split_as_png_files_predicts_what_evaluation_measured(
 def test_bad_files_get_one_line_each_and_the_rest_are_classified(tiny_run, data_env,
                                                                  tmp_path, mnist):
   workdir, _ = tiny_run
-  digit = datasets.load_split(mnist, "test")[0][0]
+  digit = mnist.load_split("test")[0][0]
   folder = tmp_path / "in"
   folder.mkdir()
   Image.fromarray(digit[..., 0], "L").save(folder / "a_good.png")

@@ -18,7 +18,7 @@ def test_a_workdir_predicts_what_evaluation_measured(tiny_run, mnist):
   assert p.source["epoch"] == results["best_epoch"]
   assert p.class_names == tuple(str(i) for i in range(10))
   assert p.image_shape == (28, 28, 1) and p.batch_size == 1000
-  images, labels = datasets.load_split(mnist, "test")
+  images, labels = mnist.load_split("test")
   probabilities = p.probabilities(images)
   assert probabilities.shape == (10_000, 10)
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)

@@ -9,7 +9,7 @@ import optax
 import pytest
 import tensorflow as tf
 
-from cnn import datasets, input_pipeline, optim, train
+from cnn import batching, datasets, input_pipeline, optim, train
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import create_model
@@ -40,9 +40,9 @@ def test_cutout_mask_zeroes_one_square_per_image_clipped_at_the_border():
 
 
 def test_cutout_only_masks_the_batches_it_would_have_made(cifar10):
-  images, labels = datasets.load_split(cifar10, "train[:256]")
+  images, labels = cifar10.load_split("train[:256]")
   spec = datasets.get_spec("cifar10")
-  kwargs = dict(spec=spec, shard=input_pipeline.Shard(64, 0, 1), seed=0, epoch=1)
+  kwargs = dict(spec=spec, shard=batching.Shard(64, 0, 1), seed=0, epoch=1)
   plain = list(input_pipeline.train_batches(images, labels, **kwargs))
   cut = list(input_pipeline.train_batches(images, labels, cutout=16, **kwargs))
   for p, c in zip(plain, cut):

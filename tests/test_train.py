@@ -20,7 +20,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def real_mnist_batch(mnist, n: int) -> dict[str, np.ndarray]:
-  images, labels = datasets.load_split(mnist, f"train[:{n}]")
+  images, labels = mnist.load_split(f"train[:{n}]")
   spec = datasets.get_spec("mnist")
   return {"image": input_pipeline.normalize(tf.constant(images), spec).numpy(), "label": labels}
 

@@ -29,7 +29,7 @@ def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp
   from_file = weights.load(str(file), shipped["sha256"])
   from_workdir = predictor.load(str(workdir))
   assert shipped["step"] == from_workdir.source["step"]
-  images, labels = datasets.load_split(mnist, "test")
+  images, labels = mnist.load_split("test")
   np.testing.assert_array_equal(from_file.logits(images), from_workdir.logits(images))
   assert from_file.class_names == from_workdir.class_names
   assert from_file.source["test_accuracy"] == entry["test_accuracy"]
@@ -52,8 +52,8 @@ def test_shipped_weights_reproduce_their_recorded_test_accuracy(results_file, ar
   entry = json.loads(results_file.read_text())
   p = weights.load(str(results_table.RESULTS_DIR / entry["weights"]["file"]),
                    entry["weights"]["sha256"])
-  builder = datasets.prepare(datasets.get_spec(entry["dataset"]), tfds_dir, archive_dir)
-  images, labels = datasets.load_split(builder, "test")
+  source = datasets.open_source(datasets.get_spec(entry["dataset"]), tfds_dir, archive_dir)
+  images, labels = source.load_split("test")
   accuracy = float(np.mean(p.logits(images).argmax(-1) == labels))
   assert accuracy == pytest.approx(entry["test_accuracy"], abs=1e-4 + 1e-9)
 

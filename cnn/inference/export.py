@@ -194,12 +194,9 @@ def export(p: predictor.Predictor, out: Path, formats: Sequence[str],
 
 
 def test_images(p: predictor.Predictor, count: int) -> np.ndarray:
-  """The first `count` images of the dataset's test split (tfds)."""
+  """The first `count` images of the dataset's test split."""
   from cnn import datasets  # pylint: disable=import-outside-toplevel
-  config = p.config
-  builder = datasets.prepare(datasets.get_spec(config.dataset), config.get("data_dir") or None,
-                             datasets.resolve_archive_dir(config.get("archive_dir", "")))
-  return datasets.load_split(builder, "test")[0][:count]
+  return datasets.open_from_config(p.config).load_split("test")[0][:count]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

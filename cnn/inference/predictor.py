@@ -130,11 +130,9 @@ def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:
                   "with this version")
 
 
-def _class_names_from_tfds(spec, config) -> list[str]:
+def _class_names_from_dataset(config) -> list[str]:
   """For checkpoints written before they recorded their class names."""
-  builder = datasets.prepare(spec, config.get("data_dir") or None,
-                             datasets.resolve_archive_dir(config.get("archive_dir", "")))
-  return datasets.class_names(builder)
+  return datasets.open_from_config(config).class_names()
 
 
 def abstract_variables(model: nn.Module, image_shape) -> dict:
@@ -191,7 +189,7 @@ def load(workdir: str, which: str = "best") -> Predictor:
   finally:
     manager.close()
   variables = state["ema"] if ema else state
-  class_names = meta.get("class_names") or _class_names_from_tfds(spec, config)
+  class_names = meta.get("class_names") or _class_names_from_dataset(config)
   return Predictor(
       model=model, variables={"params": variables["params"],
                               "batch_stats": variables.get("batch_stats", {})},

@@ -175,10 +175,7 @@ def check_image_index(index: int, num_images: int) -> int:
 
 def test_split(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
   """The config's test split (uint8 images, labels), and nothing else."""
-  spec = datasets.get_spec(config.dataset)
-  builder = train.prepare_data(spec, config.data_dir or None,
-                               datasets.resolve_archive_dir(config.archive_dir))
-  return datasets.load_split(builder, config.test_split)
+  return train.open_data(config).load_split(config.test_split)
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:

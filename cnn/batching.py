@@ -1,0 +1,74 @@
+"""What goes into each batch, without TensorFlow: who feeds which slice of a
+global batch, the seeded example order, and the evaluation batches.
+
+Every random choice is a pure function of (seed, epoch, step): the epoch's
+example order is a seeded permutation, and augmentation draws (tf.data in
+input_pipeline.py, jax.random in device_pipeline.py) are keyed by the same
+numbers. Hence
+  * a run resumed at step k sees exactly the batches an uninterrupted run sees;
+  * the global batch does not depend on how many devices or hosts share it:
+    each process takes its contiguous slice of every global batch.
+"""
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from cnn.errors import UserError
+
+AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Which slice of every global batch this process feeds."""
+  global_batch_size: int
+  process_index: int = 0
+  process_count: int = 1
+
+  @property
+  def local_batch_size(self) -> int:
+    return self.global_batch_size // self.process_count
+
+  def local_slice(self) -> slice:
+    start = self.process_index * self.local_batch_size
+    return slice(start, start + self.local_batch_size)
+
+
+def check_batch_size(batch_size: int, device_count: int, what: str = "batch_size") -> None:
+  if batch_size <= 0 or batch_size % device_count:
+    raise UserError(f"config.{what}={batch_size} must be a positive multiple of the "
+                    f"{device_count} devices; e.g. --config.{what}="
+                    f"{max(1, round(batch_size / device_count)) * device_count}")
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Full batches per epoch; the remainder is a different set each epoch."""
+  return num_examples // global_batch_size
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+  """uint8 pixels -> float32 with zero mean, unit variance per channel (the
+  same float32 operations, hence the same bits, as the TF and JAX versions)."""
+  images = images.astype(np.float32) / np.float32(255.0)
+  return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, *, mean: tuple[float, ...],
+                 std: tuple[float, ...], shard: Shard) -> Iterator[dict[str, np.ndarray]]:
+  """This process's part of every global evaluation batch: every example
+  exactly once, in order. The last global batch is padded with zero images
+  whose `mask` is 0, so nothing is dropped or counted twice."""
+  gbs, local = shard.global_batch_size, shard.local_slice()
+  for start in range(0, len(images), gbs):
+    stop = min(start + gbs, len(images))
+    padding = gbs - (stop - start)
+    image = np.concatenate([images[start:stop],
+                            np.zeros((padding, *images.shape[1:]), images.dtype)])[local]
+    label = np.concatenate([labels[start:stop], np.zeros(padding, labels.dtype)])[local]
+    mask = np.concatenate([np.ones(stop - start, np.float32), np.zeros(padding, np.float32)])
+    yield {"image": normalize(image, mean, std), "label": label, "mask": mask[local]}
