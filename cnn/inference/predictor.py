@@ -157,8 +157,8 @@ def choose_step(meta: dict, steps: list[int], which: str, protocol: str) -> dict
 def load(workdir: str, which: str = "best") -> Predictor:
   """The predictor of a trained (or training) workdir's `which` checkpoint,
   or of a published weights file (`*.safetensors`, `cnn.inference.weights`)."""
-  from cnn.inference import weights  # pylint: disable=import-outside-toplevel
-  if weights.is_weights_file(workdir):
+  if str(workdir).endswith(".safetensors"):  # weights.SUFFIX; needs the safetensors package
+    from cnn.inference import weights  # pylint: disable=import-outside-toplevel
     return weights.load(workdir)
   if which not in WHICH:
     raise unknown_name("checkpoint choice", which, WHICH)

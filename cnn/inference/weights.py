@@ -39,10 +39,6 @@ SUFFIX = ".safetensors"
 GIT_SIZE_LIMIT_BYTES = 8 * 2**20
 
 
-def is_weights_file(path: str) -> bool:
-  return str(path).endswith(SUFFIX)
-
-
 def sha256(path: str | Path) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
