@@ -28,16 +28,20 @@ ratio vs PyTorch, or the pipeline's images/s, fell by more than 10%.
 block from a saved JSON; `--check` fails if that block is out of date.
 """
 import argparse
+import contextlib
+import ctypes
 import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -115,8 +119,8 @@ class TorchWorker:
     self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/torch_twins.py")],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-  def images_per_s(self, model: str, batch_size: int, steps: int) -> float:
-    self.proc.stdin.write(f"{model} {batch_size} {steps}\n")
+  def images_per_s(self, model: str, batch_size: int, steps: int, dtype: str = "float32") -> float:
+    self.proc.stdin.write(f"{model} {batch_size} {steps} {dtype}\n")
     self.proc.stdin.flush()
     line = self.proc.stdout.readline()
     if not line:
@@ -128,6 +132,16 @@ class TorchWorker:
     self.proc.wait()
 
 
+def alternate(timers: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+  """`repeats` rounds, each calling every timer once in turn (so a slow spell
+  of the machine hits all candidates alike); the samples per label."""
+  samples = {label: [] for label in timers}
+  for _ in range(repeats):
+    for label, timer in timers.items():
+      samples[label].append(timer())
+  return samples
+
+
 def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[dict]:
   torch_worker = TorchWorker()
   rows = []
@@ -136,12 +150,10 @@ def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[
       steppers = [(label, JaxStepper(name, dtype, batch_size, kwargs), name)
                   for name, label, dtype, kwargs in STEP_CANDIDATES[model]]
       torch_worker.images_per_s(model, batch_size, 1)  # build and warm up
-      samples = {label: [] for label, _, _ in steppers} | {"PyTorch fp32": []}
-      for _ in range(repeats):
-        for label, stepper, _ in steppers:
-          samples[label].append(stepper.images_per_s(STEPS[model]))
-        samples["PyTorch fp32"].append(
-            torch_worker.images_per_s(model, batch_size, STEPS[model]))
+      timers = {label: (lambda s=stepper: s.images_per_s(STEPS[model]))
+                for label, stepper, _ in steppers}
+      timers["PyTorch fp32"] = lambda: torch_worker.images_per_s(model, batch_size, STEPS[model])
+      samples = alternate(timers, repeats)
       torch_median = statistics.median(samples["PyTorch fp32"])
       for label, stepper, name in [*steppers, ("PyTorch fp32", None, model)]:
         median = statistics.median(samples[label])
@@ -157,12 +169,11 @@ def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[
 
 def bench_input_pipeline(step_images_per_s: float, batch_size: int, repeats: int,
                          batches: int) -> dict:
-  from cnn import datasets, input_pipeline  # pylint: disable=import-outside-toplevel
+  from cnn import batching, datasets, input_pipeline  # pylint: disable=import-outside-toplevel
   spec = datasets.get_spec("cifar10")
-  builder = datasets.prepare(spec, None,
-                             datasets.resolve_archive_dir(""))
-  images, labels = datasets.load_split(builder, "train[:45000]")
-  shard = input_pipeline.Shard(batch_size, 0, 1)
+  source = datasets.open_source(spec, None, datasets.resolve_archive_dir(""), "tfds")
+  images, labels = source.load_split("train[:45000]")
+  shard = batching.Shard(batch_size, 0, 1)
   samples = []
   for epoch in range(repeats):
     iterator = input_pipeline.train_batches(images, labels, spec=spec, shard=shard, seed=0,
@@ -178,17 +189,103 @@ def bench_input_pipeline(step_images_per_s: float, batch_size: int, repeats: int
           "vs_train_step": round(median / step_images_per_s, 2), "batches": batches}
 
 
-def run_main(config: str, overrides: list[str], workdir: Path) -> tuple[dict, float, float]:
-  """Runs main.py; returns (results.json, wall seconds, peak RSS in MiB)."""
-  start = time.perf_counter()
-  proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), f"--config={config}",
-                           f"--workdir={workdir}", *overrides], cwd=ROOT)
-  _, status, usage = os.wait4(proc.pid, 0)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
+
+
+def _term_with_parent(libc: ctypes.CDLL) -> Callable[[], None]:
+  """For Popen's preexec_fn (Linux): the child gets SIGTERM when its parent
+  dies, SIGKILL included, so an orphaned main.py checkpoints and exits
+  instead of training on, holding the workdir's lock."""
+  return lambda: libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervise(command: list[str], log: Path | None = None, stop_at: float | None = None,
+              kill_at: float | None = None, **popen) -> tuple[int, float]:
+  """Runs `command` to its end; returns (exit status, negative for a signal;
+  peak RSS in MiB). Its output is appended to `log` if given. At `stop_at`
+  (a time.monotonic() value) it gets SIGTERM, at `kill_at` SIGKILL. It runs
+  in its own session (a Ctrl-C reaches only us: we pass SIGTERM on and wait)."""
+  libc = ctypes.CDLL(None) if sys.platform == "linux" else None
+  with open(log, "a", encoding="utf-8") if log else contextlib.nullcontext() as out:
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if log else None,
+                            start_new_session=True,
+                            preexec_fn=_term_with_parent(libc) if libc else None, **popen)
+    try:
+      status, usage = _wait(proc, stop_at, kill_at)
+    except BaseException:  # KeyboardInterrupt, SIGTERM made one: let the child save and exit
+      proc.terminate()
+      status, usage = _wait(proc, None, time.monotonic() + 120)
+      raise
+  return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
+
+
+def _wait(proc: subprocess.Popen, stop_at: float | None, kill_at: float | None):
+  """(wait status, resource usage) of `proc`, signalled at the deadlines."""
+  while True:
+    if stop_at is None and kill_at is None:
+      _, status, usage = os.wait4(proc.pid, 0)
+      break
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+      break
+    now = time.monotonic()
+    if kill_at is not None and now >= kill_at:
+      proc.kill()
+      stop_at = kill_at = None
+    elif stop_at is not None and now >= stop_at:
+      proc.terminate()
+      stop_at = None
+    time.sleep(0.1)
   proc.returncode = os.waitstatus_to_exitcode(status)
-  if proc.returncode:
-    raise RuntimeError(f"main.py {config} failed with exit code {proc.returncode}")
-  results = json.loads((workdir / "results.json").read_text())
-  return results, time.perf_counter() - start, usage.ru_maxrss / 1024
+  return status, usage
+
+
+class Stopped(Exception):
+  """main.py ended without results.json: stopped by SIGTERM (it saved a
+  checkpoint of its step) or killed; rerunning the same command resumes."""
+
+  def __init__(self, returncode: int, wall: float, rss: float):
+    super().__init__(f"main.py stopped (exit status {returncode}) before it finished")
+    self.returncode, self.wall, self.rss = returncode, wall, rss
+
+
+class MainFailed(RuntimeError):
+  """main.py failed; `message` is its `error: ...` line when its log was kept."""
+
+  def __init__(self, config: str, returncode: int, message: str | None):
+    super().__init__(f"main.py {config} failed with exit code {returncode}"
+                     + (f": {message}" if message else ""))
+    self.returncode, self.message = returncode, message
+
+
+def main_command(config: str, overrides: list[str], workdir: Path) -> list[str]:
+  return [sys.executable, str(ROOT / "main.py"), f"--config={config}", f"--workdir={workdir}",
+          *overrides]
+
+
+def last_error(log: Path | None) -> str | None:
+  """The last `error: ...` line of a log, without the prefix."""
+  lines = log.read_text(errors="replace").splitlines() if log and log.exists() else []
+  found = [line for line in lines if line.startswith("error: ")]
+  return found[-1][len("error: "):] if found else None
+
+
+def run_main(config: str, overrides: list[str], workdir: Path, log: Path | None = None,
+             stop_at: float | None = None, kill_at: float | None = None
+             ) -> tuple[dict, float, float]:
+  """Runs main.py; returns (results.json, wall seconds, peak RSS in MiB).
+  `log`, `stop_at`, `kill_at`: as `supervise`. Raises Stopped when it ended
+  before writing results.json (SIGTERM saves a checkpoint: rerun to resume),
+  MainFailed when it failed."""
+  start = time.perf_counter()
+  code, rss = supervise(main_command(config, overrides, workdir), log, stop_at, kill_at, cwd=ROOT)
+  wall = time.perf_counter() - start
+  results = workdir / "results.json"
+  if code == 0 and results.exists():
+    return json.loads(results.read_text()), wall, rss
+  if code in (0, -signal.SIGTERM, -signal.SIGKILL):
+    raise Stopped(code, wall, rss)
+  raise MainFailed(config, code, last_error(log))
 
 
 def bench_cifar_epoch(train_split: str) -> dict:
@@ -229,14 +326,22 @@ def machine() -> dict:
   cpu = next((line.split(":", 1)[1].strip() for line in
               Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
              platform.processor())
-  try:
-    torch_version = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
+  probe = ("import json, torch; print(json.dumps([torch.__version__, torch.cuda.get_device_name(0)"
+           " if torch.cuda.is_available() else None]))")
+  try:  # in a child: importing torch here would put its threads beside JAX's
+    torch_version, torch_device = json.loads(subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
   except subprocess.CalledProcessError:
-    torch_version = None
+    torch_version = torch_device = None
   return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
           "devices": [str(d.device_kind) for d in jax.devices()], "jax": jax.__version__,
-          "torch": torch_version, "python": platform.python_version()}
+          "jaxlib": jaxlib_version(), "torch": torch_version, "torch_device": torch_device,
+          "python": platform.python_version()}
+
+
+def jaxlib_version() -> str:
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  return getattr(jaxlib, "__version__", None) or jaxlib.version.__version__
 
 
 # ---------------------------------------------------------------- rendering

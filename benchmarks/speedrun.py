@@ -38,14 +38,22 @@ CONFIG = "configs/speedrun_cifar10.py"
 BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
 
 
-def one_run(seed: int, overrides: list[str], target: float) -> dict:
-  with tempfile.TemporaryDirectory() as tmp:
-    results, wall, rss = run_main(CONFIG, [f"--config.seed={seed}", *overrides], Path(tmp) / "w")
+def one_run(seed: int, overrides: list[str], target: float, workdir: Path | None = None,
+            config: str = CONFIG, **deadlines) -> dict:
+  """One seed in a fresh process, in a temporary workdir unless `workdir` is
+  given (benchmarks/accelerator.py keeps it, so a run its budget stopped
+  resumes); `deadlines`: run_main's stop_at/kill_at and log."""
+  if workdir is None:
+    with tempfile.TemporaryDirectory() as tmp:
+      return one_run(seed, overrides, target, Path(tmp) / "w", config, **deadlines)
+  results, wall, rss = run_main(config, [f"--config.seed={seed}", *overrides], workdir,
+                                **deadlines)
   reached = results["test_accuracy"] >= target
+  compile_s = results["compile_time_s"]  # None when the last process only evaluated
   return {"seed": seed, "test_accuracy": results["test_accuracy"],
           "train_time_s": round(results["train_time_s"], 2),
           "time_to_target_s": round(results["train_time_s"], 2) if reached else None,
-          "compile_time_s": round(results["compile_time_s"], 2),
+          "compile_time_s": None if compile_s is None else round(compile_s, 2),
           "epochs": results["epochs"], "train_images_per_s": round(results["images_per_s"], 1),
           "process_wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
 
@@ -63,8 +71,9 @@ def render(result: dict) -> str:
   for r in result["runs"]:
     reached = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] is not None else \
         "not reached"
+    compile_s = "—" if r["compile_time_s"] is None else f"{r['compile_time_s']:.1f}"
     lines.append(f"| {r['seed']} | {100 * r['test_accuracy']:.2f}% | {r['train_time_s']:.1f} | "
-                 f"{reached} | {r['compile_time_s']:.1f} | {r['train_images_per_s']:.0f} |")
+                 f"{reached} | {compile_s} | {r['train_images_per_s']:.0f} |")
   runs = result["runs"]
   lines.append(f"| median | {100 * statistics.median(r['test_accuracy'] for r in runs):.2f}% | "
                f"{statistics.median(r['train_time_s'] for r in runs):.1f} | "

@@ -4,12 +4,16 @@ ResNet is `../shared/reference/torch_resnet20.py` (He et al. 2016, 1x1
 projection shortcuts: our default `shortcut="projection"`, same parameter
 count) with the depth as an argument; VGG-16 mirrors `cnn/models/vgg.py`
 (BN after every conv; classifier dropout-512-ReLU-dropout-512-ReLU-10). Both run channels-last,
-the fast layout of PyTorch's CPU convolutions, with the reference's optimizer:
-SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4.
+the fast layout of PyTorch's convolutions (CPU and cuDNN alike), with the reference's optimizer:
+SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4. On a CUDA GPU when torch sees one (cuDNN's
+autotuner on, as JAX's XLA autotunes its convolutions), else on the CPU. "bfloat16" runs the
+forward pass and the loss under `torch.autocast` (parameters and optimizer stay fp32, as our
+`config.dtype` does).
 
 Worker protocol (one process, so PyTorch's threads never run beside JAX's):
-each stdin line `model batch_size steps` is answered with one stdout line,
-the images/s of `steps` train steps after warm-up.
+each stdin line `model batch_size steps [dtype]` (dtype "float32", the default, or "bfloat16")
+is answered with one stdout line, the images/s of `steps` train steps after warm-up, timed
+between two device synchronisations (CUDA runs asynchronously).
 """
 import os
 import sys
@@ -19,7 +23,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+  torch.set_num_threads(int(os.environ.get("THREADS", os.cpu_count())))
+else:
+  torch.backends.cudnn.benchmark = True
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # None: no autocast
+
+
+def synchronize() -> None:
+  """Waits for the queued GPU work, so the clock reads finished steps."""
+  if DEVICE == "cuda":
+    torch.cuda.synchronize()
 
 
 class Block(nn.Module):
@@ -88,39 +103,46 @@ def build(name: str) -> nn.Module:
 
 
 class Stepper:
-  """One model, optimizer and fixed random batch; `images_per_s` times steps."""
+  """One model, optimizer and fixed random batch on DEVICE; `images_per_s` times steps."""
 
-  def __init__(self, name: str, batch_size: int):
+  def __init__(self, name: str, batch_size: int, dtype: str = "float32"):
+    if dtype not in DTYPES:
+      raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     torch.manual_seed(0)
-    self.model = build(name).to(memory_format=torch.channels_last)
+    self.model = build(name).to(DEVICE, memory_format=torch.channels_last)
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                                weight_decay=5e-4, nesterov=True)
-    self.x = torch.randn(batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
-    self.y = torch.randint(0, 10, (batch_size,))
+    self.x = torch.randn(batch_size, 3, 32, 32).to(DEVICE, memory_format=torch.channels_last)
+    self.y = torch.randint(0, 10, (batch_size,)).to(DEVICE)
+    self.autocast = DTYPES[dtype]
     self.batch_size = batch_size
     for _ in range(3):
       self.step()
+    synchronize()
 
   def step(self):
     self.opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(self.model(self.x), self.y)
+    with torch.autocast(DEVICE, dtype=self.autocast, enabled=self.autocast is not None):
+      loss = F.cross_entropy(self.model(self.x), self.y)
     loss.backward()
     self.opt.step()
 
   def images_per_s(self, steps: int) -> float:
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
       self.step()
+    synchronize()
     return self.batch_size * steps / (time.perf_counter() - start)
 
 
 def worker() -> None:
   steppers = {}
   for line in sys.stdin:
-    name, batch_size, steps = line.split()
-    key = (name, int(batch_size))
+    name, batch_size, steps, *dtype = line.split()
+    key = (name, int(batch_size), *dtype)
     if key not in steppers:
-      steppers[key] = Stepper(name, int(batch_size))
+      steppers[key] = Stepper(name, int(batch_size), *dtype)
     print(f"{steppers[key].images_per_s(int(steps)):.3f}", flush=True)
 
 

@@ -85,6 +85,8 @@ SLOW_SUITES = {
     "cluster": "slow device/process matrix: python -m pytest -q tests --cluster -m cluster",
     "exhaustive": ("every algorithm on every conv shape of every model: "
                    "python -m pytest -q tests --exhaustive -m exhaustive"),
+    "slow": ("the accelerator kit's whole tiny queue (throughput, speedrun, README): "
+             "python -m pytest -q tests/test_accelerator_kit.py --slow"),
 }
 
 

@@ -5,6 +5,8 @@
   python -m cnn.report.results_table render                    # print the table
   python -m cnn.report.results_table render --readme README.md # rewrite the README's table
 
+Both take `--results-dir DIR` for another directory than the repository's results/.
+
 `record` keeps the numbers of a finished workdir as
 `results/<name>_seed<seed>.json` and its evaluation weights (the checkpoint
 results.json reports) as `results/weights/<name>_seed<seed>.safetensors`,
@@ -159,13 +161,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="numbers only: do not ship the evaluation weights")
   show = commands.add_parser("render", help="print the table (and rewrite a README's)")
   show.add_argument("--readme", default=None)
+  for command in (add, show):
+    command.add_argument("--results-dir", type=Path, default=None,
+                         help="where the results files are (default: the repository's results/)")
   args = parser.parse_args(argv)
+  results_dir = args.results_dir or RESULTS_DIR
   try:
     if args.action == "record":
-      print(record(args.workdir, args.name, args.hardware, args.command, RESULTS_DIR,
+      print(record(args.workdir, args.name, args.hardware, args.command, results_dir,
                    args.commit, args.resumes, args.weights))
     else:
-      table = render(RESULTS_DIR)
+      table = render(results_dir)
       if args.readme:
         rewrite_readme(Path(args.readme), table)
       sys.stdout.write(table)
