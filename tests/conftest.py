@@ -85,8 +85,10 @@ SLOW_SUITES = {
     "cluster": "slow device/process matrix: python -m pytest -q tests --cluster -m cluster",
     "exhaustive": ("every algorithm on every conv shape of every model: "
                    "python -m pytest -q tests --exhaustive -m exhaustive"),
-    "slow": ("the accelerator kit's whole tiny queue (throughput, speedrun, README): "
-             "python -m pytest -q tests/test_accelerator_kit.py --slow"),
+    "slow": ("end-to-end checks of 30 s or more each, beyond CI's 15 minutes (the notebook, "
+             "the accelerator kit's interrupted and carried row and its whole tiny queue, "
+             "reproducibility across runs, divergence, the workdir lock, the CPU conv algorithms "
+             "on whole models): python -m pytest -q tests --slow -m slow"),
 }
 
 

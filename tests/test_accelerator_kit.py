@@ -140,6 +140,7 @@ def flow(kit_env, reference, tmp_path_factory) -> dict:
   return facts
 
 
+@pytest.mark.slow
 def test_a_small_budget_stops_the_row_and_reruns_finish_it_bitwise_equal(flow, reference):
   stopped, row = flow["budget_call"], flow["stopped_row"]
   assert 0 < row["step"] < STEPS and row["total_steps"] == STEPS
@@ -162,6 +163,7 @@ def test_a_small_budget_stops_the_row_and_reruns_finish_it_bitwise_equal(flow, r
   assert entry["command"] == done["command"] and "--config.keep_checkpoints=1" in entry["command"]
 
 
+@pytest.mark.slow
 def test_a_sigkilled_kit_leaves_no_trainer_and_the_rerun_finishes(flow):
   killed = flow["killed"]
   assert killed["trainer_exited"], "main.py outlived the SIGKILLed kit"
@@ -174,6 +176,7 @@ def test_a_sigkilled_kit_leaves_no_trainer_and_the_rerun_finishes(flow):
                    final.splitlines()[-1]), final
 
 
+@pytest.mark.slow
 def test_pack_unpack_carries_dir_in_parts_and_it_resumes_there(flow):
   assert flow["pack"].returncode == 0 and flow["unpack"].returncode == 0, flow["pack"].stderr
   manifest = json.loads(next(flow["parts"].glob("*.pack.json")).read_text())
@@ -185,6 +188,7 @@ def test_pack_unpack_carries_dir_in_parts_and_it_resumes_there(flow):
   assert f"at step {step} (epoch" in flow["killed"]["resumed_log"]  # from the carried checkpoint
 
 
+@pytest.mark.slow
 def test_record_at_home_copies_the_finished_row_and_trains_nothing(flow, kit_env, tmp_path):
   home, before = tmp_path / "results", row_state(flow["moved"])
   done = kit(kit_env, "record", "--out", flow["moved"], "--results-dir", home)

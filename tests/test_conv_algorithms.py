@@ -204,6 +204,7 @@ def test_dilated_and_batch_grouped_convolutions_stay_with_xla():
   assert ca.plan_for(**base | {"dimension_numbers": ("NCHW", "OIHW", "NCHW")}) == ca.XLA_PLAN
 
 
+@pytest.mark.slow
 def test_models_give_the_same_logits_and_gradients_with_either_setting():
   """VGG-11 on MNIST-sized input (1x1 and 2x2 stages, the stem and the
   kernel gradients use the alternatives): the "auto" model equals the "xla"

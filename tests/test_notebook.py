@@ -10,6 +10,7 @@ from nbclient import NotebookClient
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_top_to_bottom(data_env, tmp_path, mnist):
   shipped = REPO / "results/resnet20_mnist_seed0.json"
   if "weights" not in json.loads(shipped.read_text()):

@@ -29,7 +29,7 @@ def test_test_split_as_png_files_predicts_what_evaluation_measured(
   the test accuracy results.json records (CIFAR-10 with test-time flips)."""
   workdir = request.getfixturevalue("tiny_run")[0] if dataset == "mnist" else (
       request.getfixturevalue("tiny_cifar_run"))
-  test_images, labels = datasets.load_split(request.getfixturevalue(dataset), "test")
+  test_images, labels = request.getfixturevalue(dataset).load_split("test")
   _write_pngs(tmp_path / "pngs", test_images)
   result = run_main(data_env, "--mode=predict", f"--workdir={workdir}",
                     f"--images={tmp_path}/pngs", f"--out={tmp_path}/out")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from cnn import checkpoint
 from conftest import REPO, run_main
@@ -118,6 +119,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_run, data_env, tm
   assert_bitwise_equal(final_params(workdir), final_params(reference))
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(tiny_run, data_env, tmp_path):
   reference, _ = tiny_run
   run_main(data_env, TINY, f"--workdir={tmp_path}")
@@ -125,6 +127,7 @@ def test_same_config_and_seed_give_identical_metrics(tiny_run, data_env, tmp_pat
   assert_bitwise_equal(final_params(tmp_path), final_params(reference))
 
 
+@pytest.mark.slow
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path):
   run_main(data_env, TINY, f"--workdir={tmp_path}", "--config.num_epochs=1")
   good = final_params(tmp_path)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cnn import workdir_lock
 from conftest import REPO, run_main
 
@@ -28,6 +30,7 @@ def test_holder_liveness_by_pid_start_time_and_heartbeat():
       {**other, "heartbeat": now - workdir_lock.STALE_AFTER_S - 1}, now, host)
 
 
+@pytest.mark.slow
 def test_second_trainer_and_evaluation_refuse_and_a_killed_trainer_does_not_block(
     data_env, mnist, tmp_path):
   workdir = tmp_path / "run"
