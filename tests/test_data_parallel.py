@@ -65,7 +65,6 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.cluster
 def test_two_processes_match_one_process_with_four_devices(data_env, mnist, tmp_path):
   """Two processes x 2 devices started as SLURM's `srun` would (only its
   environment variables: JAX's own detection finds the job), sharing an empty
