@@ -104,3 +104,10 @@ def test_tfds_order_is_md5_of_split_and_index():
   import hashlib  # pylint: disable=import-outside-toplevel
   keys = [int(hashlib.md5(b"test" + str(i).encode()).hexdigest(), 16) for i in range(5)]
   assert order.tolist() == sorted(range(5), key=keys.__getitem__)
+
+
+def test_tfds_stays_the_default_where_it_is_installed(archive_dir, tfds_dir, mnist):
+  from cnn.datasets import tfds_source  # pylint: disable=import-outside-toplevel
+  auto = datasets.open_source(datasets.get_spec("mnist"), tfds_dir, archive_dir)
+  assert isinstance(auto, tfds_source.TfdsSource)
+  assert datasets.tfds_installed()
