@@ -20,6 +20,7 @@ from tensorflow_datasets.image_classification import cifar
 from cnn.datasets import DatasetSpec, archives, find_archives, where_to_put
 from cnn.errors import UserError
 
+
 class _ExtractedCifarMixin:
   """Reads already-extracted CIFAR binary batches from the manual dir.
 
