@@ -88,6 +88,14 @@ def _increasing_fractions(v) -> bool:
           and all(a < b for a, b in zip(v, v[1:])))
 
 
+# cnn.robustness.SECTIONS, repeated so validation needs no JAX import (a test pins them equal).
+ROBUSTNESS_SECTIONS = ("calibration", "corruptions", "adversarial")
+
+
+def _known_sections(value: str) -> bool:
+  return all(s.strip() in ROBUSTNESS_SECTIONS for s in value.split(",") if s.strip())
+
+
 INT, FLOAT, BOOL, STR = int, (int, float), bool, str
 RULES: dict[str, Rule] = {
     "seed": Rule(INT, 0, _at_least(0), ">= 0"),
@@ -136,6 +144,16 @@ RULES: dict[str, Rule] = {
     "checkpoint_every_steps": Rule(INT, 1000, _at_least(0), ">= 0 (0 = each epoch's end)"),
     "keep_checkpoints": Rule(INT, 2, _at_least(1), ">= 1"),
     "report_image_index": Rule(INT, 0, _at_least(0), ">= 0"),
+    "robustness": Rule(STR, "calibration", _known_sections,
+                       "comma-separated sections of " + ", ".join(ROBUSTNESS_SECTIONS)
+                       + " ('' = none)"),
+    "robustness_examples": Rule(INT, 1000, _at_least(0), ">= 0 (0 = the whole test split)"),
+    "attack_eps": Rule((tuple, list), "'(1,2,8)'",
+                       lambda v: len(v) > 0 and all(isinstance(e, (int, float))
+                                                     and not isinstance(e, bool) and e >= 0
+                                                     for e in v),
+                       "a non-empty list of radii >= 0 in 1/255"),
+    "pgd_steps": Rule(INT, 10, _at_least(1), ">= 1"),
 }
 
 

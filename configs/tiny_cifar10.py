@@ -18,6 +18,8 @@ def get_config():
   config.batch_size = 64
   config.eval_batch_size = 1000
   config.num_epochs = 2
+  # --mode=evaluate: calibration only (seconds); see tests/test_robustness.py for the rest.
+  config.robustness = "calibration"
   config.eval_flip = True
   config.log_every_steps = 8
   return config

@@ -23,10 +23,30 @@ def test_markdown_row_is_human_readable(tmp_path):
   table = compare.markdown([workdir], [compare.load_results(workdir)])
   header, rule, row = table.splitlines()
   assert header == ("| workdir | model | dataset | epochs | batch size | params | train acc % | "
-                    "best val acc % | test acc % | wall time | images/s |")
-  assert rule.count("---:") == 8
+                    "best val acc % | test acc % | wall time | images/s | ECE % | "
+                    "ECE % (T-scaled) | NLL | corruption acc % | corruptions | PGD 2/255 % | "
+                    "PGD 8/255 % |")
+  assert rule.count("---:") == 15
   assert row == (f"| {workdir} | resnet20_v1 | cifar10 | 182 | 128 | 272,474 | 99.91 | 92.04 | "
-                 "91.51 | 1h23m | 2,882 |")
+                 "91.51 | 1h23m | 2,882 |" + " — |" * 7)
+
+
+ROBUSTNESS = {
+    "calibration": {"test": {"ece": 0.0412, "nll": 0.3301}, "test_scaled": {"ece": 0.0123}},
+    "corruptions": {"generated": False, "mean": 0.7012},
+    "adversarial": {"pgd": {"1/255": 0.5, "2/255": 0.2345, "8/255": 0.0}},
+}
+
+
+def test_robustness_columns_come_from_the_report_or_the_record(tmp_path):
+  workdir = make_workdir(tmp_path / "r20")
+  (tmp_path / "r20" / "report").mkdir()
+  (tmp_path / "r20" / "report" / "robustness.json").write_text(json.dumps(ROBUSTNESS))
+  record = tmp_path / "resnet20v1_cifar10_seed0.json"
+  record.write_text(json.dumps({**RESULTS, "robustness": ROBUSTNESS}))
+  for source in (workdir, str(record)):
+    row = compare.markdown([source], [compare.load_results(source)]).splitlines()[2]
+    assert row.endswith("| 4.12 | 1.23 | 0.3301 | 70.12 | CIFAR-10-C | 23.45 | 0.00 |"), row
 
 
 def test_missing_values_show_a_dash_and_csv_keeps_raw_numbers(tmp_path):

@@ -12,7 +12,8 @@ from configs import default
 
 FIELDS = sorted(default.get_config().keys())
 WRONG_TYPE = {int: "x", bool: "yes", str: 3, tuple: 0.5, ml_collections.ConfigDict: "x"}
-OUT_OF_RANGE_CANDIDATES = (-1, -0.5, 0, 1, 1.5, 2, "", (0.9, 0.2), (0.5, 1.5), "no_such_name")
+OUT_OF_RANGE_CANDIDATES = (-1, -0.5, 0, 1, 1.5, 2, "", (0.9, 0.2), (0.5, 1.5), (-2, 8),
+                           "no_such_name")
 
 
 def with_value(key, value) -> ml_collections.ConfigDict:

@@ -182,7 +182,8 @@ def run(env, *args, cwd=REPO):
 @pytest.fixture(scope="module")
 def two_runs(data_env, tmp_path_factory, mnist):
   """Two tiny MNIST runs trained side by side (the 2nd smaller: another seed,
-  1 epoch on 512 images), then the report of the first."""
+  1 epoch on 512 images), then the report of the first with every robustness
+  section on the first 60 test images."""
   root = tmp_path_factory.mktemp("report")
   workdirs = [root / "seed0", root / "seed1"]
   extra = [[], ["--config.seed=1", "--config.num_epochs=1", "--config.train_split=train[:512]"]]
@@ -194,8 +195,13 @@ def two_runs(data_env, tmp_path_factory, mnist):
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
   run(data_env, "main.py", "--config=configs/tiny_mnist.py", f"--workdir={workdirs[0]}",
-      "--mode=evaluate", "--config.report_image_index=7")
+      "--mode=evaluate", "--config.report_image_index=7", *ROBUSTNESS)
   return workdirs
+
+
+ROBUSTNESS = ["--config.robustness=calibration,corruptions,adversarial",
+              "--config.robustness_examples=60", "--config.pgd_steps=2",
+              "--config.attack_eps=(0,2,76.5)"]
 
 
 def test_evaluate_writes_the_classification_report(two_runs):
@@ -216,7 +222,8 @@ def test_evaluate_writes_the_classification_report(two_runs):
 
 @pytest.mark.parametrize("name,min_size", [
     ("confusion_matrix.png", (900, 400)), ("curves.png", (900, 250)),
-    ("misclassified.png", (900, 400)), ("activations.png", (900, 500))])
+    ("misclassified.png", (900, 400)), ("activations.png", (900, 500)),
+    ("reliability.png", (700, 400)), ("corruptions.png", (600, 300))])
 def test_evaluate_writes_real_figures(two_runs, name, min_size):
   image = Image.open(two_runs[0] / "report" / name)
   image.load()  # decodes the whole file
@@ -227,11 +234,38 @@ def test_evaluate_writes_real_figures(two_runs, name, min_size):
 
 def test_index_html_shows_everything_by_relative_path(two_runs):
   page = (two_runs[0] / "report" / "index.html").read_text()
-  assert sorted(re.findall(r'src="([^"]+)"', page)) == sorted(PNGS)
+  assert sorted(re.findall(r'src="([^"]+)"', page)) == sorted(
+      PNGS + ("reliability.png", "corruptions.png"))
+  assert "<h2>Calibration</h2>" in page and "<h2>Adversarial robustness</h2>" in page
   assert "http" not in page and "<script" not in page
   assert "resnet8_v1" in page and "Headline numbers" in page and "Most-confused" in page
   assert "test image #7: true " in page  # the activations' caption
   assert "Config of the training run" in page and '"train_split": "train[:2048]"' in page
+
+
+def test_evaluate_writes_calibration_corruption_and_attack_results(two_runs):
+  out = two_runs[0] / "report"
+  robust = json.loads((out / "robustness.json").read_text())
+  report = json.loads((out / "classification_report.json").read_text())
+  cal = robust["calibration"]
+  assert cal["test"]["accuracy"] == pytest.approx(report["accuracy"])  # all 10k test images
+  assert sum(cal["reliability"]["count"]) == 10_000
+  assert cal["fitted_on"] == "train[55000:56000]"  # tiny_mnist's validation split, not test
+  assert cal["test_scaled"]["nll"] <= cal["test"]["nll"] + 0.05
+  corr = robust["corruptions"]
+  assert corr["generated"] and corr["examples"] == 60 and len(corr["accuracy"]) == 15
+  assert all(len(row) == 5 for row in corr["accuracy"].values())
+  assert corr["mean"] == pytest.approx(np.mean(list(corr["per_corruption"].values())))
+  assert corr["mean"] < corr["clean_accuracy"]
+  adv = robust["adversarial"]
+  assert adv["examples"] == 60 and adv["pgd_steps"] == 2 and list(adv["pgd"]) == [
+      "0/255", "2/255", "76.5/255"]
+  assert adv["pgd"]["0/255"] == adv["fgsm"]["0/255"] == pytest.approx(corr["clean_accuracy"])
+  assert adv["pgd"]["76.5/255"] < adv["pgd"]["0/255"]
+  md = (out / "classification_report.md").read_text()
+  for heading in ("## Calibration", "## Corruption robustness", "## Adversarial robustness"):
+    assert heading in md
+  assert "| glass blur |" in md and "temperature-scaled (T = " in md
 
 
 def find_chromium() -> str | None:
@@ -264,6 +298,12 @@ def test_compare_prints_and_writes_both_runs(two_runs, data_env, tmp_path):
   assert rows[0][1:6] == ["resnet8_v1", "mnist", "2", "64", "77,754"]
   assert rows[1][3] == "1"  # the one-epoch run
   assert (tmp_path / "comparison.md").read_text() == result.stdout
+  robust = json.loads((two_runs[0] / "report" / "robustness.json").read_text())
+  header = lines[0].split(" | ")
+  cell = lambda row, name: row[header.index(name)]
+  assert cell(rows[0], "ECE %") == f"{100 * robust['calibration']['test']['ece']:.2f}"
+  assert cell(rows[0], "corruptions") == "generated"
+  assert cell(rows[1], "ECE %") == "—"  # no report for the second run
   with open(tmp_path / "comparison.csv") as f:
     table = list(csv.DictReader(f))
   for workdir, row in zip(two_runs, table):

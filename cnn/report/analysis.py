@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn import datasets, train
+from cnn import datasets, robustness, train
 from cnn.report import pages as report_pages, plots
 from cnn.inference import predictor
 from cnn import workdir as workdirs
@@ -173,9 +173,33 @@ def check_image_index(index: int, num_images: int) -> int:
   return index
 
 
-def test_split(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
-  """The config's test split (uint8 images, labels), and nothing else."""
-  return train.open_data(config).load_split(config.test_split)
+def evaluation_splits(config: ml_collections.ConfigDict
+                      ) -> tuple[tuple[np.ndarray, np.ndarray], tuple | None]:
+  """The config's test split (uint8 images, labels) and its held-out validation
+  split (None when there is none), for temperature scaling; no training split."""
+  source = train.open_data(config)
+  held_out = (source.load_split(config.validation_split) if config.validation_split
+              else None)
+  return source.load_split(config.test_split), held_out
+
+
+def robustness_figures(robust: dict) -> dict:
+  """The reliability diagrams and the corruption bar chart, where measured."""
+  figures = {}
+  cal = robust.get("calibration")
+  if cal:
+    panels = [("as trained", cal["reliability"])]
+    if cal.get("reliability_scaled"):
+      panels.append((f"temperature-scaled (T = {cal['temperature']:.3f})",
+                     cal["reliability_scaled"]))
+    figures["reliability.png"] = plots.reliability_figure(panels)
+  corr = robust.get("corruptions")
+  if corr:
+    figures["corruptions.png"] = plots.corruption_figure(
+        corr["per_corruption"], corr["clean_accuracy"], corr["mean"],
+        ("CIFAR-10-C" if not corr["generated"] else "generated corruptions")
+        + f", {corr['examples']} test images")
+  return figures
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -186,9 +210,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir_lock.check_no_trainer(workdir)  # not while a trainer writes it
   p = predictor.load(workdir, "best")
   p.check_config(config)
-  images, labels = test_split(config)
+  (images, labels), held_out = evaluation_splits(config)
   index = check_image_index(int(config.get("report_image_index", 0)), len(labels))
-  probabilities = p.probabilities(images)
+  logits = p.logits(images)
+  probabilities = predictor.softmax(logits)
   predictions = probabilities.argmax(axis=-1)
   names = list(p.class_names)
   cm = confusion_matrix(labels, predictions, len(names))
@@ -202,6 +227,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             "predicted": names[predictions[index]],
                             "confidence": float(probabilities[index].max())},
   }
+  robust = robustness.evaluate(p, config, (images, labels), held_out, test_logits=logits,
+                               archive_dir=datasets.resolve_archive_dir(config.archive_dir))
   layers = stage_outputs(capture_feature_maps(p, p.normalize(images[index:index + 1])[0]))
   if jax.process_index() != 0:
     return report
@@ -209,7 +236,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out = workdirs.resolve(workdir) / REPORT_DIR
   out.mkdir(parents=True, exist_ok=True)
   (out / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
-  (out / "classification_report.md").write_text(report_pages.markdown(report))
+  (out / "robustness.json").write_text(json.dumps(robust, indent=2) + "\n")
+  (out / "classification_report.md").write_text(
+      report_pages.markdown({**report, "robustness": robust}))
   wrong = most_confident_errors(labels, probabilities, NUM_MISCLASSIFIED)
   figures = {
       "curves.png": plots.curves_figure(read_history(workdir, checkpoint_history)),
@@ -220,9 +249,11 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "activations.png": plots.activations_figure(
           images[index], layers, report_pages.activations_title(report["activations_image"])),
   }
+  figures.update(robustness_figures(robust))
   for filename, figure in figures.items():
     plots.save(figure, out / filename)
   (out / "index.html").write_text(report_pages.html(
-      report, read_results(workdir), config.to_dict(), list(figures)))
+      {**report, "robustness": robust}, read_results(workdir), config.to_dict(),
+      list(figures)))
   logging.info("report written to %s (test accuracy %.4f)", out, report["accuracy"])
   return report

@@ -2,6 +2,10 @@
 
   python -m cnn.report.compare runs/resnet20_mnist runs/vgg16_mnist
   python -m cnn.report.compare runs/* --out results/comparison   # -> comparison.md, .csv
+  python -m cnn.report.compare results/*_seed*.json               # the recorded runs
+
+Each argument is a workdir (its `results.json`, and `report/robustness.json` once
+`--mode=evaluate` has run) or a record in `results/` (which carries both).
 
 Prints the markdown table and writes it with a CSV of the raw numbers
 (fractions, seconds) next to it: to `./comparison.{md,csv}` by default, into a
@@ -47,19 +51,56 @@ COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("test acc %", "test_accuracy", _percent),
     ("wall time", "wall_time_s", _seconds),
     ("images/s", "images_per_s", lambda v: f"{v:,.0f}"),
+    # Beyond accuracy (cnn/robustness; --mode=evaluate): calibration on the whole test split,
+    # corruptions and PGD on the images the report states.
+    ("ECE %", "ece", _percent),
+    ("ECE % (T-scaled)", "ece_scaled", _percent),
+    ("NLL", "nll", lambda v: f"{v:.4f}"),
+    ("corruption acc %", "corruption_accuracy", _percent),
+    ("corruptions", "corruption_source", str),
+    ("PGD 2/255 %", "pgd_2", _percent),
+    ("PGD 8/255 %", "pgd_8", _percent),
 )
 MISSING = "—"
 
 
+def robustness_headline(robustness: dict) -> dict:
+  """The comparison's numbers from a robustness report (`cnn.robustness.evaluate`)."""
+  cal = robustness.get("calibration") or {}
+  corr = robustness.get("corruptions") or {}
+  pgd = (robustness.get("adversarial") or {}).get("pgd") or {}
+  source = None
+  if corr:
+    source = "generated" if corr.get("generated") else "CIFAR-10-C"
+  return {"ece": (cal.get("test") or {}).get("ece"),
+          "ece_scaled": (cal.get("test_scaled") or {}).get("ece"),
+          "nll": (cal.get("test") or {}).get("nll"),
+          "corruption_accuracy": corr.get("mean"), "corruption_source": source,
+          "pgd_2": pgd.get("2/255"), "pgd_8": pgd.get("8/255")}
+
+
 def load_results(workdir: str) -> dict:
+  """A workdir's results.json with its report's robustness, or a `results/` record."""
+  if workdir.endswith(".json"):
+    results = _read_json(workdirs.resolve(workdir))
+    return {**results, **robustness_headline(results.get("robustness") or {})}
   path = workdirs.resolve(workdir) / "results.json"
   if not path.is_file():
     raise UserError(f"{path} not found: {workdir} is not a finished run; train it first "
                     "(python main.py --config=... --workdir=" + workdir + ")")
+  results = _read_json(path)
+  report = workdirs.resolve(workdir) / "report" / "robustness.json"
+  robustness = _read_json(report) if report.is_file() else {}
+  return {**results, **robustness_headline(robustness)}
+
+
+def _read_json(path) -> dict:
+  if not path.is_file():
+    raise UserError(f"{path} not found; give a workdir or a results/*.json record")
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise UserError(f"{path} is not valid JSON ({e}); rerun the training command") from None
+    raise UserError(f"{path} is not valid JSON ({e}); rerun the command that wrote it") from None
 
 
 def markdown_row(workdir: str, results: dict) -> list[str]:

@@ -29,6 +29,9 @@ CAPTIONS = {
     "curves.png": "Training curves: train vs validation per epoch, learning rate.",
     "confusion_matrix.png": "Confusion matrix on the test set: counts and row-normalised.",
     "misclassified.png": "The test images misclassified with the highest confidence.",
+    "reliability.png": "Reliability diagrams on the test set (15 equal-width confidence "
+                       "bins), before and after temperature scaling.",
+    "corruptions.png": "Accuracy under each corruption, averaged over the 5 severities.",
     "activations.png": "Feature maps of the first convolution and of each stage's output "
                        "(strongest channels) for {image} (config.report_image_index).",
 }
@@ -84,7 +87,8 @@ def markdown(report: dict) -> str:
           + markdown_table(REPORT_HEADER, report_rows(report))
           + "\n## Most-confused class pairs\n\n"
           + (markdown_table(CONFUSED_HEADER, confused_rows(report), text_columns=2)
-             if report["most_confused"] else "No misclassified test images.\n"))
+             if report["most_confused"] else "No misclassified test images.\n")
+          + robustness_markdown(report.get("robustness") or {}))
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1
@@ -146,6 +150,61 @@ def html(report: dict, results: dict, config: dict[str, Any], images: Sequence[s
       f"<h2>Headline numbers</h2>\n{headline}"
       f"<h2>Per-class metrics</h2>\n{html_table(REPORT_HEADER, report_rows(report))}"
       f"<h2>Most-confused class pairs</h2>\n{confused}"
+      f"{robustness_html(report.get('robustness') or {})}"
       f"<h2>Figures</h2>\n{figures}"
       f"<h2>{config_heading}</h2>\n<pre>{esc(config_text, quote=False)}</pre>\n"
       "</body>\n</html>\n")
+
+
+# --- robustness (cnn/robustness) ---------------------------------------------------------
+
+CALIBRATION_ROWS = (("accuracy", "accuracy", _PERCENT), ("ece", "ECE (15 bins)", _PERCENT),
+                    ("adaptive_ece", "adaptive ECE (15 bins)", _PERCENT),
+                    ("nll", "NLL (nats)", lambda v: f"{v:.4f}"),
+                    ("brier", "Brier score", lambda v: f"{v:.4f}"))
+
+
+def robustness_tables(robustness: dict) -> list[tuple[str, str, list[str], list[list[str]], int]]:
+  """(heading, note, header, rows, text columns) of each measured section."""
+  tables = []
+  cal = robustness.get("calibration")
+  if cal:
+    scaled = cal.get("test_scaled")
+    header = ["metric (test split)", "as trained"] + (
+        [f"temperature-scaled (T = {cal['temperature']:.3f})"] if scaled else [])
+    rows = [[label, fmt(cal["test"][key])] + ([fmt(scaled[key])] if scaled else [])
+            for key, label, fmt in CALIBRATION_ROWS]
+    note = (f"Temperature fitted on {cal['fitted_on']} (never on test)." if scaled
+            else cal.get("temperature_note", ""))
+    tables.append(("Calibration", note, header, rows, 1))
+  corr = robustness.get("corruptions")
+  if corr:
+    header = ["corruption"] + [f"severity {s}" for s in corr["severities"]] + ["mean"]
+    rows = [[name.replace("_", " "), *(f"{100 * a:.2f}" for a in row),
+             f"{100 * corr['per_corruption'][name]:.2f}"]
+            for name, row in corr["accuracy"].items()]
+    rows.append(["mean", *[""] * len(corr["severities"]), f"{100 * corr['mean']:.2f}"])
+    note = (f"Accuracy % on {corr['examples']} test images; source: {corr['source']}. "
+            f"Clean accuracy on the same images: {100 * corr['clean_accuracy']:.2f}%.")
+    tables.append(("Corruption robustness", note, header, rows, 1))
+  adv = robustness.get("adversarial")
+  if adv:
+    header = ["eps (L-inf, pixels in [0, 1])", "FGSM acc %", f"PGD-{adv['pgd_steps']} acc %"]
+    rows = [[eps, f"{100 * adv['fgsm'][eps]:.2f}", f"{100 * adv['pgd'][eps]:.2f}"]
+            for eps in adv["fgsm"]]
+    note = (f"{adv['examples']} test images; PGD: random start, step {adv['pgd_step_size']}, "
+            "robust only if no iterate is misclassified.")
+    tables.append(("Adversarial robustness", note, header, rows, 1))
+  return tables
+
+
+def robustness_markdown(robustness: dict) -> str:
+  return "".join(f"\n## {heading}\n\n{note}\n\n" + markdown_table(header, rows, text)
+                 for heading, note, header, rows, text in robustness_tables(robustness))
+
+
+def robustness_html(robustness: dict) -> str:
+  esc = html_lib.escape
+  return "".join(f"<h2>{esc(heading)}</h2>\n<p>{esc(note)}</p>\n"
+                 + html_table(header, rows, text)
+                 for heading, note, header, rows, text in robustness_tables(robustness))

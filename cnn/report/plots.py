@@ -156,3 +156,56 @@ def activations_figure(image: np.ndarray, layers: Sequence[tuple[str, np.ndarray
   figure.suptitle(title)
   figure.tight_layout()
   return figure
+
+
+def reliability_figure(panels: Sequence[tuple[str, dict]]) -> Figure:
+  """One reliability diagram per (title, `calibration.reliability_bins` dict): the
+  accuracy of each confidence bin against the diagonal of perfect calibration, with
+  the gap to each bin's mean confidence shaded and the bin sizes below."""
+  figure = Figure(figsize=(4.2 * len(panels), 5.2))
+  grid = figure.add_gridspec(2, len(panels), height_ratios=(3, 1), hspace=0.08)
+  for column, (title, bins) in enumerate(panels):
+    top = figure.add_subplot(grid[0, column])
+    bottom = figure.add_subplot(grid[1, column], sharex=top)
+    edges = np.asarray(bins["edges"])
+    width = np.diff(edges)
+    count = np.asarray(bins["count"], float)
+    filled = count > 0
+    accuracy = np.nan_to_num(np.asarray(bins["accuracy"], float))
+    confidence = np.nan_to_num(np.asarray(bins["confidence"], float))
+    top.bar(edges[:-1][filled], accuracy[filled], width[filled], align="edge",
+            color="tab:blue", edgecolor="black", label="accuracy")
+    top.bar(edges[:-1][filled], (confidence - accuracy)[filled], width[filled],
+            bottom=accuracy[filled], align="edge", color="tab:red", alpha=0.3,
+            edgecolor="tab:red", hatch="//", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(title)
+    top.legend(loc="upper left", fontsize=8)
+    top.tick_params(labelbottom=False)
+    bottom.bar(edges[:-1], count / max(count.sum(), 1), width, align="edge",
+               color="grey", edgecolor="black")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("confidence (top label)")
+    bottom.set_ylabel("fraction")
+  return figure
+
+
+def corruption_figure(per_corruption: dict[str, float], clean: float, mean: float,
+                      title: str) -> Figure:
+  """Accuracy per corruption (mean over severities) with the clean accuracy and the mean."""
+  names = list(per_corruption)
+  figure = Figure(figsize=(max(6.0, 0.55 * len(names) + 2), 4.2))
+  ax = figure.add_subplot()
+  ax.bar(np.arange(len(names)), [100 * per_corruption[n] for n in names], color="tab:blue")
+  ax.axhline(100 * clean, color="black", linestyle="--", label=f"clean {100 * clean:.1f}%")
+  ax.axhline(100 * mean, color="tab:red", linestyle=":", label=f"mean {100 * mean:.1f}%")
+  ax.set_xticks(np.arange(len(names)), [n.replace("_", " ") for n in names], rotation=45,
+                ha="right")
+  ax.set_ylim(0, 100)
+  ax.set_ylabel("accuracy % (mean over severities)")
+  ax.set_title(title, fontsize=9)
+  ax.legend(loc="lower left", fontsize=8)
+  return figure

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cnn import workdir as workdirs
 from cnn.report.compare import load_results
 from cnn.errors import UserError
 
@@ -63,6 +64,9 @@ def record(workdir: str, name: str, hardware: str, command: str,
            **({"commit": commit} if commit else {}),
            **({"resumes": resumes} if resumes is not None else {}),
            **{k: results.get(k) for k in KEPT}}
+  robustness = workdirs.resolve(workdir) / "report" / "robustness.json"
+  if robustness.is_file():  # --mode=evaluate ran: calibration, corruptions, attacks
+    entry["robustness"] = json.loads(robustness.read_text())
   stem = f"{name}_seed{results['seed']}"
   if weights:
     entry["weights"] = ship_weights(workdir, results_dir / WEIGHTS_DIR / f"{stem}.safetensors",

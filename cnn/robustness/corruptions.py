@@ -1,0 +1,144 @@
+"""Accuracy under the 15 common corruptions of Hendrycks & Dietterich 2019, 5 severities each.
+
+Two sources, never mixed up in the report:
+
+  released   CIFAR-10-C itself (https://zenodo.org/records/2535967), read offline like the
+             other datasets: `$CNN_ARCHIVE_DIR/cifar10_corrupted/CIFAR-10-C/` (the extracted
+             tarball: `<corruption>.npy`, 50,000 uint8 images = severities 1..5 x the 10,000
+             test images in their original order, and `labels.npy`). Used for CIFAR-10 when
+             present; the report says "CIFAR-10-C".
+  generated  The same 15 corruptions applied to our test split by `imagecorruptions`
+             (the maintained fork `imagecorruptions-imaug`, from the bethgelab package of
+             Michaelis et al. 2019). Its severity constants are ImageNet-C's, harsher than
+             the CIFAR-10-C ones, so these numbers are labelled "generated" and are not
+             comparable with published CIFAR-10-C results; they compare our models with
+             each other. Images under 32 pixels (MNIST) are zero-padded to 32, corrupted as
+             RGB and cropped back; single-channel images are returned to grey by the ITU-R
+             601 luma (PIL's "L").
+
+Generation is deterministic: image i of corruption c at severity s draws from numpy's
+generator seeded by (config.seed, c, s, i), so the first N images of a quick look are
+exactly those of the full run. The library draws from numpy's global generator; its state
+is saved before and restored after, so nothing outside changes.
+"""
+import contextlib
+import importlib.metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cnn.errors import UserError
+
+CORRUPTIONS = (  # CIFAR-10-C's order: noise, blur, weather, digital
+    "gaussian_noise", "shot_noise", "impulse_noise",
+    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness",
+    "contrast", "elastic_transform", "pixelate", "jpeg_compression")
+SEVERITIES = (1, 2, 3, 4, 5)
+RELEASED_DIR = ("cifar10_corrupted", "CIFAR-10-C")
+MIN_SIZE = 32  # imagecorruptions refuses smaller images
+TAKES_SEED = ("impulse_noise", "glass_blur")  # the library's own seed argument
+PACKAGE = "imagecorruptions-imaug"
+
+
+@contextlib.contextmanager
+def _numpy_seeded(seed: int):
+  state = np.random.get_state()
+  np.random.seed(seed)
+  try:
+    yield
+  finally:
+    np.random.set_state(state)
+
+
+def _image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
+  entropy = [seed, CORRUPTIONS.index(corruption), severity, index]
+  return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _to_grey(rgb: np.ndarray) -> np.ndarray:
+  luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+
+
+def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+  """One uint8 (H, W, C) image, C = 1 or 3, corrupted; same shape and dtype."""
+  try:
+    from imagecorruptions import corrupt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"generated corruptions need {PACKAGE}: pip install {PACKAGE}==1.1.5 "
+                    "(requirements.txt), or leave them out: "
+                    "--config.robustness=calibration,adversarial") from None
+  h, w, channels = image.shape
+  top, left = max(0, (MIN_SIZE - h) // 2), max(0, (MIN_SIZE - w) // 2)
+  padded = np.pad(image, ((top, max(0, MIN_SIZE - h) - top),
+                          (left, max(0, MIN_SIZE - w) - left), (0, 0)))
+  rgb = np.repeat(padded, 3, axis=-1) if channels == 1 else padded
+  kwargs = {"seed": seed} if corruption in TAKES_SEED else {}
+  with _numpy_seeded(seed):
+    out = np.asarray(corrupt(rgb, severity=severity, corruption_name=corruption, **kwargs))
+  out = out[top:top + h, left:left + w]
+  return _to_grey(out) if channels == 1 else out.astype(np.uint8)
+
+
+def generate(images: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+  """uint8 (N, H, W, C) images corrupted; image i depends only on (seed, corruption,
+  severity, i) and the image itself."""
+  if corruption not in CORRUPTIONS:
+    raise ValueError(f"unknown corruption {corruption!r}; one of {', '.join(CORRUPTIONS)}")
+  return np.stack([corrupt_image(x, corruption, severity, _image_seed(seed, corruption,
+                                                                       severity, i))
+                   for i, x in enumerate(images)]) if len(images) else images.copy()
+
+
+def released_dir(archive_dir: str) -> Path | None:
+  """The extracted CIFAR-10-C directory under the archive directory, if there is one."""
+  if not archive_dir:
+    return None
+  path = Path(archive_dir, *RELEASED_DIR)
+  return path if (path / "labels.npy").is_file() else None
+
+
+def load_released(directory: Path, corruption: str, severity: int, examples: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """The first `examples` (0 = all) images and labels of one corruption and severity
+  (each file holds the test images once per severity, severity 1 first)."""
+  images = np.load(directory / f"{corruption}.npy", mmap_mode="r")
+  labels = np.load(directory / "labels.npy", mmap_mode="r")
+  per_severity = len(labels) // len(SEVERITIES)
+  start = (severity - 1) * per_severity
+  stop = start + (min(examples, per_severity) if examples else per_severity)
+  return np.asarray(images[start:stop]), np.asarray(labels[start:stop]).astype(np.int64)
+
+
+def source_name(directory: Path | None) -> str:
+  if directory is not None:
+    return f"CIFAR-10-C (released files, {directory})"
+  version = importlib.metadata.version(PACKAGE)
+  return (f"generated from the test split by {PACKAGE} {version} (ImageNet-C severity "
+          "constants; not comparable with published CIFAR-10-C numbers)")
+
+
+def report(logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
+           *, released: Path | None, seed: int, corruptions: Sequence[str] = CORRUPTIONS,
+           severities: Sequence[int] = SEVERITIES) -> dict:
+  """Accuracy per corruption and severity, per corruption, and the mean over all.
+  `images`/`labels`: the (possibly shortened) test split, used when generating;
+  `released`: the CIFAR-10-C directory, which then replaces them."""
+  examples = int(len(labels))
+  accuracy = {}
+  for corruption in corruptions:
+    row = []
+    for severity in severities:
+      if released is not None:
+        x, y = load_released(released, corruption, severity, examples)
+      else:
+        x, y = generate(images, corruption, severity, seed), labels
+      row.append(float((logits(x).argmax(-1) == y).mean()))
+    accuracy[corruption] = row
+  per_corruption = {name: float(np.mean(row)) for name, row in accuracy.items()}
+  return {"source": source_name(released), "generated": released is None,
+          "examples": examples, "severities": list(severities),
+          "accuracy": accuracy, "per_corruption": per_corruption,
+          "mean": float(np.mean(list(per_corruption.values())))}
