@@ -88,7 +88,8 @@ SLOW_SUITES = {
     "slow": ("end-to-end checks of 30 s or more each, beyond CI's 15 minutes (the notebook, "
              "the accelerator kit's interrupted and carried row and its whole tiny queue, "
              "reproducibility across runs, divergence, the workdir lock, the CPU conv algorithms "
-             "on whole models): python -m pytest -q tests --slow -m slow"),
+             "on whole models, SIGTERM, the exports, mixup, learning with the data on the "
+             "device, the attack's eps-ball): python -m pytest -q tests --slow -m slow"),
 }
 
 

@@ -62,7 +62,7 @@ def test_reliability_bins_put_confidence_one_in_the_last_bin_and_count_everythin
   assert bins["count"][-1] == 2  # 1.0 and 0.99
   assert bins["accuracy"][-1] == pytest.approx(0.5)
   assert bins["count"][7] == 1  # 0.5 lies in (7/15, 8/15]
-  assert np.isnan(bins["accuracy"][0])  # empty bins are NaN, not 0
+  assert bins["accuracy"][0] is None  # empty bins have none (JSON null), not 0
 
 
 def random_logits(seed: int, n: int = 3000, classes: int = 10, scale: float = 3.0):

@@ -97,6 +97,7 @@ def test_a_split_too_large_for_the_device_is_refused_with_the_fix():
     device_pipeline.check_fits(25 * 2**30, [FakeGpu()])
 
 
+@pytest.mark.slow
 def test_a_run_with_data_on_device_learns(data_env, mnist, tmp_path):
   run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path}",
            "--config.data_on_device=True")

@@ -17,6 +17,7 @@ from cnn.inference import export, predictor
 TOLERANCE = {"stablehlo": 1e-4, "savedmodel": 1e-4, "tflite": 1e-4, "onnx": 1e-4}
 
 
+@pytest.mark.slow
 def test_every_export_matches_jax_on_real_test_images(tiny_cifar_run, data_env, cifar10,
                                                       tmp_path):
   out = tmp_path / "exports"

@@ -52,6 +52,7 @@ def test_cutout_only_masks_the_batches_it_would_have_made(cifar10):
     assert 0.05 < 1 - same.mean() < 0.3  # a 16x16 hole is a quarter of the image at most
 
 
+@pytest.mark.slow
 def test_mixup_blends_each_image_with_its_mirror_and_the_loss_follows():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4, 4, 1)), jnp.float32)
   mixed, lam = train.mixup(x, jax.random.key(0), 0.4)

@@ -51,3 +51,28 @@ def test_record_from_the_command_line(tmp_path, monkeypatch):
   entry = json.loads((tmp_path / "results" / "vgg16_mnist_seed3.json").read_text())
   assert (entry["command"], entry["hardware"], entry["test_accuracy"]) == (
       "python main.py ...", "2-core CPU", 0.9961)
+
+
+def test_readme_robustness_table_is_the_rendered_one():
+  readme = (REPO / "README.md").read_text()
+  block = readme.split(results_table.ROBUSTNESS_BEGIN)[1].split(results_table.ROBUSTNESS_END)[0]
+  assert block.strip() == results_table.render_robustness().strip()
+
+
+def test_record_keeps_the_reports_robustness_and_renders_its_row(tmp_path):
+  workdir = fake_workdir(tmp_path / "w", 0, 0.9951)
+  (workdir / "report").mkdir()
+  (workdir / "report" / "robustness.json").write_text(json.dumps({
+      "seconds": {"calibration": 30, "corruptions": 600, "adversarial": 1200},
+      "calibration": {"test": {"accuracy": 0.9951, "ece": 0.0021, "nll": 0.0183},
+                      "test_scaled": {"ece": 0.0011}, "temperature": 1.234},
+      "corruptions": {"generated": True, "mean": 0.5012, "examples": 10000},
+      "adversarial": {"examples": 10000, "fgsm": {"2/255": 0.99},
+                      "pgd": {"2/255": 0.985, "8/255": 0.9}}}))
+  results = tmp_path / "results"
+  results_table.record(str(workdir), "resnet20_mnist", "2-core CPU", "python main.py ...",
+                       results, weights=False)
+  rows = results_table.render_robustness(results).splitlines()
+  assert rows[2] == ("| [resnet20_mnist seed 0](results/resnet20_mnist_seed0.json) | 99.51 | 0.21 "
+                     "| 0.11 (T = 1.23) | 0.0183 | 50.12 (generated, 10,000 images) "
+                     "| 99.00 / 98.50 / 90.00 | 10,000 | 30 min |")

@@ -106,6 +106,7 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume_is_bitwise_equal(
   assert ours["test_accuracy"] == theirs["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_run, data_env, tmp_path):
   reference, _ = tiny_run
   workdir = tmp_path / "preempted"

@@ -119,6 +119,7 @@ def test_more_pgd_steps_and_larger_eps_never_raise_accuracy(tiny_predictor, atta
   assert fgsm[1] < fgsm[0]
 
 
+@pytest.mark.slow
 def test_attack_stays_in_the_ball_and_in_pixel_range(tiny_predictor, attack_data):
   """The perturbation the attack finds raises the loss and respects eps and [0, 1]."""
   import jax

@@ -3,7 +3,7 @@
   python -m cnn.report.results_table record runs/resnet20_mnist --name resnet20_mnist \
       --hardware "2-core CPU" --command "python main.py --config=configs/resnet20_mnist.py ..."
   python -m cnn.report.results_table render                    # print the table
-  python -m cnn.report.results_table render --readme README.md # rewrite the README's table
+  python -m cnn.report.results_table render --readme README.md # rewrite the README's tables
 
 Both take `--results-dir DIR` for another directory than the repository's results/.
 
@@ -29,6 +29,8 @@ from cnn.errors import UserError
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
 WEIGHTS_DIR = "weights"  # under RESULTS_DIR
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
+                                   "<!-- robustness-table:end -->")
 
 # name -> (seed codebase %, published %, our target %, why not run yet).
 EXPERIMENTS = {
@@ -39,8 +41,8 @@ EXPERIMENTS = {
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5", "needs a GPU"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
-                           "64k iterations: running on the 2-core CPU since 2026-11-30 (a new "
-                           "machine lost the first start), 15-20 h"),
+                           "64k iterations on the 2-core CPU, 15-20 h: restarted "
+                           "2026-11-30 after new machines lost two starts; running"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7", "queued on the 2-core CPU after v1"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3", "needs a GPU"),
@@ -141,6 +143,46 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _pct(value) -> str:
+  return "—" if value is None else f"{100 * value:.2f}"
+
+
+def robustness_row(path: str, entry: dict) -> str:
+  rob = entry["robustness"]
+  cal = rob.get("calibration") or {}
+  corr = rob.get("corruptions") or {}
+  adv = rob.get("adversarial") or {}
+  test, scaled = cal.get("test") or {}, cal.get("test_scaled") or {}
+  temperature = f" (T = {cal['temperature']:.2f})" if cal.get("temperature") else ""
+  corruption = "—"
+  if corr:
+    source = "generated" if corr["generated"] else "CIFAR-10-C"
+    corruption = f"{_pct(corr['mean'])} ({source}, {corr['examples']:,} images)"
+  eps = lambda kind, e: _pct((adv.get(kind) or {}).get(e))
+  attacks = (f"{eps('fgsm', '2/255')} / {eps('pgd', '2/255')} / {eps('pgd', '8/255')}"
+             if adv else "—")
+  minutes = sum((rob.get("seconds") or {}).values()) / 60
+  when = f"{minutes:.0f} min" if minutes >= 1 else f"{60 * minutes:.0f} s"
+  attacked = f"{adv['examples']:,}" if adv else "—"
+  return (f"| [{entry['name']} seed {entry.get('seed', 0)}]({path}) | {_pct(test.get('accuracy'))} "
+          f"| {_pct(test.get('ece'))} | {_pct(scaled.get('ece'))}{temperature} "
+          f"| {test.get('nll', 0):.4f} | {corruption} | {attacks} "
+          f"| {attacked} | {when} |")
+
+
+def render_robustness(results_dir: Path = RESULTS_DIR) -> str:
+  """Calibration and robustness of every recorded run that has them."""
+  lines = ["| run | test acc % | ECE % | ECE % after temperature scaling | NLL "
+           "| mean corruption acc % | FGSM 2/255 / PGD 2/255 / PGD 8/255 acc % "
+           "| attacked images | evaluation time |",
+           "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+  for path in sorted(results_dir.glob("*.json")):
+    entry = json.loads(path.read_text())
+    if entry.get("robustness"):
+      lines.append(robustness_row(f"{results_dir.name}/{path.name}", entry))
+  return "\n".join(lines) + "\n"
+
+
 def rewrite_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
   """Replaces what lies between the `begin` and `end` markers with `table`."""
   text = readme.read_text()
@@ -175,10 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(record(args.workdir, args.name, args.hardware, args.command, results_dir,
                    args.commit, args.resumes, args.weights))
     else:
-      table = render(results_dir)
+      table, robustness = render(results_dir), render_robustness(results_dir)
       if args.readme:
         rewrite_readme(Path(args.readme), table)
-      sys.stdout.write(table)
+        rewrite_readme(Path(args.readme), robustness, ROBUSTNESS_BEGIN, ROBUSTNESS_END)
+      sys.stdout.write(table + "\n" + robustness)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -50,7 +50,7 @@ def confidence_and_correct(probabilities: np.ndarray, labels: np.ndarray
 def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = NUM_BINS
                      ) -> dict[str, list]:
   """Equal-width bins (lo, hi] of the top-label confidence: per bin the number of
-  examples, their accuracy and mean confidence (NaN for an empty bin). The
+  examples, their accuracy and mean confidence (None for an empty bin: valid JSON). The
   reliability diagram draws these; `ece` sums them."""
   confidence, correct = confidence_and_correct(probabilities, labels)
   edges = np.linspace(0.0, 1.0, num_bins + 1)
@@ -60,14 +60,16 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: in
   with np.errstate(invalid="ignore", divide="ignore"):
     accuracy = np.bincount(index, correct, minlength=num_bins) / counts
     mean_confidence = np.bincount(index, confidence, minlength=num_bins) / counts
-  return {"edges": edges.tolist(), "count": counts.tolist(), "accuracy": accuracy.tolist(),
-          "confidence": mean_confidence.tolist()}
+  as_list = lambda a: [None if np.isnan(v) else float(v) for v in a]
+  return {"edges": edges.tolist(), "count": counts.tolist(), "accuracy": as_list(accuracy),
+          "confidence": as_list(mean_confidence)}
 
 
 def _gap(groups_count, groups_accuracy, groups_confidence) -> float:
   count = np.asarray(groups_count, np.float64)
   filled = count > 0
-  gaps = np.abs(np.asarray(groups_accuracy)[filled] - np.asarray(groups_confidence)[filled])
+  gaps = np.abs(np.asarray(groups_accuracy, float)[filled]
+                - np.asarray(groups_confidence, float)[filled])
   return float((count[filled] * gaps).sum() / count.sum()) if count.sum() else 0.0
 
 
