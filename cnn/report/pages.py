@@ -150,8 +150,8 @@ def html(report: dict, results: dict, config: dict[str, Any], images: Sequence[s
       f"<h2>Headline numbers</h2>\n{headline}"
       f"<h2>Per-class metrics</h2>\n{html_table(REPORT_HEADER, report_rows(report))}"
       f"<h2>Most-confused class pairs</h2>\n{confused}"
-      f"{robustness_html(report.get('robustness') or {})}"
       f"<h2>Figures</h2>\n{figures}"
+      f"{robustness_html(report.get('robustness') or {})}"
       f"<h2>{config_heading}</h2>\n<pre>{esc(config_text, quote=False)}</pre>\n"
       "</body>\n</html>\n")
 
