@@ -5,7 +5,10 @@ validation; the final one under the paper protocol) as a `cnn.inference.predicto
 (evaluation variables only), predicts the whole test split once, and
 writes `<workdir>/report/`: per-class metrics (JSON + markdown), the confusion
 matrix, training curves, the most confidently misclassified test images,
-feature maps for one test image, and an `index.html` that shows them all.
+feature maps for one test image, calibration, corruption and adversarial
+robustness (`cnn/robustness`, switched by `config.robustness*`; into
+`robustness.json`, `reliability.png`, `corruptions.png`), and an `index.html`
+that shows them all.
 
 The metric functions are pure numpy so they can be checked against hand-made
 confusion matrices and sklearn; figures live in `cnn/report/plots.py` and the
