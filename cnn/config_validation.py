@@ -47,6 +47,11 @@ def _augmentations():
   return AUGMENTATIONS
 
 
+def _auto_augment_policies():
+  from cnn.augment.policies import POLICIES  # pylint: disable=import-outside-toplevel
+  return POLICIES
+
+
 def _optimizers():
   from cnn.optim import OPTIMIZERS  # pylint: disable=import-outside-toplevel
   return OPTIMIZERS
@@ -110,7 +115,12 @@ RULES: dict[str, Rule] = {
     "augment": Rule(STR, "pad_crop_flip", choices=_augmentations),
     "crop_padding": Rule(INT, 4, _at_least(0), ">= 0"),
     "cutout": Rule(INT, 16, _at_least(0), ">= 0 (0 = off)"),
+    "auto_augment": Rule(STR, "randaugment", choices=_auto_augment_policies),
+    "randaugment_num_ops": Rule(INT, 2, _at_least(1), ">= 1"),
+    "randaugment_magnitude": Rule(INT, 9, _between(0, 30, high_open=False), "in [0, 30]"),
+    "random_erasing": Rule(FLOAT, 0.25, _between(0, 1, high_open=False), "in [0, 1] (0 = off)"),
     "mixup_alpha": Rule(FLOAT, 0.2, _at_least(0), ">= 0 (0 = off)"),
+    "cutmix_alpha": Rule(FLOAT, 1.0, _at_least(0), ">= 0 (0 = off)"),
     "model": Rule(STR, "resnet20_v1", choices=_models),
     "model_kwargs": Rule(ml_collections.ConfigDict, "{}"),
     "dtype": Rule(STR, "float32", choices=DTYPES),
@@ -121,6 +131,9 @@ RULES: dict[str, Rule] = {
     "momentum": Rule(FLOAT, 0.9, _between(0, 1), "in [0, 1)"),
     "nesterov": Rule(BOOL, True),
     "weight_decay": Rule(FLOAT, 1e-4, _at_least(0), ">= 0"),
+    "grad_clip_norm": Rule(FLOAT, 1.0, _at_least(0), ">= 0 (0 = off)"),
+    "grad_accum_steps": Rule(INT, 2, _at_least(1), ">= 1 (1 = off)"),
+    "sam_rho": Rule(FLOAT, 0.05, _at_least(0), ">= 0 (0 = off)"),
     "lr_schedule": Rule(STR, "step", choices=_schedules),
     "lr_boundaries": Rule((tuple, list), "'(0.5,0.75)'", _increasing_fractions,
                           "increasing fractions of the run in (0, 1)"),
@@ -198,6 +211,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in static + [k for k in RULES if k not in static]:
     if key in config:
       check_field(key, config[key])
+  if config.batch_size % config.grad_accum_steps:
+    raise UserError(f"config.grad_accum_steps={config.grad_accum_steps} must divide "
+                    f"config.batch_size={config.batch_size}; e.g. --config.grad_accum_steps=1")
+  if config.sam_rho and config.grad_accum_steps > 1:
+    raise UserError("config.sam_rho and config.grad_accum_steps > 1 do not combine (SAM needs "
+                    "the whole batch's gradient twice); set --config.grad_accum_steps=1")
   if config.protocol == "paper" and config.validation_split:
     raise UserError("config.protocol='paper' reports the final model and holds nothing out: "
                     "set --config.validation_split='' or use --config.protocol=validation")

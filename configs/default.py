@@ -24,10 +24,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ""  # where tfds keeps prepared data; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.augment = "pad_crop_flip"  # "none" | "pad_crop" | "pad_crop_flip"
   config.crop_padding = 4  # pixels of zero padding before the random crop
+  # Every augmentation runs on the accelerator, inside the jitted train step, in this order
+  # (cnn/augment/): crop/flip -> auto_augment policy -> normalise -> cutout, random erasing
+  # -> mixup or cutmix. Each is a pure function of the uint8 batch and (seed, epoch, step).
+  config.auto_augment = "none"  # "none" | "randaugment" (Cubuk et al. 2020) |
+  #   "trivialaugment_wide" (Muller & Hutter 2021) | "autoaugment_cifar10" (Cubuk et al. 2019),
+  #   torchvision's op spaces and magnitude conventions, PIL's definitions of each op
+  config.randaugment_num_ops = 2  # "randaugment": ops applied to each image (N)
+  config.randaugment_magnitude = 9  # "randaugment": M, of torchvision's 31 bins (0..30)
   config.cutout = 0  # side of the square zeroed at a random place in each image (DeVries &
   #                    Taylor 2017: 16 for CIFAR-10); 0 = off
+  config.random_erasing = 0.0  # probability of erasing a random rectangle of each image
+  #   (Zhong et al. 2020; torchvision's RandomErasing: area 2-33%, aspect 0.3-3.3, value 0
+  #   after normalisation, i.e. the dataset mean); 0 = off
   config.mixup_alpha = 0.0  # mixup (Zhang et al. 2018): each image is blended with its batch
   #                           mirror by lam ~ Beta(alpha, alpha), the loss likewise; 0 = off
+  config.cutmix_alpha = 0.0  # CutMix (Yun et al. 2019): a box of the batch mirror's image is
+  #   pasted in, area 1 - lam with lam ~ Beta(alpha, alpha), the loss mixed by area; 0 = off.
+  #   With both mixup and cutmix on, each batch uses one of them, even odds (timm, torchvision)
 
   # Model (see cnn/models/ for the registered names).
   config.model = "resnet20_v1"
@@ -39,11 +53,16 @@ def get_config() -> ml_collections.ConfigDict:
   #                              "per_device": each device's sub-batch, like pmap without axis_name
 
   # Optimisation: He et al. (2016) CIFAR recipe.
-  config.optimizer = "sgd"  # "sgd" | "adam" | "adamw"
+  config.optimizer = "sgd"  # "sgd" | "adam" | "adamw" | "lars" | "lamb" | "lion" (cnn/optim.py)
   config.learning_rate = 0.1  # peak, for the global batch
   config.momentum = 0.9  # sgd only; 0 = plain SGD
   config.nesterov = False
-  config.weight_decay = 1e-4  # L2, coupled for sgd/adam, decoupled for adamw
+  config.weight_decay = 1e-4  # L2, coupled for sgd/adam, decoupled for adamw/lars/lamb/lion
+  config.grad_clip_norm = 0.0  # > 0: clip the gradient's global norm to this; 0 = off
+  config.grad_accum_steps = 1  # k > 1: each global batch is k micro-batches whose gradients
+  #   are averaged (optax.MultiSteps) before one update: a batch larger than memory
+  config.sam_rho = 0.0  # > 0: sharpness-aware minimisation (Foret et al. 2021) with this
+  #   radius (0.05 for CIFAR WRN), optax.contrib.sam; two gradients per step; 0 = off
   config.lr_schedule = "step"  # "constant" | "step" | "cosine" | "linear" | "plateau"
   #                               ("linear" decays to 0 at the end: with warmup, one-cycle)
   config.lr_boundaries = (0.5, 0.75)  # "step": fractions of the run where lr *= decay
