@@ -2,9 +2,8 @@
 global batch, the seeded example order, and the evaluation batches.
 
 Every random choice is a pure function of (seed, epoch, step): the epoch's
-example order is a seeded permutation, and augmentation draws (tf.data in
-input_pipeline.py, jax.random in device_pipeline.py) are keyed by the same
-numbers. Hence
+example order is a seeded permutation, and augmentation draws (cnn/augment/,
+in the train step) are keyed by the same numbers. Hence
   * a run resumed at step k sees exactly the batches an uninterrupted run sees;
   * the global batch does not depend on how many devices or hosts share it:
     each process takes its contiguous slice of every global batch.
@@ -15,8 +14,6 @@ from typing import Iterator
 import numpy as np
 
 from cnn.errors import UserError
-
-AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +48,20 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-  """uint8 pixels -> float32 with zero mean, unit variance per channel (the
-  same float32 operations, hence the same bits, as the TF and JAX versions)."""
-  images = images.astype(np.float32) / np.float32(255.0)
-  return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+def epoch_order(seed: int, epoch: int, num_examples: int, global_batch_size: int
+                ) -> np.ndarray:
+  """[steps, global_batch_size] example indices of every batch of the epoch."""
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  order = epoch_permutation(seed, epoch, num_examples)[: steps * global_batch_size]
+  return order.reshape(steps, global_batch_size)
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, *, mean: tuple[float, ...],
-                 std: tuple[float, ...], shard: Shard) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(images: np.ndarray, labels: np.ndarray, *, shard: Shard
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's part of every global evaluation batch: every example
-  exactly once, in order. The last global batch is padded with zero images
-  whose `mask` is 0, so nothing is dropped or counted twice."""
+  exactly once, in order, as uint8 pixels (normalised on the device, like
+  training batches). The last global batch is padded with zero images whose
+  `mask` is 0, so nothing is dropped or counted twice."""
   gbs, local = shard.global_batch_size, shard.local_slice()
   for start in range(0, len(images), gbs):
     stop = min(start + gbs, len(images))
@@ -71,4 +70,4 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, mean: tuple[float, .
                             np.zeros((padding, *images.shape[1:]), images.dtype)])[local]
     label = np.concatenate([labels[start:stop], np.zeros(padding, labels.dtype)])[local]
     mask = np.concatenate([np.ones(stop - start, np.float32), np.zeros(padding, np.float32)])
-    yield {"image": normalize(image, mean, std), "label": label, "mask": mask[local]}
+    yield {"image": image, "label": label, "mask": mask[local]}

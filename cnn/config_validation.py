@@ -43,12 +43,12 @@ def _data_sources():
 
 
 def _augmentations():
-  from cnn.batching import AUGMENTATIONS  # pylint: disable=import-outside-toplevel
-  return AUGMENTATIONS
+  from cnn.augment import GEOMETRY  # pylint: disable=import-outside-toplevel
+  return GEOMETRY
 
 
 def _auto_augment_policies():
-  from cnn.augment.policies import POLICIES  # pylint: disable=import-outside-toplevel
+  from cnn.augment import POLICIES  # pylint: disable=import-outside-toplevel
   return POLICIES
 
 

@@ -24,11 +24,13 @@ import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
+from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from cnn import (backend, batching, checkpoint, datasets, device_pipeline, distributed,
                  metric_writers, optim, preemption)
+from cnn.augment import make_augment, normalize, step_key
 from cnn import workdir as workdirs
 from cnn import workdir_lock
 from cnn.config_validation import validate_config
@@ -48,11 +50,17 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
   ema: Any = struct.field(default_factory=dict)  # {} = no EMA; else {"params", "batch_stats"}
 
-  def apply_gradients(self, *, grads, batch_stats, loss, ema_decay: float = 0.0):
-    """`loss` feeds optimisers that need it (reduce-on-plateau). With
-    `ema_decay`, `ema` averages the new parameters and BatchNorm statistics."""
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params, value=loss)
-    params = optax.apply_updates(self.params, updates)
+  def apply_gradients(self, *, grads, batch_stats, loss, ema_decay: float = 0.0, **extra_args):
+    """`loss` feeds optimisers that need it (reduce-on-plateau); `extra_args`
+    others (SAM's `grad_fn`). With `ema_decay`, `ema` averages the new
+    parameters and BatchNorm statistics."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params, value=loss,
+                                        **extra_args)
+    return self.finish_step(optax.apply_updates(self.params, updates), opt_state, batch_stats,
+                            ema_decay)
+
+  def finish_step(self, params, opt_state, batch_stats, ema_decay: float) -> "TrainState":
+    """The state after one global batch: new variables, step + 1, the EMA."""
     ema = self.ema
     if ema_decay:
       d = ema_decay_at(self.step, ema_decay)
@@ -84,8 +92,15 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
 def cross_entropy_loss(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float
                        ) -> jnp.ndarray:
   """Per-example loss; smoothing mixes the one-hot target with uniform."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+  return soft_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+
+
+def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray, label_smoothing: float
+                       ) -> jnp.ndarray:
+  """Per-example loss against soft targets (one-hot, or mixed by mixup/CutMix:
+  the loss is linear in the target, so this is the mixed loss of the papers);
+  smoothing mixes the target with uniform."""
+  return optax.softmax_cross_entropy(logits, optax.smooth_labels(targets, label_smoothing))
 
 
 def zero_sums() -> dict[str, jnp.ndarray]:
@@ -96,39 +111,71 @@ def zero_sums() -> dict[str, jnp.ndarray]:
           "count": jnp.zeros((), jnp.float32), "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
-def mixup(images: jnp.ndarray, key: jax.Array, alpha: float) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Blends each image with its mirror in the batch (image i with n-1-i; the
-  batch order is already random) by one lam ~ Beta(alpha, alpha) per batch
-  (Zhang et al. 2018). Returns (mixed images, lam)."""
-  lam = jax.random.beta(key, alpha, alpha)
-  return lam * images + (1 - lam) * images[::-1], lam
+def batch_loss(params, batch_stats, images: jnp.ndarray, targets: jnp.ndarray,
+               rng: jax.Array, *, apply_fn: Callable, label_smoothing: float):
+  """Mean loss of a batch in training mode; aux: (logits, new BatchNorm stats)."""
+  logits, updates = apply_fn({"params": params, "batch_stats": batch_stats}, images, train=True,
+                             mutable=["batch_stats"], rngs={"dropout": rng})
+  loss = soft_cross_entropy(logits, targets, label_smoothing).mean()
+  return loss, (logits, updates["batch_stats"])
 
 
-def train_step(state: TrainState, sums: dict, batch: dict, dropout_key: jax.Array,
-               label_smoothing: float, mixup_alpha: float = 0.0, ema_decay: float = 0.0
+def micro_batches(x: jnp.ndarray, k: int) -> jnp.ndarray:
+  """[n, ...] -> [k, n / k, ...]: micro-batch i holds rows i, i + k, ..., so
+  each micro-batch is spread over all the devices that share the batch."""
+  return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+
+def accumulated_step(state: TrainState, images: jnp.ndarray, targets: jnp.ndarray,
+                     rng: jax.Array, loss_fn: Callable, k: int, ema_decay: float):
+  """One update from k micro-batches: state.tx is optax.MultiSteps, which
+  averages the k gradients and applies the inner optimiser on the k-th (the
+  other updates are zeros). Only one micro-batch's activations are alive at a
+  time; BatchNorm statistics are per micro-batch and updated k times.
+  Returns (state, mean loss, logits [k, n / k, classes])."""
+  def micro(carry, xs):
+    params, opt_state, batch_stats = carry
+    i, x, t = xs
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats, x, t, jax.random.fold_in(rng, i))
+    updates, opt_state = state.tx.update(grads, opt_state, params, value=loss)
+    return (optax.apply_updates(params, updates), opt_state, batch_stats), (loss, logits)
+
+  carry = (state.params, state.opt_state, state.batch_stats)
+  xs = (jnp.arange(k), micro_batches(images, k), micro_batches(targets, k))
+  (params, opt_state, batch_stats), (losses, logits) = lax.scan(micro, carry, xs)
+  return state.finish_step(params, opt_state, batch_stats, ema_decay), losses.mean(), logits
+
+
+def train_step(state: TrainState, sums: dict, batch: dict, *, augment: Callable, seed: int,
+               steps_per_epoch: int, dropout_key: jax.Array, label_smoothing: float,
+               ema_decay: float = 0.0, accum_steps: int = 1, sam: bool = False
                ) -> tuple[TrainState, dict, jnp.ndarray]:
-  """One SGD step; returns the new state, updated epoch sums, the batch loss."""
+  """One optimiser update from a global batch of uint8 images: augments it
+  (cnn/augment/, keyed by (seed, epoch, step)), then one gradient (SAM: two;
+  accumulation: one per micro-batch). Returns the new state, updated epoch
+  sums and the batch loss."""
+  epoch, step_in_epoch = jnp.divmod(state.step, steps_per_epoch)
+  batch = augment(batch["image"], batch["label"], step_key(seed, epoch, step_in_epoch))
+  images, targets, labels = batch["image"], batch["target"], batch["label"]
   rng = jax.random.fold_in(dropout_key, state.step)
-  images, labels = batch["image"], batch["label"]
-  if mixup_alpha:
-    rng, mix_key = jax.random.split(rng)
-    images, lam = mixup(images, mix_key, mixup_alpha)
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": rng})
-    losses = cross_entropy_loss(logits, labels, label_smoothing)
-    if mixup_alpha:
-      losses = lam * losses + (1 - lam) * cross_entropy_loss(logits, labels[::-1],
-                                                             label_smoothing)
-    return losses.mean(), (logits, updates["batch_stats"])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats, loss=loss,
-                                ema_decay=ema_decay)
-  n = jnp.float32(batch["label"].shape[0])
-  correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+  loss_fn = functools.partial(batch_loss, apply_fn=state.apply_fn,
+                              label_smoothing=label_smoothing)
+  if accum_steps > 1:
+    state, loss, logits = accumulated_step(state, images, targets, rng, loss_fn, accum_steps,
+                                           ema_decay)
+    labels = micro_batches(labels, accum_steps)
+  else:
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, images, targets, rng)
+    extra = {}
+    if sam:  # optax.contrib.sam (opaque mode) asks for the gradient at the ascent point
+      extra["grad_fn"] = lambda params, _: jax.grad(lambda p: loss_fn(
+          p, state.batch_stats, images, targets, rng)[0])(params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats, loss=loss,
+                                  ema_decay=ema_decay, **extra)
+  n = jnp.float32(labels.size)
+  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
   first_bad = sums["first_nonfinite_step"]
   first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), state.step, first_bad)
   sums = {"loss": sums["loss"] + loss * n, "correct": sums["correct"] + correct,
@@ -146,9 +193,10 @@ def eval_logits(state: TrainState, images: jnp.ndarray, flip: bool) -> jnp.ndarr
   return logits
 
 
-def eval_step(state: TrainState, batch: dict, flip: bool = False) -> dict[str, jnp.ndarray]:
-  """Sums over the real (mask == 1) examples of a padded batch."""
-  logits = eval_logits(state, batch["image"], flip)
+def eval_step(state: TrainState, batch: dict, spec: datasets.DatasetSpec, flip: bool = False
+              ) -> dict[str, jnp.ndarray]:
+  """Sums over the real (mask == 1) examples of a padded batch of uint8 images."""
+  logits = eval_logits(state, normalize(batch["image"], spec.mean, spec.std), flip)
   losses = cross_entropy_loss(logits, batch["label"], 0.0)
   correct = jnp.argmax(logits, -1) == batch["label"]
   mask = batch["mask"]
@@ -254,6 +302,9 @@ class Experiment:
       host_pipeline()  # without TensorFlow, fail before loading anything
     self.mesh = make_mesh()
     batching.check_batch_size(config.batch_size, jax.device_count())
+    if config.grad_accum_steps > 1:
+      batching.check_batch_size(config.batch_size // config.grad_accum_steps,
+                                jax.device_count(), "batch_size / config.grad_accum_steps")
     self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
     norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
     self.model = create_model(config.model, num_classes=self.spec.num_classes,
@@ -283,12 +334,13 @@ class Experiment:
         create_train_state(self.model, self.tx, init_key, self.spec.image_shape,
                            ema=config.ema_decay > 0), replicated)
     self.train_step = jax.jit(
-        lambda state, sums, batch: train_step(state, sums, batch, self.dropout_key,
-                                              config.label_smoothing, config.mixup_alpha,
-                                              config.ema_decay),
+        functools.partial(train_step, augment=make_augment(config, self.spec), seed=config.seed,
+                          steps_per_epoch=self.steps_per_epoch, dropout_key=self.dropout_key,
+                          label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
+                          accum_steps=config.grad_accum_steps, sam=config.sam_rho > 0),
         in_shardings=(replicated, replicated, self.batch_sharding),
         out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
-    self.eval_step = jax.jit(functools.partial(eval_step, flip=config.eval_flip),
+    self.eval_step = jax.jit(functools.partial(eval_step, spec=self.spec, flip=config.eval_flip),
                              in_shardings=(replicated, self.batch_sharding),
                              out_shardings=replicated)
     self.zero_sums = lambda: replicate(zero_sums(), replicated)
@@ -306,8 +358,7 @@ class Experiment:
     images, labels = self.splits["train"]
     c = self.config
     return device_pipeline.DeviceData(
-        images, labels, spec=self.spec, batch_size=c.batch_size, seed=c.seed, augment=c.augment,
-        crop_padding=c.crop_padding, cutout=c.cutout,
+        images, labels, batch_size=c.batch_size, seed=c.seed,
         replicated=NamedSharding(self.mesh, P()), batch_sharding=self.batch_sharding)
 
   def device_batches(self, epoch: int, start_step: int) -> Iterator[dict[str, jax.Array]]:
@@ -321,10 +372,9 @@ class Experiment:
   def train_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
     """This process's host-side (tf.data) part of each training batch."""
     images, labels = self.splits["train"]
-    return host_pipeline().train_batches(
-        images, labels, spec=self.spec, shard=self.train_shard, seed=self.config.seed,
-        epoch=epoch, start_step=start_step, augment=self.config.augment,
-        crop_padding=self.config.crop_padding, cutout=self.config.cutout)
+    return host_pipeline().train_batches(images, labels, shard=self.train_shard,
+                                         seed=self.config.seed, epoch=epoch,
+                                         start_step=start_step)
 
   def evaluate(self, state: TrainState, split: str) -> dict[str, float]:
     images, labels = self.splits[split]
@@ -332,15 +382,15 @@ class Experiment:
                     self.batch_sharding)
 
   def eval_batches(self, images: np.ndarray, labels: np.ndarray) -> Iterator[dict]:
-    return batching.eval_batches(images, labels, mean=self.spec.mean, std=self.spec.std,
-                                 shard=self.eval_shard)
+    return batching.eval_batches(images, labels, shard=self.eval_shard)
 
   def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
     """Logits and labels for every example of a split, in order."""
     images, labels = self.splits[split]
     # Replicated output: every process gets all logits (batch-sharded ones
     # would not be fully addressable on a pod).
-    predict = jax.jit(functools.partial(eval_logits, flip=self.config.eval_flip),
+    mean, std, flip = self.spec.mean, self.spec.std, self.config.eval_flip
+    predict = jax.jit(lambda state, images: eval_logits(state, normalize(images, mean, std), flip),
                       out_shardings=NamedSharding(self.mesh, P()))
     logits = [jax.device_get(predict(state, to_global({"image": b["image"]},
                                                       self.batch_sharding)["image"]))

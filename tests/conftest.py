@@ -61,6 +61,19 @@ def run_main(env: dict, *args: str, check: bool = True) -> subprocess.CompletedP
   return result
 
 
+def mnist_train_step(**overrides):
+  """cnn.train.train_step for batches of uint8 MNIST images, unaugmented
+  (normalised only), dropout key 1; `overrides` replace its other arguments
+  (ema_decay, label_smoothing, augment, ...)."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from cnn import augment, datasets, train  # pylint: disable=import-outside-toplevel
+  args = dict(augment=functools.partial(augment.augment_batch, spec=datasets.get_spec("mnist"),
+                                        geometry="none"),
+              seed=0, steps_per_epoch=1000, dropout_key=jax.random.key(1), label_smoothing=0.0)
+  return functools.partial(train.train_step, **{**args, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_run(data_env, tmp_path_factory, mnist):
   """One uninterrupted run of configs/tiny_mnist.py: the reference for the

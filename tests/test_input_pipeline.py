@@ -1,7 +1,7 @@
-"""Real data through tfds, tf.data augmentation, sharding and exact evaluation counts."""
+"""Real data through tfds, the tf.data feed's order and sharding, and exact
+evaluation counts."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from cnn import batching, datasets, input_pipeline
 from cnn.batching import Shard
@@ -14,20 +14,14 @@ MNIST = datasets.get_spec("mnist")
 def test_eval_counts_every_mnist_test_image_exactly_once(mnist):
   images, labels = mnist.load_split("test")
   assert len(images) == 10_000
-  batches = list(batching.eval_batches(images, labels, mean=MNIST.mean, std=MNIST.std,
-                                       shard=Shard(3000)))
+  batches = list(batching.eval_batches(images, labels, shard=Shard(3000)))
   assert len(batches) == 4  # 3 full batches and one padded with 2000 masked zeros
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == 10_000 and mask[:10_000].all()
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:10_000], labels)
-
-
-def test_mnist_is_normalised_per_channel(mnist):
-  images, _ = mnist.load_split("train[:5000]")
-  x = input_pipeline.normalize(tf.constant(images), MNIST).numpy()
-  assert abs(x.mean()) < 0.05 and abs(x.std() - 1.0) < 0.05
-  # The evaluation batches (numpy) and the device pipeline (JAX) normalise to the same bits.
-  np.testing.assert_array_equal(batching.normalize(images, MNIST.mean, MNIST.std), x)
+  # uint8 pixels as stored (normalised on the device), padding with zero images
+  np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:10_000], images)
+  assert batches[-1]["image"].dtype == np.uint8 and not batches[-1]["image"][1000:].any()
 
 
 def test_cifar10_from_extracted_batches_has_seed_splits(cifar10):
@@ -56,22 +50,8 @@ def test_corrupt_extracted_cifar_batch_is_refused(tmp_path, archive_dir):
     tfds_source.prepare(datasets.get_spec("cifar10"), str(tmp_path / "tfds"), str(tmp_path))
 
 
-def test_pad_crop_flip_geometry():
-  images = tf.reshape(tf.range(2 * 4 * 4, dtype=tf.float32) + 1, (2, 4, 4, 1))
-  centre = tf.constant([[2, 2], [2, 2]])
-  same = input_pipeline.pad_crop_flip(images, centre, tf.constant([False, False]), 2)
-  np.testing.assert_array_equal(same, images)
-  flipped = input_pipeline.pad_crop_flip(images, centre, tf.constant([True, False]), 2)
-  np.testing.assert_array_equal(flipped[0], images[0, :, ::-1])
-  np.testing.assert_array_equal(flipped[1], images[1])
-  corner = input_pipeline.pad_crop_flip(images, tf.constant([[0, 0], [4, 4]]),
-                                        tf.constant([False, False]), 2)
-  np.testing.assert_array_equal(corner[0, 2:, 2:], images[0, :2, :2])
-  assert not np.any(corner[0, :2]) and not np.any(corner[1, 2:])
-
-
 def _batches(images, labels, **kwargs):
-  args = dict(spec=MNIST, seed=3, epoch=1, augment="pad_crop_flip", crop_padding=2)
+  args = dict(seed=3, epoch=1)
   return list(input_pipeline.train_batches(images, labels, **{**args, **kwargs}))
 
 
@@ -81,6 +61,11 @@ def test_train_batches_are_a_function_of_seed_epoch_and_step():
   labels = np.arange(100, dtype=np.int32)
   full = _batches(images, labels, shard=Shard(16))
   assert len(full) == 6  # 100 // 16, remainder dropped
+  order = batching.epoch_order(3, 1, 100, 16)
+  for step, batch in enumerate(full):  # uint8 rows of the seeded order, nothing else
+    assert batch["image"].dtype == np.uint8 and batch["label"].dtype == np.int32
+    np.testing.assert_array_equal(batch["image"], images[order[step]])
+    np.testing.assert_array_equal(batch["label"], labels[order[step]])
   again = _batches(images, labels, shard=Shard(16))
   resumed = _batches(images, labels, shard=Shard(16), start_step=4)
   for a, b in zip(full, again):

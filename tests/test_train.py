@@ -5,11 +5,11 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-import tensorflow as tf
 
-from cnn import datasets, input_pipeline, optim, train
+from cnn import datasets, optim, train
 from cnn.errors import UserError
 from cnn.models import create_model
+from conftest import mnist_train_step
 from configs import default
 
 
@@ -21,8 +21,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 
 def real_mnist_batch(mnist, n: int) -> dict[str, np.ndarray]:
   images, labels = mnist.load_split(f"train[:{n}]")
-  spec = datasets.get_spec("mnist")
-  return {"image": input_pipeline.normalize(tf.constant(images), spec).numpy(), "label": labels}
+  return {"image": images, "label": labels}
 
 
 def test_loss_falls_on_a_real_mnist_batch(mnist):
@@ -31,7 +30,7 @@ def test_loss_falls_on_a_real_mnist_batch(mnist):
   model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
   tx = optim.make_optimizer(config, steps_per_epoch=30)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
-  step = jax.jit(lambda s, m, b: train.train_step(s, m, b, jax.random.key(1), 0.0))
+  step = jax.jit(mnist_train_step())
   sums, losses = train.zero_sums(), []
   for _ in range(30):
     state, sums, loss = step(state, sums, batch)
@@ -46,11 +45,13 @@ def test_loss_falls_on_a_real_mnist_batch(mnist):
 def test_eval_step_ignores_padding():
   model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
   state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
-  x = np.random.default_rng(0).normal(size=(8, 28, 28, 1)).astype(np.float32)
+  x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
   labels = np.arange(8, dtype=np.int32)
-  real = train.eval_step(state, {"image": x[:5], "label": labels[:5], "mask": np.ones(5, np.float32)})
+  mnist = datasets.get_spec("mnist")
+  real = train.eval_step(state, {"image": x[:5], "label": labels[:5], "mask": np.ones(5, np.float32)},
+                         mnist)
   padded = train.eval_step(state, {"image": x, "label": labels,
-                                   "mask": np.array([1] * 5 + [0] * 3, np.float32)})
+                                   "mask": np.array([1] * 5 + [0] * 3, np.float32)}, mnist)
   assert float(padded["count"]) == 5
   np.testing.assert_allclose(float(padded["loss"]), float(real["loss"]), rtol=1e-5)
   assert float(padded["correct"]) == float(real["correct"])
@@ -113,12 +114,13 @@ def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
                                    (28, 28, 1))
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
   hidden = jax.eval_shape(lambda: model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False,
+      {"params": state.params, "batch_stats": state.batch_stats},
+      batch["image"].astype(np.float32), train=False,
       capture_intermediates=True, mutable=["intermediates"]))[1]
   conv_outputs = [x for p, x in jax.tree_util.tree_leaves_with_path(hidden)
                   if "stem_conv" in jax.tree_util.keystr(p)]
   assert conv_outputs and all(x.dtype == jnp.bfloat16 for x in conv_outputs)
-  step = jax.jit(lambda s, m, b: train.train_step(s, m, b, jax.random.key(1), 0.0))
+  step = jax.jit(mnist_train_step())
   sums, losses = train.zero_sums(), []
   for _ in range(15):
     state, sums, loss = step(state, sums, batch)

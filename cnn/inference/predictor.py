@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from cnn import checkpoint, datasets
+from cnn import augment, checkpoint, datasets
 from cnn import workdir as workdirs
 from cnn.errors import UserError, unknown_name
 from cnn.models import create_model
@@ -52,13 +52,13 @@ class Predictor:
 
   def normalize(self, images: np.ndarray) -> np.ndarray:
     """uint8 pixels (N, H, W, C) -> float32 with the training split's per-channel
-    mean and standard deviation, as `input_pipeline.normalize` computes it."""
-    x = np.asarray(images).astype(np.float32) / np.float32(255.0)
-    return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+    mean and standard deviation: `cnn.augment.normalize`, as in training."""
+    return np.asarray(augment.normalize(np.asarray(images), self.mean, self.std))
 
   @functools.cached_property
   def _logits_fn(self):
-    def logits(variables, x):
+    def logits(variables, images):  # uint8, normalised in jit as evaluation does
+      x = augment.normalize(images, self.mean, self.std)
       y = self.model.apply(variables, x, train=False)
       if self.flip:
         y = (y + self.model.apply(variables, x[:, :, ::-1], train=False)) / 2
@@ -94,7 +94,7 @@ class Predictor:
     images = self.check_images(images)
     out = []
     for start in range(0, len(images), self.batch_size):
-      chunk = self.normalize(images[start:start + self.batch_size])
+      chunk = np.asarray(images[start:start + self.batch_size])
       real = len(chunk)
       if real < self.batch_size:
         chunk = np.concatenate([chunk, np.zeros((self.batch_size - real, *chunk.shape[1:]),
