@@ -29,6 +29,7 @@ block from a saved JSON; `--check` fails if that block is out of date.
 """
 import argparse
 import contextlib
+import functools
 import ctypes
 import datetime
 import json
@@ -80,7 +81,7 @@ class JaxStepper:
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from cnn import optim, train  # pylint: disable=import-outside-toplevel
+    from cnn import augment, datasets, optim, train  # pylint: disable=import-outside-toplevel
     from cnn.models import create_model  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
@@ -91,10 +92,13 @@ class JaxStepper:
     self.state = train.create_train_state(model, tx, jax.random.key(0), (32, 32, 3))
     self.sums = train.zero_sums()
     rng = np.random.default_rng(0)
-    self.batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 32, 32, 3)), jnp.float32),
+    self.batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, 32, 32, 3)), jnp.uint8),
                   "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
-    self._step = jax.jit(lambda s, m, b: train.train_step(s, m, b, jax.random.key(1), 0.0),
-                         donate_argnums=(0, 1))
+    config.augment = "none"  # the twin trains on a fixed batch: normalised only
+    step = functools.partial(train.train_step, augment=augment.make_augment(
+        config, datasets.get_spec("cifar10")), seed=0, steps_per_epoch=100,
+                             dropout_key=jax.random.key(1), label_smoothing=0.0)
+    self._step = jax.jit(step, donate_argnums=(0, 1))
     self.batch_size = batch_size
     start = time.perf_counter()  # the first call traces and compiles
     self.run(1)
@@ -176,8 +180,7 @@ def bench_input_pipeline(step_images_per_s: float, batch_size: int, repeats: int
   shard = batching.Shard(batch_size, 0, 1)
   samples = []
   for epoch in range(repeats):
-    iterator = input_pipeline.train_batches(images, labels, spec=spec, shard=shard, seed=0,
-                                            epoch=epoch)
+    iterator = input_pipeline.train_batches(images, labels, shard=shard, seed=0, epoch=epoch)
     next(iterator)  # tf.data start-up
     start = time.perf_counter()
     for _ in range(batches):

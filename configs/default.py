@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment = "pad_crop_flip"  # "none" | "pad_crop" | "pad_crop_flip"
   config.crop_padding = 4  # pixels of zero padding before the random crop
   # Every augmentation runs on the accelerator, inside the jitted train step, in this order
-  # (cnn/augment/): crop/flip -> auto_augment policy -> normalise -> cutout, random erasing
+  # (cnn/augment/): auto_augment policy -> crop/flip -> normalise -> cutout, random erasing
   # -> mixup or cutmix. Each is a pure function of the uint8 batch and (seed, epoch, step).
   config.auto_augment = "none"  # "none" | "randaugment" (Cubuk et al. 2020) |
   #   "trivialaugment_wide" (Muller & Hutter 2021) | "autoaugment_cifar10" (Cubuk et al. 2019),

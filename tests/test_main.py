@@ -49,7 +49,7 @@ def test_checkpoint_of_another_model_is_refused(tiny_run, data_env):
     ("--config.learning_rat=0.1", "error: unknown config key 'learning_rat'; did you mean"),
     ("--config.num_epochs=0", "error: config.num_epochs=0 must be > 0"),
     ("--config.num_epochs=ten", "error: flag --config.num_epochs=ten: invalid literal for int()"),
-    ("--config.optimizer=sgdd", "error: unknown optimizer 'sgdd'; valid optimizers: adam, adamw, sgd"),
+    ("--config.optimizer=sgdd", "error: unknown optimizer 'sgdd'; valid optimizers: adam, adamw, lamb, lars, lion, sgd"),
     ("--config.lr_schedule=triangle", "error: unknown lr_schedule 'triangle'; valid lr_schedules: "),
 ])
 def test_bad_config_is_one_clear_line(data_env, tmp_path, override, message):

@@ -1,4 +1,5 @@
 """The train/eval steps and the optimiser/schedule builders."""
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -93,7 +94,7 @@ def test_reduce_on_plateau_cuts_the_rate_after_patience_epochs():
 
 
 def test_unknown_optimizer_and_schedule_list_valid_names():
-  with pytest.raises(UserError, match="unknown optimizer 'sgdd'.*adam, adamw, sgd"):
+  with pytest.raises(UserError, match="unknown optimizer 'sgdd'.*adam, adamw, lamb, lars, lion, sgd"):
     optim.make_optimizer(make_config(optimizer="sgdd"), 10)
   with pytest.raises(UserError, match="unknown lr_schedule 'triangle'.*cosine, linear"):
     optim.make_lr_schedule(make_config(lr_schedule="triangle"), 10)
@@ -127,3 +128,87 @@ def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
     losses.append(float(loss))
   assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+
+
+class LinearProbe(flax.linen.Module):
+  """A BatchNorm-free model (softmax regression) with the train step's
+  interface, so gradient accumulation can equal the large batch exactly."""
+
+  @flax.linen.compact
+  def __call__(self, x, train: bool):
+    self.variable("batch_stats", "unused", jnp.zeros, ())
+    return flax.linen.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def _linear_state(config, steps_per_epoch=10):
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  return train.create_train_state(LinearProbe(), tx, jax.random.key(0), (28, 28, 1))
+
+
+def test_accumulated_micro_batches_equal_the_large_batch(mnist):
+  """grad_accum_steps=4 (optax.MultiSteps over 4 micro-batches in one step)
+  gives the update of the whole batch, to float32 rounding, over 3 steps."""
+  batch = real_mnist_batch(mnist, 64)
+  states = {}
+  for k in (1, 4):
+    config = make_config(grad_accum_steps=k, nesterov=True, weight_decay=5e-4,
+                         lr_schedule="cosine", num_epochs=1)
+    state, sums = _linear_state(config), train.zero_sums()
+    step = jax.jit(mnist_train_step(accum_steps=k))
+    for _ in range(3):
+      state, sums, loss = step(state, sums, batch)
+    states[k] = (state, sums)
+  assert int(states[4][0].step) == 3  # steps count global batches
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               states[1][0].params, states[4][0].params)
+  np.testing.assert_allclose(states[1][1]["loss"], states[4][1]["loss"], rtol=1e-5)
+  assert float(states[1][1]["correct"]) == float(states[4][1]["correct"])
+  assert float(states[4][1]["count"]) == 3 * 64
+
+
+def test_accumulation_trains_a_batchnorm_resnet_like_the_whole_batch(mnist):
+  """With BatchNorm each micro-batch normalises over itself (as gradient
+  accumulation does in any framework), so the numbers differ slightly from
+  the whole batch's; the loss curve follows it."""
+  batch = real_mnist_batch(mnist, 64)
+  curves = {}
+  for k in (1, 2):
+    config = make_config(grad_accum_steps=k, learning_rate=0.05, lr_schedule="constant",
+                         num_epochs=1)
+    model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+    state = train.create_train_state(model, optim.make_optimizer(config, 30),
+                                     jax.random.key(0), (28, 28, 1))
+    step = jax.jit(mnist_train_step(accum_steps=k))
+    sums, curves[k] = train.zero_sums(), []
+    for _ in range(15):
+      state, sums, loss = step(state, sums, batch)
+      curves[k].append(float(loss))
+  assert curves[2][-1] < 0.8 * curves[2][0], curves[2]
+  np.testing.assert_allclose(curves[2], curves[1], rtol=0.05)
+
+
+def test_sam_step_takes_the_gradient_at_the_ascent_point(mnist):
+  """One SAM step (sam_rho=0.05, plain SGD) is w - lr * (g(w + rho g/|g|) + wd w)."""
+  batch = real_mnist_batch(mnist, 32)
+  config = make_config(sam_rho=0.05, momentum=0.0, weight_decay=1e-3, learning_rate=0.1,
+                       lr_schedule="constant", num_epochs=1)
+  state = _linear_state(config)
+  new, _, _ = jax.jit(mnist_train_step(sam=True))(state, train.zero_sums(), batch)
+  mnist_spec = datasets.get_spec("mnist")
+  x = (batch["image"].astype(np.float32) / 255 - mnist_spec.mean[0]) / mnist_spec.std[0]
+
+  def loss(params):
+    logits = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
+                            train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+  g = jax.grad(loss)(state.params)
+  norm = optax.tree.norm(g)
+  ascent = jax.tree.map(lambda w, gi: w + 0.05 * gi / norm, state.params, g)
+  g_adv = jax.grad(loss)(ascent)
+  expected = jax.tree.map(lambda w, ga: w - 0.1 * (ga + 1e-3 * w), state.params, g_adv)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               new.params, expected)
+  plain = jax.tree.map(lambda w, gi: w - 0.1 * (gi + 1e-3 * w), state.params, g)
+  assert not np.allclose(new.params["Dense_0"]["kernel"], plain["Dense_0"]["kernel"],
+                         atol=1e-6)

@@ -5,9 +5,11 @@ devices, device_pipeline.py) deliver uint8 images and int labels. Inside the
 jitted train step, `make_augment(config, spec)` turns them into the float32
 normalised images and soft targets the loss sees, in this order:
 
-  1. geometry  (basic.py)    GEOMETRY[config.augment]: pad-crop-flip (He et al. 2016)
-  2. policy    (policies.py) POLICIES[config.auto_augment]: RandAugment,
-                             TrivialAugmentWide, AutoAugment-CIFAR10 (uint8, PIL's ops)
+  1. policy    (policies.py) POLICIES[config.auto_augment]: RandAugment,
+                             TrivialAugmentWide, AutoAugment-CIFAR10 (uint8, PIL's ops),
+                             before the crop as in the AutoAugment, RandAugment and
+                             TrivialAugment code for CIFAR
+  2. geometry  (basic.py)    GEOMETRY[config.augment]: pad-crop-flip (He et al. 2016)
   3. normalise (basic.py)
   4. erasing   (basic.py)    config.cutout, config.random_erasing (holes = the mean)
   5. mixing    (mixing.py)   config.mixup_alpha, config.cutmix_alpha -> soft targets
@@ -42,7 +44,7 @@ GEOMETRY: dict[str, Callable] = {
     "pad_crop": functools.partial(basic.random_pad_crop_flip, flip=False),
     "pad_crop_flip": functools.partial(basic.random_pad_crop_flip, flip=True),
 }
-STAGES = ("geometry", "policy", "cutout", "random_erasing", "mixing")
+STAGES = ("policy", "geometry", "cutout", "random_erasing", "mixing")
 
 Batch = dict[str, jnp.ndarray]
 
@@ -61,10 +63,10 @@ def augment_batch(images: jnp.ndarray, labels: jnp.ndarray, key: jax.Array, *,
   if geometry not in GEOMETRY:
     raise unknown_name("augment", geometry, GEOMETRY)
   keys = dict(zip(STAGES, (jax.random.fold_in(key, i) for i in range(len(STAGES)))))
-  images = GEOMETRY[geometry](images, keys["geometry"], crop_padding)
   if policy is not None:
     per_image = jax.random.split(keys["policy"], images.shape[0])
     images = jax.vmap(policy)(images, per_image)
+  images = GEOMETRY[geometry](images, keys["geometry"], crop_padding)
   images = normalize(images, spec.mean, spec.std)
   if cutout:
     images = basic.cutout(images, keys["cutout"], cutout)
