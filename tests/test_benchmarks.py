@@ -62,3 +62,12 @@ def test_profile_groups_ops_by_layer_and_direction():
   assert cat(None, "transpose_copy_fusion.19") == ("layout copies", "backward", "-")
   assert profile_step.torch_category("ConvolutionBackward0") == ("convolution", "backward")
   assert profile_step.torch_category("aten::native_batch_norm") == ("batchnorm", "forward")
+
+
+def test_benchmarks_readme_augment_table_is_rendered_from_the_saved_run():
+  """The augmentation-on-the-accelerator table comes from the saved JSON."""
+  result = subprocess.run(
+      [sys.executable, "benchmarks/augment.py", "--render", "benchmarks/results/augment_cpu.json",
+       "--readme", "benchmarks/README.md", "--check"], cwd=REPO, capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 0, result.stdout + result.stderr

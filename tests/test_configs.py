@@ -1,5 +1,7 @@
 """Every experiment config loads, validates and names things that exist."""
 import importlib.util
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ from cnn import datasets, optim
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import registry
+from conftest import run_main
 from configs import default
 
 CONFIG_FILES = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.py")
@@ -48,3 +51,19 @@ def test_unknown_key_and_bad_values_are_refused():
   config.num_epochs = 0
   with pytest.raises(UserError, match="num_epochs=0 must be > 0"):
     validate_config(config)
+
+
+@pytest.mark.slow
+def test_wrn28_10_trivialaugment_trains_an_epoch_on_the_cpu(data_env, cifar10, tmp_path):
+  """The 1-epoch CPU check of configs/wrn28_10_cifar10_trivialaugment.py as a
+  user runs it: the real 36.5M-parameter model, TrivialAugmentWide + crop +
+  flip + Cutout in the step, the cosine schedule; one epoch of a 512-image
+  subset (4 steps of 128; a whole 50k epoch takes hours on 2 cores)."""
+  run_main(data_env, "--config=configs/wrn28_10_cifar10_trivialaugment.py",
+           f"--workdir={tmp_path}", "--config.train_split=train[:512]",
+           "--config.test_split=test[:500]", "--config.num_epochs=1",
+           "--config.log_every_steps=1")
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["num_params"] == 36_479_194 and results["steps"] == 4
+  assert math.isfinite(results["train_loss"]) and results["train_loss"] < 5.0
+  assert results["test_count"] == 500 and results["protocol"] == "paper"

@@ -25,8 +25,9 @@ def with_devices(env: dict, n: int) -> dict:
   return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def probe(env: dict, devices: int, batchnorm: str = "global", data: str = "tf_data") -> dict:
-  out = subprocess.run([sys.executable, PROBE, "0.001", batchnorm, data],
+def probe(env: dict, devices: int, batchnorm: str = "global", data: str = "tf_data",
+          **overrides) -> dict:
+  out = subprocess.run([sys.executable, PROBE, "0.001", batchnorm, data, json.dumps(overrides)],
                        env=with_devices(env, devices),
                        capture_output=True, text=True, timeout=300, check=True).stdout
   return json.loads(out.strip().splitlines()[-1])
@@ -50,6 +51,22 @@ def test_eight_devices_train_like_one_with_data_on_device(data_env, mnist):
   assert len(one["losses"]) == 6
   np.testing.assert_allclose(eight["losses"], one["losses"], rtol=0, atol=1e-5)
   assert eight["validation"]["accuracy"] == one["validation"]["accuracy"]
+
+
+@pytest.mark.cluster
+def test_eight_devices_train_like_one_with_every_augmentation(data_env, mnist):
+  """RandAugment, crop and flip, Cutout, random erasing, mixup or CutMix in the
+  step, and gradient accumulation: every draw is made for the global batch,
+  so 8 devices see the batches of one."""
+  toolbox = dict(auto_augment="randaugment", cutout=8, random_erasing=0.5, mixup_alpha=0.4,
+                 cutmix_alpha=1.0, grad_accum_steps=2)
+  one, eight = probe(data_env, 1, **toolbox), probe(data_env, 8, **toolbox)
+  assert len(one["losses"]) == 6
+  assert abs(one["losses"][0] - eight["losses"][0]) < 1e-6
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=0, atol=1e-5)
+  assert eight["validation"]["accuracy"] == one["validation"]["accuracy"]
+  plain = probe(data_env, 1)
+  assert abs(plain["losses"][0] - one["losses"][0]) > 1e-3  # the switches did something
 
 
 @pytest.mark.cluster

@@ -171,3 +171,19 @@ def test_paper_protocol_refuses_a_validation_split():
   config.validation_split = "train[45000:]"
   with pytest.raises(UserError, match="protocol='paper' reports the final model"):
     validate_config(config)
+
+
+def test_wrn28_10_trivialaugment_follows_muller_and_hutter():
+  """TrivialAugment's WRN-28-10 CIFAR-10 recipe (automl/trivialaugment,
+  confs/wresnet28x10_cifar10_b128_maxlr.1_*widesesp_nowarmup_200epochs.yaml)."""
+  c = load("wrn28_10_cifar10_trivialaugment")
+  validate_config(c)
+  assert (c.model, c.model_kwargs.dropout_rate) == ("wrn28_10", 0.0)
+  assert (c.auto_augment, c.augment, c.crop_padding, c.cutout) == (
+      "trivialaugment_wide", "pad_crop_flip", 4, 16)
+  assert (c.optimizer, c.nesterov, c.momentum, c.learning_rate, c.weight_decay) == (
+      "sgd", True, 0.9, 0.1, 5e-4)
+  assert (c.lr_schedule, c.warmup_epochs, c.batch_size, c.num_epochs) == ("cosine", 0.0, 128, 200)
+  assert (c.protocol, c.train_split, c.validation_split) == ("paper", "train", "")
+  assert (c.random_erasing, c.mixup_alpha, c.cutmix_alpha, c.sam_rho, c.label_smoothing) == (
+      0.0, 0.0, 0.0, 0.0, 0.0)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn import augment
 from cnn.errors import UserError, unknown_name
 from cnn.inference import predictor
 
@@ -51,11 +52,9 @@ def serving_function(p: predictor.Predictor) -> Callable[[jnp.ndarray], jnp.ndar
   """uint8 (N, H, W, C) -> float32 logits, weights closed over."""
   model = portable(p.model)
   variables = p.variables
-  mean = np.asarray(p.mean, np.float32)
-  std = np.asarray(p.std, np.float32)
 
   def logits(images):
-    x = (images.astype(jnp.float32) / np.float32(255.0) - mean) / std
+    x = augment.normalize(images, p.mean, p.std)
     y = model.apply(variables, x, train=False)
     if p.flip:
       # lax.rev, not x[:, :, ::-1]: with a symbolic batch the slice becomes a
