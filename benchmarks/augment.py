@@ -33,6 +33,7 @@ pipeline alone (the host's share of the previous path).
 """
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -77,7 +78,7 @@ AUGMENT_ALONE = {
     "trivial": ({"auto_augment": "trivialaugment_wide"},
                 "TrivialAugmentWide + pad-crop-flip + normalise"),
 }
-AUGMENT_SECONDS = 2.0  # each augment-alone timing lasts about this long
+AUGMENT_SECONDS = 1.0  # each augment-alone timing lasts about this long
 PIPELINE_BATCHES = 100  # per timing of the old tf.data pipeline alone
 
 
@@ -332,6 +333,18 @@ def build_result(measured: dict, candidates: list[str]) -> dict:
           "augment_worker": info["augment"]}
 
 
+def code_version() -> dict:
+  """The commit and the augmentation sources measured (they may be uncommitted)."""
+  head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "cnn/augment"],
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+  files = sorted((ROOT / "cnn/augment").glob("*.py"))
+  return {"head": head, "uncommitted": [line[3:] for line in dirty if line.strip()],
+          "augment_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+                             for f in files}}
+
+
 def machine(augment_info: dict) -> dict:
   cpu = next((line.split(":", 1)[1].strip() for line in
               Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
@@ -385,8 +398,10 @@ def main() -> int:
   parser.add_argument("--render", type=Path, help="only render this JSON (with --readme)")
   parser.add_argument("--check", action="store_true",
                       help="with --render and --readme: fail if the README is out of date")
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--steps", type=int, default=40, help="train steps per timing")
+  # Many short turns rather than a few long ones: on a shared machine the slow
+  # spells last tens of seconds, and short turns spread them over all candidates.
+  parser.add_argument("--rounds", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=10, help="train steps per timing")
   parser.add_argument("--candidates", default=",".join(CANDIDATES))
   parser.add_argument("--platform", default="cpu", help="JAX_PLATFORMS of the workers")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -414,13 +429,14 @@ def main() -> int:
     parser.error(f"unknown candidates {sorted(unknown)}; valid: {', '.join(CANDIDATES)}")
   load = os.getloadavg()
   start = time.perf_counter()
+  version = code_version()  # before the workers import it
   measured = measure(candidates, args.rounds, args.steps, args.platform)
   result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
             "machine": machine(measured["info"]["augment"]),
             "load_average_at_start": [round(x, 2) for x in load],
             "rounds": args.rounds, "steps_per_timing": args.steps, "batch_size": 128,
             "model": "resnet20_v1", "config": "configs/resnet20v1_cifar10.py",
-            "common_overrides": COMMON, "old_commit": OLD_COMMIT,
+            "common_overrides": COMMON, "old_commit": OLD_COMMIT, "code": version,
             **build_result(measured, candidates)}
   result["wall_s"] = round(time.perf_counter() - start, 1)
   table = render(result)
