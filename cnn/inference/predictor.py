@@ -31,6 +31,7 @@ from cnn import augment, checkpoint, datasets
 from cnn import workdir as workdirs
 from cnn.errors import UserError, unknown_name
 from cnn.models import create_model
+from cnn.robustness import calibration
 
 WHICH = ("best", "last")
 
@@ -109,12 +110,7 @@ class Predictor:
     return softmax(self.logits(images))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """In float64, shifted by each row's maximum: large logits do not overflow."""
-  shifted = np.asarray(logits, np.float64)
-  shifted = shifted - shifted.max(axis=-1, keepdims=True)
-  e = np.exp(shifted)
-  return e / e.sum(axis=-1, keepdims=True)
+softmax = calibration.softmax  # float64, stable for large logits (scipy)
 
 
 def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:
