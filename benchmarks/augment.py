@@ -387,10 +387,6 @@ def render(result: dict) -> str:
   return "\n".join(out) + "\n"
 
 
-def readme_block(readme: Path) -> str:
-  return readme.read_text().split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
-
-
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", type=Path, help="write the JSON here")
@@ -409,19 +405,12 @@ def main() -> int:
   if args.worker:
     serve(json.loads(args.worker))
     return 0
-  from cnn.report import results_table  # pylint: disable=import-outside-toplevel
+  from benchmarks.run import publish, rewrite_readme  # pylint: disable=import-outside-toplevel
   if args.render:
-    table = render(json.loads(args.render.read_text()))
-    if args.check:
-      if readme_block(args.readme) != table:
-        print(f"{args.readme} augment block is out of date: run python benchmarks/augment.py "
-              f"--render {args.render} --readme {args.readme}")
-        return 1
-      return 0
-    if args.readme:
-      results_table.rewrite_readme(args.readme, table, BEGIN, END)
-    print(table)
-    return 0
+    return publish(render(json.loads(args.render.read_text())), args.readme, BEGIN, END,
+                   check=args.check, what="augment",
+                   fix=f"python benchmarks/augment.py --render {args.render} "
+                       f"--readme {args.readme}")
 
   candidates = args.candidates.split(",")
   unknown = set(candidates) - set(CANDIDATES)
@@ -445,7 +434,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
   if args.readme:
-    results_table.rewrite_readme(args.readme, table, BEGIN, END)
+    rewrite_readme(args.readme, table, BEGIN, END)
   return 0
 
 

@@ -357,20 +357,12 @@ def main() -> int:
   if args.torch_worker:
     torch_worker()
     return 0
-  from cnn.report import results_table  # pylint: disable=import-outside-toplevel
+  from benchmarks.run import publish, rewrite_readme  # pylint: disable=import-outside-toplevel
   if args.render:
-    table = render(json.loads(args.render.read_text()))
-    if args.check:
-      block = args.readme.read_text().split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
-      if block != table:
-        print(f"{args.readme} conv-shapes block is out of date: run python "
-              f"benchmarks/conv_shapes.py --render {args.render} --readme {args.readme}")
-        return 1
-      return 0
-    if args.readme:
-      results_table.rewrite_readme(args.readme, table, BEGIN, END)
-    print(table)
-    return 0
+    return publish(render(json.loads(args.render.read_text())), args.readme, BEGIN, END,
+                   check=args.check, what="conv-shapes",
+                   fix=f"python benchmarks/conv_shapes.py --render {args.render} "
+                       f"--readme {args.readme}")
   from benchmarks.run import machine  # pylint: disable=import-outside-toplevel
   layers = all_layers(args.batch, args.models.split(",") if args.models else None)
   print(f"{len(layers)} distinct conv shapes", flush=True)
@@ -393,7 +385,7 @@ def main() -> int:
   save(result["rows"])
   table = render(result)
   if args.readme:
-    results_table.rewrite_readme(args.readme, table, BEGIN, END)
+    rewrite_readme(args.readme, table, BEGIN, END)
   print(table)
   return 0
 

@@ -401,14 +401,31 @@ def regressions(result: dict, baseline: dict) -> list[str]:
   return found
 
 
-def rewrite_readme(readme: Path, table: str) -> None:
-  """Replaces the Performance block (the results table's mechanism)."""
+def rewrite_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces a README's block between the markers (the results table's mechanism)."""
   from cnn.report import results_table  # pylint: disable=import-outside-toplevel
-  results_table.rewrite_readme(readme, table, BEGIN, END)
+  results_table.rewrite_readme(readme, table, begin, end)
 
 
 def readme_block(readme: Path, begin: str = BEGIN, end: str = END) -> str:
   return readme.read_text().split(begin, 1)[1].split(end, 1)[0].lstrip("\n")
+
+
+def publish(table: str, readme: Path | None, begin: str, end: str, *, check: bool,
+            what: str, fix: str) -> int:
+  """The end of every benchmark's `--render`: with `check`, exit status 0 if
+  the README's `what` block (between the markers) is `table`, else 1 and the
+  command `fix` that rewrites it; otherwise rewrites the block (if `readme`)
+  and prints the table."""
+  if check:
+    if readme_block(readme, begin, end) != table:
+      print(f"{readme} {what} block is out of date: run {fix}")
+      return 1
+    return 0
+  if readme:
+    rewrite_readme(readme, table, begin, end)
+  print(table)
+  return 0
 
 
 def main() -> int:
@@ -426,18 +443,9 @@ def main() -> int:
                       help="a smoke run: 2 repeats, ResNet-20 only, a 6,400-image CIFAR epoch")
   args = parser.parse_args()
   if args.render:
-    result = json.loads(args.render.read_text())
-    table = render(result)
-    if args.check:
-      if readme_block(args.readme) != table:
-        print(f"{args.readme} Performance block is out of date: run "
-              f"python benchmarks/run.py --render {args.render} --readme {args.readme}")
-        return 1
-      return 0
-    if args.readme:
-      rewrite_readme(args.readme, table)
-    print(table)
-    return 0
+    return publish(render(json.loads(args.render.read_text())), args.readme, BEGIN, END,
+                   check=args.check, what="Performance",
+                   fix=f"python benchmarks/run.py --render {args.render} --readme {args.readme}")
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   repeats = 2 if args.quick else args.repeats

@@ -31,8 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnn.report import results_table  # noqa: E402
-from run import machine, readme_block, run_main  # noqa: E402  (benchmarks/run.py)
+from run import machine, publish, run_main  # noqa: E402  (benchmarks/run.py)
 
 CONFIG = "configs/speedrun_cifar10.py"
 BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
@@ -93,16 +92,10 @@ def main() -> int:
   parser.add_argument("overrides", nargs="*", help="main.py flags, after --")
   args = parser.parse_args()
   if args.render:
-    table = "\n".join(render(json.loads(f.read_text())) for f in args.render)
-    if args.check:
-      if readme_block(args.readme, BEGIN, END) != table:
-        print(f"{args.readme} speedrun block is out of date: run python benchmarks/speedrun.py "
-              f"--render {' '.join(map(str, args.render))} --readme {args.readme}")
-        return 1
-    elif args.readme:
-      results_table.rewrite_readme(args.readme, table, BEGIN, END)
-    print(table)
-    return 0
+    return publish("\n".join(render(json.loads(f.read_text())) for f in args.render),
+                   args.readme, BEGIN, END, check=args.check, what="speedrun",
+                   fix=f"python benchmarks/speedrun.py --render "
+                       f"{' '.join(map(str, args.render))} --readme {args.readme}")
   result = {"date": datetime.date.today().isoformat(), "machine": machine(),
             "target": args.target, "overrides": args.overrides,
             "runs": [one_run(int(s), args.overrides, args.target) for s in args.seeds.split(",")]}
