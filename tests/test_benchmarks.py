@@ -1,17 +1,11 @@
-"""The README's Performance block is rendered from the saved benchmark run."""
+"""The README blocks are rendered from the saved benchmark runs; helpers of the benchmarks."""
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def test_readme_performance_block_is_rendered_from_the_baseline():
-  result = subprocess.run(
-      [sys.executable, "benchmarks/run.py", "--render", "benchmarks/baseline_cpu.json",
-       "--readme", "README.md", "--check"], cwd=REPO, capture_output=True, text=True,
-      timeout=120)
-  assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_speedrun_table_reports_time_to_target_only_when_reached():
@@ -40,15 +34,6 @@ def test_readme_speedrun_block_is_rendered_from_the_saved_runs():
   assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_benchmarks_readme_conv_shapes_table_is_rendered_from_the_saved_run():
-  """The per-shape table (and the rule's picks in it) comes from the saved JSON."""
-  result = subprocess.run(
-      [sys.executable, "benchmarks/conv_shapes.py", "--render",
-       "benchmarks/results/conv_shapes_cpu.json", "--readme", "benchmarks/README.md", "--check"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_profile_groups_ops_by_layer_and_direction():
   sys.path.insert(0, str(REPO))
   from benchmarks import profile_step  # pylint: disable=import-outside-toplevel
@@ -64,10 +49,15 @@ def test_profile_groups_ops_by_layer_and_direction():
   assert profile_step.torch_category("aten::native_batch_norm") == ("batchnorm", "forward")
 
 
-def test_benchmarks_readme_augment_table_is_rendered_from_the_saved_run():
-  """The augmentation-on-the-accelerator table comes from the saved JSON."""
+@pytest.mark.parametrize("script, saved, readme", [
+    ("run.py", "benchmarks/baseline_cpu.json", "README.md"),  # the Performance block
+    # the per-shape table (and the rule's picks in it)
+    ("conv_shapes.py", "benchmarks/results/conv_shapes_cpu.json", "benchmarks/README.md"),
+    # augmentation on the accelerator vs the previous host path
+    ("augment.py", "benchmarks/results/augment_cpu.json", "benchmarks/README.md"),
+])
+def test_readme_block_is_rendered_from_the_saved_run(script, saved, readme):
   result = subprocess.run(
-      [sys.executable, "benchmarks/augment.py", "--render", "benchmarks/results/augment_cpu.json",
-       "--readme", "benchmarks/README.md", "--check"], cwd=REPO, capture_output=True, text=True,
-      timeout=120)
+      [sys.executable, f"benchmarks/{script}", "--render", saved, "--readme", readme, "--check"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
