@@ -346,10 +346,10 @@ def code_version() -> dict:
 
 
 def machine(augment_info: dict) -> dict:
-  cpu = next((line.split(":", 1)[1].strip() for line in
-              Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-             platform.processor())
-  return {"cpu": cpu, "processor": platform.processor(), "cores": os.cpu_count(),
+  """run.py's machine fields, with JAX's as the workers saw them (this process
+  does not import JAX)."""
+  from benchmarks.run import cpu_model  # pylint: disable=import-outside-toplevel
+  return {"cpu": cpu_model(), "processor": platform.processor(), "cores": os.cpu_count(),
           "jax": augment_info["jax"], "backend": augment_info["backend"],
           "devices": augment_info["devices"], "python": platform.python_version()}
 

@@ -324,11 +324,16 @@ def bench_time_to_accuracy(threshold: float) -> dict:
           "test_accuracy": results["test_accuracy"]}
 
 
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), else what `platform` knows."""
+  return next((line.split(":", 1)[1].strip() for line in
+               Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+              platform.processor())
+
+
 def machine() -> dict:
   import jax  # pylint: disable=import-outside-toplevel
-  cpu = next((line.split(":", 1)[1].strip() for line in
-              Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-             platform.processor())
+  cpu = cpu_model()
   probe = ("import json, torch; print(json.dumps([torch.__version__, torch.cuda.get_device_name(0)"
            " if torch.cuda.is_available() else None]))")
   try:  # in a child: importing torch here would put its threads beside JAX's
