@@ -56,16 +56,15 @@ def step_key(seed: int, epoch: jnp.ndarray, step: jnp.ndarray) -> jax.Array:
 
 def augment_batch(images: jnp.ndarray, labels: jnp.ndarray, key: jax.Array, *,
                   spec: DatasetSpec, geometry: str = "pad_crop_flip", crop_padding: int = 4,
-                  policy: Callable | None = None, cutout: int = 0, random_erasing: float = 0.0,
-                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> Batch:
+                  policy: Callable = POLICIES["none"](), cutout: int = 0,
+                  random_erasing: float = 0.0, mixup_alpha: float = 0.0,
+                  cutmix_alpha: float = 0.0) -> Batch:
   """uint8 images [n, H, W, C] and labels [n] -> {"image": float32 normalised,
   "label": the labels, "target": float32 [n, classes] (one-hot, or mixed)}."""
   if geometry not in GEOMETRY:
     raise unknown_name("augment", geometry, GEOMETRY)
   keys = dict(zip(STAGES, (jax.random.fold_in(key, i) for i in range(len(STAGES)))))
-  if policy is not None:
-    per_image = jax.random.split(keys["policy"], images.shape[0])
-    images = jax.vmap(policy)(images, per_image)
+  images = jax.vmap(policy)(images, jax.random.split(keys["policy"], images.shape[0]))
   images = GEOMETRY[geometry](images, keys["geometry"], crop_padding)
   images = normalize(images, spec.mean, spec.std)
   if cutout:
@@ -84,9 +83,8 @@ def make_augment(config: ml_collections.ConfigDict, spec: DatasetSpec
   -> batch. Unknown names raise the one-line error listing the valid ones."""
   if config.augment not in GEOMETRY:
     raise unknown_name("augment", config.augment, GEOMETRY)
-  policy = (None if config.auto_augment == "none" else
-            make_policy(config.auto_augment, num_ops=config.randaugment_num_ops,
-                        magnitude=config.randaugment_magnitude))
+  policy = make_policy(config.auto_augment, num_ops=config.randaugment_num_ops,
+                       magnitude=config.randaugment_magnitude)
   return functools.partial(
       augment_batch, spec=spec, geometry=config.augment, crop_padding=config.crop_padding,
       policy=policy, cutout=config.cutout, random_erasing=config.random_erasing,
