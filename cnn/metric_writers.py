@@ -1,4 +1,5 @@
-"""Where metrics go: a JSON-lines history, TensorBoard events and the console.
+"""Where metrics go: JSON-lines histories (per epoch, per window of steps), TensorBoard
+events and the console.
 
 Only process 0 writes (see `train.py`); everything here is host-side.
 TensorBoard events are written through flax's writer, which needs
@@ -8,6 +9,7 @@ line, and the JSON-lines files still hold every number.
 import json
 import logging
 import time
+from typing import Sequence
 from etils import epath
 
 from cnn import workdir as workdirs
@@ -36,26 +38,43 @@ def tensorboard_writer(logdir: str):
   return tensorboard.SummaryWriter(logdir)
 
 
+def window_record(step: int, losses: Sequence[float], learning_rate: float) -> dict:
+  """One line of `steps.jsonl`: the batch losses of the `len(losses)` steps
+  ending at `step` (mean, min, max: a spike shows in the max even where the
+  epoch's mean hides it) and the learning rate there."""
+  losses = [float(x) for x in losses]
+  return {"step": step, "steps": len(losses), "loss": sum(losses) / len(losses),
+          "loss_min": min(losses), "loss_max": max(losses), "learning_rate": learning_rate}
+
+
 class MetricWriter:
   """Writes each epoch to `metrics.jsonl` (the metrics: deterministic for a
-  config and seed), `timing.jsonl` (wall times and speeds) and TensorBoard.
+  config and seed), `steps.jsonl` (the batch losses, one line per
+  `log_every_steps` steps: deterministic too), `timing.jsonl` (wall times and
+  speeds) and TensorBoard.
 
   The JSON-lines files are rewritten from the full history each epoch, so
-  after a resume they hold each epoch exactly once.
+  after a resume they hold each epoch and each step window exactly once.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, steps_written: int = 0):
     self._workdir = workdirs.resolve(workdir)
     self._tensorboard = tensorboard_writer(str(self._workdir / "tensorboard"))
+    self._steps_written = steps_written  # step records already in TensorBoard
 
-  def write_epoch(self, history: list[dict], timing: list[dict]) -> None:
+  def write_epoch(self, history: list[dict], timing: list[dict], steps: list[dict]) -> None:
     if self._tensorboard:
       for record in (history[-1], timing[-1]):
         for key, value in record.items():
           if key not in ("epoch", "step") and isinstance(value, (int, float)):
             self._tensorboard.scalar(key, value, record["epoch"])
+      for record in steps[self._steps_written:]:
+        for key in ("loss", "loss_max"):
+          self._tensorboard.scalar(f"step/{key}", record[key], record["step"])
       self._tensorboard.flush()
+    self._steps_written = len(steps)
     write_jsonl(self._workdir / "metrics.jsonl", history)
+    write_jsonl(self._workdir / "steps.jsonl", steps)
     write_jsonl(self._workdir / "timing.jsonl", timing)
 
   def close(self) -> None:

@@ -430,24 +430,28 @@ class Run:
   """The mutable side of training: state, epoch sums, histories, checkpoints.
 
   `history` holds one record of metrics per epoch (deterministic: the same
-  config and seed give the same numbers on CPU) and `timing` the matching wall
-  times and speeds; both are checkpointed so a resumed run continues them.
+  config and seed give the same numbers on CPU), `steps` one record of batch
+  losses per `log_every_steps` steps (deterministic too; `window` holds the
+  losses of the steps since its last record) and `timing` the wall times and
+  speeds; all are checkpointed so a resumed run continues them exactly.
   """
 
   def __init__(self, exp: Experiment, workdir: str):
     self.exp, self.workdir = exp, workdir
     self.manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints, clean_up=True)
     self.state, self.sums = exp.initial_state, exp.zero_sums()
-    self.history, self.timing = [], []
+    self.history, self.timing, self.steps, self.window = [], [], [], []
     restored = checkpoint.restore_newest_readable(
         self.manager, workdir, exp.fingerprint, self.state, self.sums,
         is_primary=jax.process_index() == 0, barrier=_barrier)
     if restored is not None:
       self.state, self.sums, meta, step = restored
       self.history, self.timing = meta["history"], meta["timing"]
+      self.steps, self.window = meta.get("steps", []), meta.get("window", [])
       logging.info("resumed from %s at step %d (epoch %d)", self.manager.directory, step,
                    step // exp.steps_per_epoch)
-    self.writer = metric_writers.MetricWriter(workdir) if jax.process_index() == 0 else None
+    self.writer = (metric_writers.MetricWriter(workdir, steps_written=len(self.steps))
+                   if jax.process_index() == 0 else None)
 
   @property
   def step(self) -> int:
@@ -483,8 +487,15 @@ class Run:
     # The config and class names let `cnn.inference.predictor.load` rebuild the model
     # from the workdir alone.
     meta = {"fingerprint": self.exp.fingerprint, "history": self.history, "timing": self.timing,
+            "steps": self.steps, "window": [float(x) for x in jax.device_get(self.window)],
             "config": self.exp.config.to_dict(), "class_names": list(self.exp.class_names)}
     checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
+
+  def close_window(self) -> None:
+    """Turns the batch losses since the last step record into the next one."""
+    self.steps.append(metric_writers.window_record(
+        self.step, jax.device_get(self.window), self.exp.learning_rate(self.state)))
+    self.window = []
 
   def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:
     totals = jax.device_get(self.sums)
@@ -506,7 +517,7 @@ class Run:
     self.sums = self.exp.zero_sums()
     self.save(record.get("val_accuracy"))
     if self.writer:
-      self.writer.write_epoch(self.history, self.timing)
+      self.writer.write_epoch(self.history, self.timing, self.steps)
 
 
 def no_host_sync():
@@ -542,6 +553,7 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         if batch is None:
           break
         run.state, run.sums, loss = exp.train_step(run.state, run.sums, batch)
+        run.window.append(loss)
         step += 1
       if compile_time is None:  # the first step compiles: keep it out of the speed
         jax.block_until_ready(loss)
@@ -556,6 +568,8 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
                         partial["correct"] / partial["count"])
+      if step % config.log_every_steps == 0 or step == exp.total_steps:
+        run.close_window()
       stop = (preemption.stop_now(stop_requested, at_sync_point)
               or run.manager.reached_preemption(step))
       if step % exp.steps_per_epoch == 0:

@@ -223,8 +223,8 @@ def first_checkpoint(workdir: Path, timeout: float = 300) -> None:
   raise AssertionError(f"no checkpoint in {workdir} after {timeout} s")
 
 
-def metrics(workdir: Path) -> list[dict]:
-  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+def metrics(workdir: Path, name: str = "metrics.jsonl") -> list[dict]:
+  return [json.loads(l) for l in (workdir / name).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +242,10 @@ def assert_same_run(multi: Path, single: Path) -> None:
     np.testing.assert_allclose([a["train_loss"], a["val_loss"]],
                                [b["train_loss"], b["val_loss"]], rtol=0, atol=1e-5)
     assert a["val_accuracy"] == b["val_accuracy"] and a["step"] == b["step"]
+  m, s = metrics(multi, "steps.jsonl"), metrics(single, "steps.jsonl")
+  assert [(r["step"], r["steps"]) for r in m] == [(r["step"], r["steps"]) for r in s]
+  for key in ("loss", "loss_min", "loss_max"):  # single batches: less averaged, so rtol 3e-5
+    np.testing.assert_allclose([r[key] for r in m], [r[key] for r in s], rtol=3e-5, atol=0)
   rm, rs = (json.loads((w / "results.json").read_text()) for w in (multi, single))
   assert rm["devices"] == rs["devices"] == 8
   assert rm["test_accuracy"] == rs["test_accuracy"] and rm["test_count"] == 10_000

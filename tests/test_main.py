@@ -24,6 +24,21 @@ def test_tiny_config_trains_and_writes_results(tiny_run):
   assert "img/s" in first.stderr and "ETA" in first.stderr
 
 
+def test_steps_jsonl_holds_every_batch_loss_in_windows_of_log_every_steps(tiny_run):
+  """32 steps per epoch, a line every 8: the windows' means average to the
+  epoch's training loss, and each window's min <= mean <= max."""
+  workdir, _ = tiny_run
+  steps = [json.loads(line) for line in (workdir / "steps.jsonl").read_text().splitlines()]
+  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in steps] == list(range(8, 65, 8))
+  assert all(r["steps"] == 8 and r["loss_min"] <= r["loss"] <= r["loss_max"] for r in steps)
+  for epoch, record in enumerate(history):
+    windows = steps[4 * epoch:4 * epoch + 4]
+    assert sum(w["loss"] for w in windows) / 4 == pytest.approx(record["train_loss"], rel=1e-5)
+  assert steps[-1]["learning_rate"] == history[-1]["learning_rate"]
+  assert steps[0]["loss_max"] > steps[-1]["loss_max"]  # it learns
+
+
 def test_rerun_resumes_instead_of_starting_over(tiny_run, data_env):
   workdir, _ = tiny_run
   before = json.loads((workdir / "results.json").read_text())

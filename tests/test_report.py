@@ -157,6 +157,19 @@ def test_figures_render_for_rgb_images_many_classes_and_no_mistakes(tmp_path):
     assert Image.open(tmp_path / name).size[0] > 300, name
 
 
+def test_curves_show_batch_losses_by_step_against_chance_where_steps_jsonl_exists():
+  history = [{"epoch": e, "train_loss": 2.0 / e, "learning_rate": 0.1} for e in (1, 2)]
+  steps = [{"step": s, "steps": 10, "loss": 3.0 / s, "loss_min": 2.0 / s, "loss_max": 19.0,
+            "learning_rate": 0.1} for s in (10, 20)]
+  assert len(plots.curves_figure(history).axes) == 3
+  panel = plots.curves_figure(history, steps, num_classes=10).axes[3]
+  (mean,) = [line for line in panel.lines if line.get_label().startswith("mean")]
+  assert list(mean.get_xdata()) == [10, 20] and list(mean.get_ydata()) == [0.3, 0.15]
+  (chance,) = [line for line in panel.lines if line.get_label() == "chance: ln 10"]
+  assert chance.get_ydata()[0] == pytest.approx(np.log(10))
+  assert panel.get_ylim()[1] >= 19.0  # the spike's max is drawn
+
+
 def test_html_references_every_image_relatively_and_loads_nothing_external():
   r = {"model": "m", "dataset": "d", "num_examples": 16, "checkpoint": {"epoch": 2},
        **report.classification_report(HAND_CM, ["a", "<b>", "c"]),

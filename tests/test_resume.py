@@ -101,7 +101,8 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume_is_bitwise_equal(
   assert 32 <= step < int(unfinished.split(".")[0]) and (step == 32 or step % 5 == 0)
   assert in_flight_saves(workdir / "checkpoints") == []  # the unfinished one was deleted
   assert_bitwise_equal(final_params(workdir), final_params(reference))
-  assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+  for name in ("metrics.jsonl", "steps.jsonl"):  # resumed mid-window: the same windows
+    assert (workdir / name).read_text() == (reference / name).read_text(), name
   ours, theirs = (json.loads((w / "results.json").read_text()) for w in (workdir, reference))
   assert ours["test_accuracy"] == theirs["test_accuracy"]
 
@@ -118,6 +119,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_run, data_env, tm
   assert (workdir / "checkpoints" / str(step)).is_dir()
   run_main(data_env, TINY, f"--workdir={workdir}")
   assert_bitwise_equal(final_params(workdir), final_params(reference))
+  assert (workdir / "steps.jsonl").read_text() == (reference / "steps.jsonl").read_text()
 
 
 @pytest.mark.slow

@@ -156,9 +156,10 @@ def stage_outputs(layers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 # --- orchestration --------------------------------------------------------------------------
 
-def read_history(workdir: str, fallback: list[dict]) -> list[dict]:
-  """Per-epoch records from `metrics.jsonl`, else those in the checkpoint."""
-  path = workdirs.resolve(workdir) / "metrics.jsonl"
+def read_jsonl(workdir: str, name: str, fallback: list[dict]) -> list[dict]:
+  """The records of `<workdir>/<name>` (`metrics.jsonl`: per epoch;
+  `steps.jsonl`: per window of steps), else `fallback`."""
+  path = workdirs.resolve(workdir) / name
   if not path.is_file():
     return fallback
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -244,7 +245,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
       report_pages.markdown({**report, "robustness": robust}))
   wrong = most_confident_errors(labels, probabilities, NUM_MISCLASSIFIED)
   figures = {
-      "curves.png": plots.curves_figure(read_history(workdir, checkpoint_history)),
+      "curves.png": plots.curves_figure(read_jsonl(workdir, "metrics.jsonl", checkpoint_history),
+                                        read_jsonl(workdir, "steps.jsonl", []), len(names)),
       "confusion_matrix.png": plots.confusion_matrix_figure(cm, names),
       "misclassified.png": plots.misclassified_figure(
           images[wrong], [names[i] for i in labels[wrong]],

@@ -75,11 +75,14 @@ def _series(history: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
   return [e for e, _ in points], [v for _, v in points]
 
 
-def curves_figure(history: Sequence[dict]) -> Figure:
+def curves_figure(history: Sequence[dict], steps: Sequence[dict] = (),
+                  num_classes: int | None = None) -> Figure:
   """Accuracy and loss, train vs validation per epoch; the learning rate on
-  its own panel because its scale has nothing to do with the others."""
-  figure = Figure(figsize=(15, 4))
-  panels = figure.subplots(1, 3)
+  its own panel because its scale has nothing to do with the others; with
+  `steps` (`steps.jsonl`), the batch losses by step, where a spike that the
+  epoch means hide shows."""
+  figure = Figure(figsize=(20 if steps else 15, 4))
+  panels = figure.subplots(1, 4 if steps else 3)
   for ax, metric in zip(panels, ("accuracy", "loss")):
     for split, style in (("train", "o-"), ("val", "s--")):
       epochs, values = _series(history, f"{split}_{metric}")
@@ -98,8 +101,26 @@ def curves_figure(history: Sequence[dict]) -> Figure:
   panels[2].grid(alpha=0.3)
   for ax in panels:
     ax.xaxis.get_major_locator().set_params(integer=True)
+  if steps:
+    _batch_loss_panel(panels[3], steps, num_classes)
   figure.tight_layout()
   return figure
+
+
+def _batch_loss_panel(ax, steps: Sequence[dict], num_classes: int | None) -> None:
+  """Mean batch loss per window of steps, its min-max band, and chance (ln K)."""
+  x = [r["step"] for r in steps]
+  ax.fill_between(x, [r["loss_min"] for r in steps], [r["loss_max"] for r in steps],
+                  alpha=0.3, label="min-max of the window")
+  ax.plot(x, [r["loss"] for r in steps], "-", label=f"mean of {steps[0]['steps']} steps")
+  if num_classes:
+    ax.axhline(np.log(num_classes), color="gray", linestyle=":",
+               label=f"chance: ln {num_classes}")
+  ax.set_yscale("log")
+  ax.set_title("training loss by step (batches)")
+  ax.set_xlabel("step")
+  ax.grid(alpha=0.3)
+  ax.legend()
 
 
 def misclassified_figure(images: np.ndarray, true_names: Sequence[str],
