@@ -49,11 +49,11 @@ def window_record(step: int, losses: Sequence[float], learning_rate: float) -> d
 
 class MetricWriter:
   """Writes each epoch to `metrics.jsonl` (the metrics: deterministic for a
-  config and seed), `steps.jsonl` (the batch losses, one line per
-  `log_every_steps` steps: deterministic too), `timing.jsonl` (wall times and
-  speeds) and TensorBoard.
+  config and seed) and `timing.jsonl` (wall times and speeds), each window of
+  `log_every_steps` steps to `steps.jsonl` (batch losses: deterministic
+  too), and all of them to TensorBoard.
 
-  The JSON-lines files are rewritten from the full history each epoch, so
+  The JSON-lines files are rewritten from the full history each time, so
   after a resume they hold each epoch and each step window exactly once.
   """
 
@@ -62,20 +62,25 @@ class MetricWriter:
     self._tensorboard = tensorboard_writer(str(self._workdir / "tensorboard"))
     self._steps_written = steps_written  # step records already in TensorBoard
 
-  def write_epoch(self, history: list[dict], timing: list[dict], steps: list[dict]) -> None:
+  def write_epoch(self, history: list[dict], timing: list[dict]) -> None:
     if self._tensorboard:
       for record in (history[-1], timing[-1]):
         for key, value in record.items():
           if key not in ("epoch", "step") and isinstance(value, (int, float)):
             self._tensorboard.scalar(key, value, record["epoch"])
+      self._tensorboard.flush()
+    write_jsonl(self._workdir / "metrics.jsonl", history)
+    write_jsonl(self._workdir / "timing.jsonl", timing)
+
+  def write_steps(self, steps: list[dict]) -> None:
+    """After each window: a long epoch's losses can be watched as they come."""
+    if self._tensorboard:
       for record in steps[self._steps_written:]:
         for key in ("loss", "loss_max"):
           self._tensorboard.scalar(f"step/{key}", record[key], record["step"])
       self._tensorboard.flush()
     self._steps_written = len(steps)
-    write_jsonl(self._workdir / "metrics.jsonl", history)
     write_jsonl(self._workdir / "steps.jsonl", steps)
-    write_jsonl(self._workdir / "timing.jsonl", timing)
 
   def close(self) -> None:
     if self._tensorboard:

@@ -496,6 +496,8 @@ class Run:
     self.steps.append(metric_writers.window_record(
         self.step, jax.device_get(self.window), self.exp.learning_rate(self.state)))
     self.window = []
+    if self.writer:
+      self.writer.write_steps(self.steps)
 
   def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:
     totals = jax.device_get(self.sums)
@@ -517,7 +519,7 @@ class Run:
     self.sums = self.exp.zero_sums()
     self.save(record.get("val_accuracy"))
     if self.writer:
-      self.writer.write_epoch(self.history, self.timing, self.steps)
+      self.writer.write_epoch(self.history, self.timing)
 
 
 def no_host_sync():
