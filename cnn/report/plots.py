@@ -102,17 +102,21 @@ def curves_figure(history: Sequence[dict], steps: Sequence[dict] = (),
   for ax in panels:
     ax.xaxis.get_major_locator().set_params(integer=True)
   if steps:
-    _batch_loss_panel(panels[3], steps, num_classes)
+    batch_loss_panel(panels[3], steps, num_classes)
   figure.tight_layout()
   return figure
 
 
-def _batch_loss_panel(ax, steps: Sequence[dict], num_classes: int | None) -> None:
-  """Mean batch loss per window of steps, its min-max band, and chance (ln K)."""
+def batch_loss_panel(ax, steps: Sequence[dict], num_classes: int | None,
+                     colour: str | None = None, label: str | None = None) -> None:
+  """Mean batch loss per window of steps (`steps.jsonl`), its min-max band,
+  and chance (ln K) where `num_classes` is given."""
   x = [r["step"] for r in steps]
+  prefix = f"{label}: " if label else ""
   ax.fill_between(x, [r["loss_min"] for r in steps], [r["loss_max"] for r in steps],
-                  alpha=0.3, label="min-max of the window")
-  ax.plot(x, [r["loss"] for r in steps], "-", label=f"mean of {steps[0]['steps']} steps")
+                  alpha=0.3, color=colour, label=f"{prefix}min-max of the window")
+  ax.plot(x, [r["loss"] for r in steps], "-", color=colour,
+          label=f"{prefix}mean of {steps[0]['steps']} steps")
   if num_classes:
     ax.axhline(np.log(num_classes), color="gray", linestyle=":",
                label=f"chance: ln {num_classes}")
