@@ -492,7 +492,9 @@ class Run:
     checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
 
   def close_window(self) -> None:
-    """Turns the batch losses since the last step record into the next one."""
+    """Turns the batch losses since the last step record into the next one
+    (never a non-finite one: the run stops first)."""
+    check_finite(jax.device_get(self.sums))
     self.steps.append(metric_writers.window_record(
         self.step, jax.device_get(self.window), self.exp.learning_rate(self.state)))
     self.window = []

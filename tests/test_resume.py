@@ -142,6 +142,13 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path)
                   r" the last good checkpoint is kept", last), last
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["32"]
   assert_bitwise_equal(final_params(tmp_path), good)
+  # Diverging where the only window closes at the run's last step, not at a log step:
+  # the run stops before that window is written (no NaN in steps.jsonl).
+  once = tmp_path / "once"
+  result = run_main(data_env, TINY, f"--workdir={once}", "--config.learning_rate=1e6",
+                    "--config.num_epochs=1", "--config.log_every_steps=1000", check=False)
+  assert result.returncode == 2 and "training diverged" in result.stderr
+  assert not (once / "steps.jsonl").exists() and not (once / "checkpoints" / "32").exists()
 
 
 def test_half_written_checkpoint_is_never_the_latest(tiny_run, tmp_path):
