@@ -27,6 +27,11 @@ def write_jsonl(path: epath.Path, records: list[dict]) -> None:
   tmp.replace(path)
 
 
+def read_jsonl(path: epath.Path) -> list[dict]:
+  """The records of a JSON-lines file written by `write_jsonl`."""
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def tensorboard_writer(logdir: str):
   """flax's TensorBoard writer, or None where TensorFlow is not installed."""
   try:

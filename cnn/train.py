@@ -492,9 +492,8 @@ class Run:
     checkpoint.save(self.manager, self.step, self.state, self.sums, meta, val_accuracy)
 
   def close_window(self) -> None:
-    """Turns the batch losses since the last step record into the next one
-    (never a non-finite one: the run stops first)."""
-    check_finite(jax.device_get(self.sums))
+    """Turns the batch losses since the last step record into the next one;
+    called after `check_finite`, so no record is ever non-finite."""
     self.steps.append(metric_writers.window_record(
         self.step, jax.device_get(self.window), self.exp.learning_rate(self.state)))
     self.window = []
@@ -567,12 +566,11 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
       else:
         timed_steps += 1
       at_sync_point = step % config.log_every_steps == 0 or step % exp.steps_per_epoch == 0
-      if step % config.log_every_steps == 0:
+      if step % config.log_every_steps == 0 or step == exp.total_steps:
         partial = jax.device_get(run.sums)
         check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
                         partial["correct"] / partial["count"])
-      if step % config.log_every_steps == 0 or step == exp.total_steps:
         run.close_window()
       stop = (preemption.stop_now(stop_requested, at_sync_point)
               or run.manager.reached_preemption(step))

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn import datasets, robustness, train
+from cnn import datasets, metric_writers, robustness, train
 from cnn.report import pages as report_pages, plots
 from cnn.inference import predictor
 from cnn import workdir as workdirs
@@ -160,9 +160,7 @@ def read_jsonl(workdir: str, name: str, fallback: list[dict]) -> list[dict]:
   """The records of `<workdir>/<name>` (`metrics.jsonl`: per epoch;
   `steps.jsonl`: per window of steps), else `fallback`."""
   path = workdirs.resolve(workdir) / name
-  if not path.is_file():
-    return fallback
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return metric_writers.read_jsonl(path) if path.is_file() else fallback
 
 
 def read_results(workdir: str) -> dict:

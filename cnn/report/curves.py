@@ -16,14 +16,13 @@ none yet).
 """
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from cnn import checkpoint, datasets
+from cnn import checkpoint, datasets, metric_writers
 from cnn import workdir as workdirs
 from cnn.errors import UserError
 from cnn.report import plots
@@ -55,7 +54,7 @@ def read_run(workdir: str, label: str, classes: int | None) -> RunSteps:
   if not path.is_file():
     raise UserError(f"no {STEPS_FILE} in {workdir}: it is written from the first "
                     "log_every_steps steps on, by runs of this version")
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = metric_writers.read_jsonl(path)
   if classes is None:
     dataset = dataset_of(workdir)
     if dataset is None:
@@ -65,21 +64,21 @@ def read_run(workdir: str, label: str, classes: int | None) -> RunSteps:
   return RunSteps(label, records, classes)
 
 
-def peak_step(steps: Sequence[dict]) -> int:
-  """The first step at which the learning rate reached its largest value."""
-  peak = max(r["learning_rate"] for r in steps)
-  return next(r["step"] for r in steps if r["learning_rate"] >= peak * (1 - 1e-6))
+def first_step_at(steps: Sequence[dict], learning_rate: float) -> int:
+  """The first step whose learning rate reached `learning_rate` (to 1e-6)."""
+  return next(r["step"] for r in steps if r["learning_rate"] >= learning_rate * (1 - 1e-6))
 
 
 def stability(run: RunSteps) -> dict:
   """Steps done, the warmup's end (the learning rate's first peak) and the
   largest batch loss in the windows wholly after it, against chance ln K."""
-  peak = peak_step(run.steps)
+  peak_rate = max(r["learning_rate"] for r in run.steps)
+  peak = first_step_at(run.steps, peak_rate)
   after = [r for r in run.steps if r["step"] - r["steps"] >= peak]
   worst = max(after, key=lambda r: r["loss_max"]) if after else None
   chance = math.log(run.num_classes)
   return {"label": run.label, "steps": run.steps[-1]["step"], "peak_step": peak,
-          "peak_learning_rate": max(r["learning_rate"] for r in run.steps),
+          "peak_learning_rate": peak_rate,
           "steps_after_peak": sum(r["steps"] for r in after),
           "max_loss_after_peak": worst and worst["loss_max"],
           "max_loss_step": worst and worst["step"], "chance": chance,
