@@ -8,18 +8,18 @@ the table that `cnn/models/conv_algorithms.choose` is derived from.
 For each distinct layer shape (found by tracing every model of the registry on
 32x32x3 inputs, and the MNIST configs' models on 28x28x1, at the training
 batch of 128) it times the forward pass, the input gradient and the kernel
-gradient separately, for each algorithm of `conv_algorithms.ALGORITHMS` and
-for PyTorch's CPU convolution (channels-last, `torch.nn.grad`), in
-alternating rounds, and reports medians in milliseconds per call (each
-sample times enough back-to-back calls to last about 30 ms, so that thread
-wake-up and dispatch do not dominate small layers). PyTorch runs in a
-worker process that sleeps while JAX is timed. Grouped and depthwise
-convolutions (ResNeXt, MobileNet) are timed for XLA and "taps" (im2col has
-no grouped form here).
+gradient separately, for each algorithm that applies to it
+(`conv_algorithms.candidates`: im2col has no grouped form, "split" is for
+grouped layers) and for PyTorch's CPU convolution (channels-last,
+`torch.nn.grad`), in alternating rounds, and reports medians in milliseconds
+per call (each sample times enough back-to-back calls to last about 30 ms,
+so that thread wake-up and dispatch do not dominate small layers). PyTorch
+runs in a worker process that sleeps while JAX is timed.
 
 The JSON is written after every shape; the same command again continues an
 interrupted run (shapes already in `--out` with every algorithm are not timed
-again).
+again). A shape measured before an algorithm was added gets only that
+algorithm timed, its date under the row's "added".
 `--render FILE --readme benchmarks/README.md` rewrites the table in that
 README from a saved JSON; `--check` fails if it is out of date.
 """
@@ -168,10 +168,12 @@ class TorchWorker:
   kernel grad (after one warm-up of each)."""
 
   def __init__(self):
-    self.proc = subprocess.Popen([sys.executable, __file__, "--torch-worker"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.proc = None  # started on first use: rows that only add algorithms need no PyTorch
 
   def time(self, layer: dict) -> dict[str, float]:
+    if self.proc is None:
+      self.proc = subprocess.Popen([sys.executable, __file__, "--torch-worker"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.proc.stdin.write(json.dumps(layer) + "\n")
     self.proc.stdin.flush()
     line = self.proc.stdout.readline()
@@ -180,8 +182,9 @@ class TorchWorker:
     return dict(zip(PRODUCTS, json.loads(line)))
 
   def close(self) -> None:
-    self.proc.stdin.close()
-    self.proc.wait()
+    if self.proc is not None:
+      self.proc.stdin.close()
+      self.proc.wait()
 
 
 def torch_worker() -> None:
@@ -234,20 +237,26 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
   """Times every layer not in `done` (rows of an earlier, interrupted run of
   the same command), calling `save(rows)` after each, so a long run can be
   stopped and continued."""
-  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
   measured = {layer_key(r): r for r in done}
   worker = TorchWorker()
   rows = []
   try:
     for i, layer in enumerate(layers):
-      algorithms = algorithms_for(layer)
       done_row = measured.get(layer_key(layer))
-      if done_row and all(a in done_row["ms"] for a in algorithms):
+      # A row measured before an algorithm was added: time only what it lacks
+      # (XLA's grouped kernel gradients alone take minutes), keep the rest
+      # and say when the additions were timed.
+      earlier = done_row["ms"] if done_row else {}
+      algorithms = [a for a in algorithms_for(layer) if a not in earlier]
+      if not algorithms:
         rows.append({**done_row, "used_by": layer["used_by"]})
         continue
+      with_torch = not earlier  # PyTorch's times are kept from the row's first run
       timers = {a: JaxTimer(layer, a) for a in algorithms}
-      samples = {a: {p: [] for p in PRODUCTS} for a in (*algorithms, "torch")}
-      worker.time(layer)  # warm-up
+      timed = [*algorithms, "torch"] if with_torch else algorithms
+      samples = {a: {p: [] for p in PRODUCTS} for a in timed}
+      if with_torch:
+        worker.time(layer)  # warm-up
       # Calls of many seconds (XLA's grouped convolutions on ResNeXt-29) vary
       # by far less than the gaps measured; one round keeps the table to hours.
       slowest = max(t.first_ms[p] for t in timers.values() for p in PRODUCTS)
@@ -256,11 +265,17 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
         for a, timer in timers.items():
           for p in PRODUCTS:
             samples[a][p].append(timer.time(p))
-        for p, t in worker.time(layer).items():
+        for p, t in (worker.time(layer) if with_torch else {}).items():
           samples["torch"][p].append(t)
       medians = {a: {p: round(statistics.median(v), 2) for p, v in s.items()}
                  for a, s in samples.items()}
-      rows.append({**layer, "ms": medians} | ({"rounds": rounds} if rounds != repeats else {}))
+      if earlier:
+        added = {**done_row.get("added", {}), **{a: datetime.date.today().isoformat()
+                                                  for a in algorithms}}
+        rows.append({**done_row, "used_by": layer["used_by"], "ms": {**earlier, **medians},
+                     "added": added})
+      else:
+        rows.append({**layer, "ms": medians} | ({"rounds": rounds} if rounds != repeats else {}))
       reached = {layer_key(r) for r in rows}
       save(rows + [r for r in done if layer_key(r) not in reached])  # keep the later ones
       print(f"[{i + 1}/{len(layers)}] {describe(layer)}: " + "  ".join(
@@ -272,10 +287,9 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
 
 
 def algorithms_for(layer: dict) -> tuple[str, ...]:
-  """Every algorithm for plain convolutions; XLA and "taps" for grouped and
-  depthwise ones (the im2col matmul has no grouped form here)."""
+  """The algorithms that apply to the layer (`conv_algorithms.candidates`)."""
   from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
-  return ca.ALGORITHMS if layer["groups"] == 1 else ("xla", "taps")
+  return ca.candidates(shape_of(layer))
 
 
 def describe(layer: dict) -> str:
@@ -286,13 +300,18 @@ def describe(layer: dict) -> str:
           f"{kh}x{kw}/{s} -> {layer['out_channels']}{g}")
 
 
+def shape_of(layer: dict):
+  """The layer as `conv_algorithms.ConvShape`."""
+  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  return ca.layer_shape((layer["batch"], layer["height"], layer["width"], layer["in_channels"]),
+                        (*layer["kernel"], layer["in_channels"] // layer["groups"],
+                         layer["out_channels"]), layer["strides"])
+
+
 def rule(layer: dict) -> dict[str, str]:
   """The current rule's pick for a layer."""
   from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
-  shape = ca.layer_shape((layer["batch"], layer["height"], layer["width"], layer["in_channels"]),
-                         (*layer["kernel"], layer["in_channels"] // layer["groups"],
-                          layer["out_channels"]), layer["strides"])
-  return ca.choose(shape)._asdict()
+  return ca.choose(shape_of(layer))._asdict()
 
 
 def step_ms(row: dict, plan: dict) -> float:
@@ -308,9 +327,9 @@ def render(result: dict) -> str:
          "milliseconds. Each cell: forward / input gradient / kernel "
          "gradient. **Bold**: the algorithm the rule (`conv_algorithms.choose`) picks. "
          "Layers: how many layers of that shape, summed over the models.", "",
-         "| layer (HxWxC kxk/stride -> out) | layers | xla | im2col | taps | PyTorch | "
+         "| layer (HxWxC kxk/stride -> out) | layers | xla | im2col | taps | split | PyTorch | "
          "rule: fwd / dx / dw | rule vs xla | rule vs PyTorch |",
-         "|---|---:|---|---|---|---|---|---:|---:|"]
+         "|---|---:|---|---|---|---|---|---|---:|---:|"]
   total = {"rule": 0.0, "xla": 0.0, "torch": 0.0}
   complete = [r for r in result["rows"] if set(algorithms_for(r)) <= set(r["ms"])]
   for row in sorted(complete, key=layer_key):
@@ -329,7 +348,7 @@ def render(result: dict) -> str:
     total["torch"] += torch * count
     rounds = f" ({row['rounds']} round)" if "rounds" in row else ""
     out.append(f"| {describe(row)}{rounds} | {count} | {cell('xla')} | {cell('im2col')} | "
-               f"{cell('taps')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
+               f"{cell('taps')} | {cell('split')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
                f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
                f"{torch / ours:.2f}x |")
   measured = len(complete)

@@ -4,12 +4,21 @@
 
 The paper's recipe (Sec. 5.3 and its CIFAR appendix; the authors' Torch
 code): SGD with Nesterov momentum 0.9 (train.lua), lr 0.1, weight decay 5e-4,
-batch 128, 300 epochs, lr / 10 at epochs 150 and 225; pad-4 crop + flip. Published: 3.65% error
+batch 128, 300 epochs, lr / 10 at epochs 150 and 225; pad-4 crop + flip.
+The batch is 8 micro-batches of 16 (`grad_accum_steps = 8`): the authors
+trained on 8 GPUs (`-batchSize 128 -nGPU 8` in their README) and Torch's
+BatchNorm normalises each GPU's 16 images on its own, so each BatchNorm here
+sees 16 images too, on any number of devices; the gradient is the whole
+batch's mean, as theirs. It also keeps a CPU's memory at about 8 GB (the
+whole batch at once needs over 21 GB).
+Published: 3.65% error
 (96.35%), Table 7, with 34.4M parameters (34,426,698). 5.4 GFLOPs per image:
 a multi-GPU job (the paper used 8 GPUs). `--config.model=resnext29_16x64d`
 is the 68.1M, 3.58% model; `resnext29_2x32d` (3.75M) is a small one.
 
-Deviations from the authors' code (two, both for stability): the last
+Deviations from the authors' code. The running BatchNorm statistics (used
+at evaluation) are updated once per micro-batch, 8 times per step, where
+theirs are the first GPU's, updated once per step. And two for stability: the last
 BatchNorm of every block starts with scale 0 (`zero_init_last`: each block
 starts as the identity; Goyal et al. 2017, Sec. 5.1, timm's default) and the
 lr rises linearly from 0 over the first epoch. Without them, 1-epoch CPU
@@ -26,6 +35,7 @@ def get_config():
   config = default.get_config()
   config.model = "resnext29_8x64d"
   config.nesterov = True
+  config.grad_accum_steps = 8  # BatchNorm over 16 images, as on the paper's 8 GPUs
   config.weight_decay = 5e-4
   config.num_epochs = 300
   config.model_kwargs.zero_init_last = True  # deviation: see the docstring

@@ -56,9 +56,8 @@ def check_all_algorithms(batch, h, w, c, o, kernel, strides, padding, groups=1):
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
   want = reference(x, k, strides, padding, g)
   # The three products are independent functions of the plan, so one plan
-  # per algorithm covers every (product, algorithm) pair. im2col has no
-  # grouped form.
-  for algorithm in ca.ALGORITHMS if groups == 1 else ("xla", "taps"):
+  # per algorithm covers every (product, algorithm) pair that applies.
+  for algorithm in ca.candidates(ca.layer_shape(x.shape, k.shape, strides)):
     plan = ca.Plan(algorithm, algorithm, algorithm)
     got = jax.jit(planned, static_argnums=(0, 3, 4))(plan, x, k, strides, padding, g)
     assert_close(got, want, f"{(h, w, c, o, kernel, strides, padding)} {algorithm}")

@@ -162,6 +162,8 @@ def test_zero_init_last_starts_every_block_as_the_identity(model, kwargs, end):
 def test_resnext_config_zero_inits_and_warms_up_wrn_configs_do_not():
   resnext = load("resnext29_8x64d_cifar10")
   assert resnext.model_kwargs.zero_init_last and resnext.warmup_epochs == 1.0
+  # BatchNorm over 16 images, as on the authors' 8 GPUs at batch 128.
+  assert resnext.batch_size // resnext.grad_accum_steps == 16
   for name in ("wrn16_4_cifar10", "wrn28_10_cifar10"):
     assert not load(name).model_kwargs.get("zero_init_last", False)
 

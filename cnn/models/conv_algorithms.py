@@ -26,6 +26,10 @@ The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
   adds the results into the padded input's shape (col2im without the cols).
   Grouped and depthwise convolutions (feature groups) make each tap's
   product a matmul batched over the groups.
+- "split" (grouped convolutions only): one plain convolution per group, on
+  that group's slice of the input channels, kernel and output channels,
+  concatenated; each group's products use the algorithms `choose` names for
+  the per-group plain shape (XLA for most 3x3 layers).
 """
 from typing import NamedTuple, Sequence
 
@@ -33,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-ALGORITHMS = ("xla", "im2col", "taps")
+ALGORITHMS = ("xla", "im2col", "taps", "split")
 CONV_ALGORITHM_CHOICES = ("auto", "xla")  # model option: the rule, or XLA everywhere
 
 
@@ -55,6 +59,17 @@ class Plan(NamedTuple):
 
 
 XLA_PLAN = Plan("xla", "xla", "xla")
+
+
+def candidates(shape: ConvShape) -> tuple[str, ...]:
+  """The algorithms that apply to a layer: im2col has no grouped form, and
+  "split" is for grouped layers that are not depthwise (one convolution per
+  channel would be thousands of calls)."""
+  if shape.groups == 1:
+    return ("xla", "im2col", "taps")
+  if shape.groups == shape.in_channels:
+    return ("xla", "taps")
+  return ("xla", "taps", "split")
 
 
 def choose(shape: ConvShape) -> Plan:
@@ -80,22 +95,19 @@ def choose(shape: ConvShape) -> Plan:
     1.1-2x faster; XLA's transposes the whole input. (With few output
     channels, DenseNet's 12, XLA's wins.) With 16 input and 128+ output
     channels (WRN's first widening layer) the input gradient by "im2col".
-  - Grouped and depthwise convolutions (ResNeXt, MobileNet): "taps" for all
-    three. XLA:CPU's grouped convolution is its slowest path: 10-40x slower
-    on depthwise layers, and seconds per call on ResNeXt-29's 2048-channel
-    layers (its kernel gradient 14x slower than taps). Except on 32x32
-    inputs with stride 2 (ResNeXt-29's first downsampling, cardinality 2 or
-    8): there XLA's forward and input gradient are 1.4-2.4x faster than the
-    strided taps, so only the kernel gradient (9x faster) uses taps.
+  - Grouped convolutions (ResNeXt's cardinality): "split", one plain
+    convolution per group, for all three. XLA:CPU's grouped convolution is
+    its slowest path (seconds per call on ResNeXt-29's 2048-channel layers,
+    its kernel gradient 10-50x slower than the alternatives) and batched
+    per-tap matmuls are 2-5x slower than the per-group plain convolutions.
+  - Depthwise convolutions (MobileNet): "taps" for all three; XLA's are
+    10-40x slower.
   """
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
   channels = shape.in_channels
   if shape.groups > 1:
-    depthwise = shape.groups == channels
-    if tuple(shape.strides) != (1, 1) and spatial >= 1024 and not depthwise:
-      return Plan("xla", "xla", "taps")
-    return Plan("taps", "taps", "taps")
+    return Plan("taps", "taps", "taps") if shape.groups == channels else Plan(*["split"] * 3)
   if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
     batched = spatial >= 144 and channels < 256
     return Plan("taps", "taps", "taps" if batched else "im2col")
@@ -165,7 +177,26 @@ def _tap_product(a, w_tap, groups, transposed=False):
   return y.reshape(*y.shape[:3], -1)
 
 
+def _group_plan(x, w, strides, groups) -> Plan:
+  """The plan for one group of a grouped layer: `choose` on its plain shape."""
+  _, h, wd, _ = x.shape
+  kh, kw, group_channels, o = w.shape
+  return choose(ConvShape(h, wd, group_channels, o // groups, (kh, kw), tuple(strides)))
+
+
+def _per_group(product, groups, *tensors):
+  """`product(x_i, w_i[, dy_i])` for each group i (its slice of the input
+  channels, the kernel's output channels and dy's), concatenated over the
+  last axis of the results."""
+  parts = zip(*(jnp.split(t, groups, axis=-1) for t in tensors))
+  return jnp.concatenate([product(*part) for part in parts], -1)
+
+
 def _forward(algorithm, x, w, strides, pads, out_hw, groups=1):
+  if algorithm == "split":
+    plan = _group_plan(x, w, strides, groups)
+    return _per_group(lambda xi, wi: _forward(plan.forward, xi, wi, strides, pads, out_hw),
+                      groups, x, w)
   if algorithm == "xla":
     return lax.conv_general_dilated(x, w, strides, pads,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -183,6 +214,10 @@ def _forward(algorithm, x, w, strides, pads, out_hw, groups=1):
 
 
 def _input_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
+  if algorithm == "split":
+    plan = _group_plan(x, w, strides, groups)
+    return _per_group(lambda xi, wi, gi: _input_grad(plan.input_grad, xi, wi, gi, strides, pads,
+                                                     out_hw), groups, x, w, g)
   if algorithm == "xla":
     _, vjp = jax.vjp(lambda t: _forward("xla", t, w, strides, pads, out_hw, groups), x)
     return vjp(g)[0]
@@ -207,6 +242,10 @@ def _input_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
 
 
 def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
+  if algorithm == "split":  # group i's kernel is w[..., i * O/groups:(i + 1) * O/groups]
+    plan = _group_plan(x, w, strides, groups)
+    return _per_group(lambda xi, wi, gi: _kernel_grad(plan.kernel_grad, xi, wi, gi, strides,
+                                                      pads, out_hw), groups, x, w, g)
   if algorithm == "xla":
     _, vjp = jax.vjp(lambda t: _forward("xla", x, t, strides, pads, out_hw, groups), w)
     return vjp(g)[0]
