@@ -98,8 +98,9 @@ def choose(shape: ConvShape) -> Plan:
   - Grouped convolutions (ResNeXt's cardinality): "split", one plain
     convolution per group, for all three. XLA:CPU's grouped convolution is
     its slowest path (seconds per call on ResNeXt-29's 2048-channel layers,
-    its kernel gradient 10-50x slower than the alternatives) and batched
-    per-tap matmuls are 2-5x slower than the per-group plain convolutions.
+    its kernel gradient 10-50x slower than the alternatives), and batched
+    per-tap matmuls are 3-7x slower than the per-group plain convolutions
+    (at batch 128, and 2-5x at ResNeXt-29's micro-batches of 16).
   - Depthwise convolutions (MobileNet): "taps" for all three; XLA's are
     10-40x slower.
   """
@@ -107,7 +108,7 @@ def choose(shape: ConvShape) -> Plan:
   spatial = shape.height * shape.width
   channels = shape.in_channels
   if shape.groups > 1:
-    return Plan("taps", "taps", "taps") if shape.groups == channels else Plan(*["split"] * 3)
+    return Plan("taps", "taps", "taps") if shape.groups == channels else Plan("split", "split", "split")
   if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
     batched = spatial >= 144 and channels < 256
     return Plan("taps", "taps", "taps" if batched else "im2col")
