@@ -108,7 +108,8 @@ def choose(shape: ConvShape) -> Plan:
   spatial = shape.height * shape.width
   channels = shape.in_channels
   if shape.groups > 1:
-    return Plan("taps", "taps", "taps") if shape.groups == channels else Plan("split", "split", "split")
+    depthwise = shape.groups == channels
+    return Plan("taps", "taps", "taps") if depthwise else Plan("split", "split", "split")
   if (kh, kw) == (1, 1):  # one tap: a matmul on the (strided) input
     batched = spatial >= 144 and channels < 256
     return Plan("taps", "taps", "taps" if batched else "im2col")
