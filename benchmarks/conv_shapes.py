@@ -347,8 +347,9 @@ def render(result: dict) -> str:
     total["xla"] += xla * count
     total["torch"] += torch * count
     rounds = f" ({row['rounds']} round)" if "rounds" in row else ""
+    torch_cell = " / ".join(f"{v:.1f}" for v in row["ms"]["torch"].values())
     out.append(f"| {describe(row)}{rounds} | {count} | {cell('xla')} | {cell('im2col')} | "
-               f"{cell('taps')} | {cell('split')} | {' / '.join(f'{v:.1f}' for v in row['ms']['torch'].values())}"
+               f"{cell('taps')} | {cell('split')} | {torch_cell}"
                f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
                f"{torch / ours:.2f}x |")
   measured = len(complete)
