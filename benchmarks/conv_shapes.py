@@ -265,8 +265,9 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
         for a, timer in timers.items():
           for p in PRODUCTS:
             samples[a][p].append(timer.time(p))
-        for p, t in (worker.time(layer) if with_torch else {}).items():
-          samples["torch"][p].append(t)
+        if with_torch:
+          for p, t in worker.time(layer).items():
+            samples["torch"][p].append(t)
       medians = {a: {p: round(statistics.median(v), 2) for p, v in s.items()}
                  for a, s in samples.items()}
       if earlier:
