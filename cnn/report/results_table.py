@@ -41,12 +41,11 @@ EXPERIMENTS = {
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5", "needs a GPU"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
-                           "64k iterations (164 epochs) on the 2-core CPU: about 7 h "
-                           "alone at 330 images/s, longer beside tests; running since "
-                           "2026-11-30, resumed every session"),
+                           "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
-    "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7", "queued on the 2-core CPU after v1 "
-                           "and the ResNeXt-29 stability epochs"),
+    "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7", "64k iterations on the 2-core CPU "
+                           "(v1 took 11.1 h); running since 2026-12-01, resumed "
+                           "every session"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3", "needs a GPU"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5", "needs a GPU"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8", "needs a GPU"),
