@@ -12,15 +12,20 @@ import logging as std_logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only feeds data here
+# TensorFlow only feeds data here: no INFO logs, and none of its oneDNN math kernels (they
+# would not run on uint8 pipelines, but their banner would reach stderr before any error line).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cnn.errors import DISK_FULL_TEXTS  # no heavy imports: errors.py needs only errno
 
-# orbax's warning for the read-only checkpoint managers that evaluation and prediction use.
-READ_ONLY_TEXT = "Given directory is read only"
+# Library warnings that only precede an error line of ours about the same thing: tfds's about the
+# empty folder a failed offline preparation leaves, and asyncio's about the other reads orbax
+# had in flight when a damaged checkpoint failed (we report that step in one line).
+FOLDED_TEXTS = ("has no dataset_info.json", "Task exception was never retrieved")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -60,7 +65,7 @@ def _show_only_our_info(record) -> bool:
   if "/cnn/" in record.pathname:
     return True
   text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-  if any(t in text for t in DISK_FULL_TEXTS) or text.startswith(READ_ONLY_TEXT):
+  if any(t in text for t in DISK_FULL_TEXTS + FOLDED_TEXTS):
     return False
   return record.levelno >= std_logging.WARNING
 

@@ -9,33 +9,42 @@ different model is refused instead of overwritten.
 
 Orbax writes to a temporary directory and renames it when complete, so a
 checkpoint half-written by a killed process (or cut short by a full disk) is
-never taken as the latest; the trainer's manager deletes such leftovers when
-it starts (`clean_up`), so they do not hold on to the space. A
-complete checkpoint damaged later (a storage fault, a truncated file) is
-moved aside to `<workdir>/damaged_checkpoints/<step>` (never deleted) by
-`restore_newest_readable`, which resumes from the newest one that reads.
+never taken as the latest. Any byte on disk may still be wrong later (a
+storage fault, a copy cut short), so the trainer reads every checkpoint in
+full through orbax before it builds its manager (`open_for_training`; the
+manager itself reads each step's metrics and crashes on a damaged one): a
+step that does not read, and any unfinished write, is moved aside to
+`<workdir>/damaged_checkpoints/` (never deleted) with one warning line, and
+training resumes from the newest step that reads. Readers (the predictor,
+the report) read the one step they need the same way and name it in one
+error line if it is damaged; they move nothing.
 """
+import gc
+import json
 import logging
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from orbax.checkpoint import checkpoint_managers as policies
 
 from cnn import workdir as workdirs
 from cnn.errors import UserError
 
 DAMAGED_DIR = "damaged_checkpoints"
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step metadata file (its commit time)
+METRICS = "metrics"  # the item (and file) holding an end-of-epoch checkpoint's val_accuracy
 
 
 def _val_accuracy(metrics: dict) -> float:
   return metrics["val_accuracy"]
 
 
-def make_manager(workdir: str, keep: int, clean_up: bool = False) -> ocp.CheckpointManager:
-  """`clean_up`: delete unfinished checkpoints (only the workdir's one trainer,
-  which holds its lock, may: a reader could race a save in flight)."""
+def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  """The trainer's manager; build it with `open_for_training`, which first
+  moves aside what orbax would crash on or delete."""
   policy = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep),
       policies.BestN(get_metric_fn=_val_accuracy, n=1,
@@ -46,16 +55,9 @@ def make_manager(workdir: str, keep: int, clean_up: bool = False) -> ocp.Checkpo
   # checkpoint was best and the policy deletes it (the preservation policy
   # alone decides what is kept).
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                         best_fn=_val_accuracy, best_mode="max",
-                                         cleanup_tmp_directories=clean_up)
+                                         best_fn=_val_accuracy, best_mode="max")
   directory = workdirs.resolve(workdir) / "checkpoints"  # a gs:// URI stays one
   return ocp.CheckpointManager(directory, options=options)
-
-
-def open_for_reading(workdir: str) -> ocp.CheckpointManager:
-  """A manager that only reads (it creates, cleans and deletes nothing)."""
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-  return ocp.CheckpointManager(workdirs.resolve(workdir) / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: Any,
@@ -110,10 +112,6 @@ def finalized_steps(workdir: str) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def load_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-
 def check_compatible(meta: dict, fingerprint: dict, workdir: str) -> None:
   """Refuses to resume a checkpoint of another model, dataset or shape."""
   stored = meta.get("fingerprint", {})
@@ -124,59 +122,172 @@ def check_compatible(meta: dict, fingerprint: dict, workdir: str) -> None:
                     "use a new --workdir (nothing was overwritten)")
 
 
-def restore(manager: ocp.CheckpointManager, step: int, state: Any, epoch_sums: Any = None
-            ) -> tuple[Any, Any, dict]:
-  """Restores into the structure, dtypes and shardings of `state`/`epoch_sums`;
-  without `epoch_sums` (evaluation) only the state and metadata are read."""
-  items = {"state": ocp.args.StandardRestore(state), "meta": ocp.args.JsonRestore()}
-  if epoch_sums is not None:
-    items["epoch_sums"] = ocp.args.StandardRestore(epoch_sums)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return restored["state"], restored.get("epoch_sums"), restored["meta"]
+class Damaged(Exception):
+  """A checkpoint step that does not read; `reason` is one line."""
+
+  def __init__(self, step: int, reason: str):
+    super().__init__(f"step {step}: {reason}")
+    self.step, self.reason = step, reason
 
 
-def move_aside(manager: ocp.CheckpointManager, workdir: str, step: int) -> str:
-  """Moves a damaged checkpoint out of the manager's way (so training can
-  save that step again) into `<workdir>/damaged_checkpoints/<step>`."""
+def _one_line(e: BaseException) -> str:
+  return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+
+
+def step_dir(workdir: str, step: int):
+  return workdirs.resolve(workdir) / "checkpoints" / str(step)
+
+
+def _restore_args(item: Any) -> ocp.args.CheckpointArgs:
+  return item if isinstance(item, ocp.args.CheckpointArgs) else ocp.args.StandardRestore(item)
+
+
+def _check_step_metadata(directory) -> None:
+  """The manager reads each step's metadata file as it opens, and only logs errors for a
+  damaged one: read it first."""
+  try:
+    json.loads((directory / STEP_METADATA).read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{STEP_METADATA}: {e}") from None
+
+
+def _kvstore_spec(item_dir) -> dict:
+  path = str(item_dir).rstrip("/") + "/"
+  if path.startswith("gs://"):
+    bucket, _, rest = path[len("gs://"):].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": rest}
+  return {"driver": "file", "path": path}
+
+
+ZARR_DRIVERS = {"/.zarray": "zarr", "/zarr.json": "zarr3"}  # how orbax may store an array
+ITEM_JSON = ("_METADATA", "_sharding", "array_metadatas/*")  # an array item's JSON files
+
+
+def _read_every_array(item_dir) -> None:
+  """Reads every array of an item (orbax's OCDBT store of zarr arrays) in
+  full with tensorstore, one at a time: damage to a manifest, an index or a
+  chunk is found here, before orbax starts its concurrent reads, whose
+  siblings of a failed read would go on after its event loop closed and print
+  tracebacks."""
+  for pattern in ITEM_JSON:  # orbax reads these for each array, concurrently too
+    for path in item_dir.glob(pattern):
+      try:
+        json.loads(path.read_text())
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{item_dir.name}/{pattern}: {e}") from None
+  kvstore = {"driver": "ocdbt", "base": _kvstore_spec(item_dir)}
+  keys = ts.KvStore.open(kvstore).result().list().result()
+  if not keys:  # a store whose manifest is gone opens empty
+    raise ValueError(f"{item_dir.name}: no arrays (manifest.ocdbt missing)")
+  for key in sorted(k.decode() for k in keys):
+    for suffix, driver in ZARR_DRIVERS.items():
+      if key.endswith(suffix):
+        spec = {"driver": driver, "kvstore": {**kvstore, "path": key[:-len(suffix)] + "/"},
+                "fill_missing_data_reads": False}
+        ts.open(spec, open=True, read=True).result().read().result()
+
+
+def read(workdir: str, step: int, state: Any = None, epoch_sums: Any = None, meta: bool = False,
+         metrics: bool = False) -> dict:
+  """Reads items of one step through orbax: `state`/`epoch_sums` (a tree of
+  arrays or ShapeDtypeStructs to restore into, or orbax restore args), the
+  `meta` JSON and (end-of-epoch steps) the `metrics`. Raises `Damaged` if any
+  byte it needs is wrong: orbax and tensorstore check the JSON files, the
+  manifests and every compressed chunk (tests/test_damaged_checkpoint.py
+  damages each file of a real checkpoint in four ways)."""
+  directory = step_dir(workdir, step)
+  args = {name: _restore_args(item) for name, item in (("state", state),
+                                                       ("epoch_sums", epoch_sums))
+          if item is not None}
+  if meta:
+    args["meta"] = ocp.args.JsonRestore()
+  try:
+    _check_step_metadata(directory)
+    for name in args:
+      if name != "meta":
+        _read_every_array(directory / name)
+    restored = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+        directory, args=ocp.args.Composite(**args))
+    out = {name: restored[name] for name in args}
+    if metrics and (directory / METRICS).exists():
+      out[METRICS] = ocp.Checkpointer(ocp.JsonCheckpointHandler(filename=METRICS)).restore(
+          directory / METRICS)
+    return out
+  except Exception as e:  # pylint: disable=broad-except (storage faults come in many types)
+    gc.collect()  # orbax's unawaited reads of the other arrays end (and log) here
+    raise Damaged(step, _one_line(e)) from None
+
+
+def read_for_reader(workdir: str, step: int, **items: Any) -> dict:
+  """`read` for the predictor and the report: a damaged step is one error line."""
+  try:
+    return read(workdir, step, **items)
+  except Damaged as e:
+    raise UserError(f"checkpoint step {step} in {workdirs.resolve(workdir) / 'checkpoints'} "
+                    f"cannot be read ({e.reason}); rerun the training command to move it "
+                    "aside and resume from the newest good one") from None
+
+
+def unfinished(workdir: str) -> list[str]:
+  """Names in `<workdir>/checkpoints` that are no finished step (orbax's
+  temporary folders of a save cut short, or anything else)."""
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  if not directory.exists():
+    return []
+  return sorted(p.name for p in directory.iterdir() if not p.name.isdigit())
+
+
+def move_aside(workdir: str, name: str) -> str:
+  """Moves `<workdir>/checkpoints/<name>` out of the manager's way (so training
+  can save that step again) into `<workdir>/damaged_checkpoints/<name>`."""
   target_dir = workdirs.resolve(workdir) / DAMAGED_DIR
   target_dir.mkdir(parents=True, exist_ok=True)
-  target = target_dir / str(step)
+  target = target_dir / name
   suffix = 1
   while target.exists():
-    target, suffix = target_dir / f"{step}.{suffix}", suffix + 1
-  (manager.directory / str(step)).rename(target)
+    target, suffix = target_dir / f"{name}.{suffix}", suffix + 1
+  (workdirs.resolve(workdir) / "checkpoints" / name).rename(target)
   return str(target)
 
 
-def restore_newest_readable(manager: ocp.CheckpointManager, workdir: str, fingerprint: dict,
-                            state: Any, epoch_sums: Any, is_primary: bool = True,
-                            barrier=lambda: None) -> tuple[Any, Any, dict, int] | None:
-  """(state, epoch_sums, meta, step) of the newest checkpoint that can be
-  read, or None if there is none. A damaged one is moved aside by the primary
-  process with a one-line warning naming its step; a checkpoint of another
-  model is refused (UserError), as that is no damage. `barrier` lets the
-  other processes wait for the move."""
-  damaged = []
-  for step in sorted(manager.all_steps(), reverse=True):
+def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, epoch_sums: Any,
+                      is_primary: bool = True, barrier: Callable[[], None] = lambda: None
+                      ) -> tuple[ocp.CheckpointManager, tuple[Any, Any, dict, int] | None]:
+  """The trainer's manager, and (state, epoch_sums, meta, step) of the newest
+  checkpoint that reads (None: there is none).
+
+  Every step is read in full first, newest first (the newest into `state`'s
+  structure, dtypes and shardings; older ones too, as the manager reads their
+  metrics and the validation protocol restores the best one at the end). A
+  step that does not read and every unfinished write is moved aside by the
+  primary process, with one warning line each; a checkpoint of another model
+  is refused (UserError), as that is no damage. `barrier` lets the other
+  processes wait for the moves."""
+  directory = workdirs.resolve(workdir) / "checkpoints"
+  for name in unfinished(workdir):
+    where = move_aside(workdir, name) if is_primary else "aside"
+    logging.warning("unfinished checkpoint write %s in %s (a save cut short); moved to %s",
+                    name, directory, where)
+  restored, damaged = None, []
+  for step in reversed(finalized_steps(workdir)):
     try:
-      meta = load_meta(manager, step)
-      check_compatible(meta, fingerprint, workdir)
-      restored_state, restored_sums, meta = restore(manager, step, state, epoch_sums)
-    except UserError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except (storage faults come in many types)
-      where = move_aside(manager, workdir, step) if is_primary else "aside"
-      barrier()
-      reason = " ".join(str(e).split())[:160]
-      logging.warning("checkpoint step %d in %s cannot be read (%s: %s); moved to %s, trying "
-                      "the next newest", step, manager.directory, type(e).__name__, reason, where)
+      if restored is None:
+        meta = read(workdir, step, meta=True)["meta"]
+        check_compatible(meta, fingerprint, workdir)
+      items = read(workdir, step, state=state, epoch_sums=epoch_sums, meta=True, metrics=True)
+    except Damaged as e:
+      where = move_aside(workdir, str(step)) if is_primary else "aside"
+      logging.warning("checkpoint step %d in %s cannot be read (%s); moved to %s%s", step,
+                      directory, e.reason, where, "" if restored else ", trying the next newest")
       damaged.append(step)
-      manager.reload()
       continue
-    return restored_state, restored_sums, meta, step
-  if damaged:
-    raise UserError(f"no readable checkpoint in {manager.directory}: steps "
-                    f"{', '.join(map(str, damaged))} are damaged (moved to "
+    if restored is None:
+      restored = items["state"], items["epoch_sums"], items["meta"], step
+  barrier()  # every process, moved or not, so none waits alone
+  if restored is None and damaged:
+    raise UserError(f"no readable checkpoint in {directory}: "
+                    f"{'steps' if len(damaged) > 1 else 'step'} {', '.join(map(str, damaged))} "
+                    f"{'are' if len(damaged) > 1 else 'is'} damaged (moved to "
                     f"{workdirs.resolve(workdir) / DAMAGED_DIR}); rerun to start over, or put "
                     "back a good copy from a backup")
-  return None
+  return make_manager(workdir, keep), restored

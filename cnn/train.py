@@ -444,11 +444,10 @@ class Run:
 
   def __init__(self, exp: Experiment, workdir: str):
     self.exp, self.workdir = exp, workdir
-    self.manager = checkpoint.make_manager(workdir, exp.config.keep_checkpoints, clean_up=True)
     self.state, self.sums = exp.initial_state, exp.zero_sums()
     self.history, self.timing, self.steps, self.window = [], [], [], []
-    restored = checkpoint.restore_newest_readable(
-        self.manager, workdir, exp.fingerprint, self.state, self.sums,
+    self.manager, restored = checkpoint.open_for_training(
+        workdir, exp.config.keep_checkpoints, exp.fingerprint, self.state, self.sums,
         is_primary=jax.process_index() == 0, barrier=_barrier)
     if restored is not None:
       self.state, self.sums, meta, step = restored
@@ -601,7 +600,7 @@ def final_results(run: Run, compile_time: float | None) -> dict:
   last_test = exp.evaluate(run.state, "test")
   best_test = last_test
   if best["step"] != run.step:
-    best_state, _, _ = checkpoint.restore(run.manager, best["step"], run.state)
+    best_state = checkpoint.read(run.workdir, best["step"], state=run.state)["state"]
     best_test = exp.evaluate(best_state, "test")
   return {
       "test_accuracy": best_test["accuracy"], "test_loss": best_test["loss"],

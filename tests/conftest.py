@@ -61,6 +61,15 @@ def run_main(env: dict, *args: str, check: bool = True) -> subprocess.CompletedP
   return result
 
 
+def only_error_line(result: subprocess.CompletedProcess) -> str:
+  """The one line a user-fixable mistake prints (README "Errors"): exit status 2
+  and nothing else on stderr, no library warning before it. Returns the line."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+  return lines[0]
+
+
 def mnist_train_step(**overrides):
   """cnn.train.train_step for batches of uint8 MNIST images, unaugmented
   (normalised only), dropout key 1; `overrides` replace its other arguments

@@ -163,27 +163,22 @@ def load(workdir: str, which: str = "best") -> Predictor:
   if not steps:
     raise UserError(f"no checkpoint in {directory}; train first: python main.py "
                     f"--config=... --workdir={workdir}")
-  manager = checkpoint.open_for_reading(workdir)
-  try:
-    meta = checkpoint.load_meta(manager, max(steps))
-    config = _config_of(workdir, meta)
-    record = choose_step(meta, steps, which, config.get("protocol", "validation"))
-    spec = datasets.get_spec(config.dataset)
-    model = create_model(config.model, num_classes=spec.num_classes,
-                         dtype=jnp.dtype(config.dtype), **config.model_kwargs)
-    # Onto this process's first device: on a multi-process job each process
-    # reads its own copy, so prediction needs no other process.
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    wanted = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
-                          abstract_variables(model, spec.image_shape))
-    ema = config.get("ema_decay", 0.0) > 0
-    item = {"ema": wanted} if ema else wanted
-    state = manager.restore(record["step"], args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=item, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args(
-                                         item))))["state"]
-  finally:
-    manager.close()
+  meta = checkpoint.read_for_reader(workdir, max(steps), meta=True)["meta"]
+  config = _config_of(workdir, meta)
+  record = choose_step(meta, steps, which, config.get("protocol", "validation"))
+  spec = datasets.get_spec(config.dataset)
+  model = create_model(config.model, num_classes=spec.num_classes,
+                       dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+  # Onto this process's first device: on a multi-process job each process
+  # reads its own copy, so prediction needs no other process.
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  wanted = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
+                        abstract_variables(model, spec.image_shape))
+  ema = config.get("ema_decay", 0.0) > 0
+  item = {"ema": wanted} if ema else wanted
+  state = checkpoint.read_for_reader(workdir, record["step"], state=ocp.args.PyTreeRestore(
+      item=item, partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item)))["state"]
   variables = state["ema"] if ema else state
   class_names = meta.get("class_names") or _class_names_from_dataset(config)
   return Predictor(

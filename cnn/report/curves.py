@@ -42,11 +42,7 @@ def dataset_of(workdir: str) -> str | None:
   steps = checkpoint.finalized_steps(workdir)
   if not steps:
     return None
-  manager = checkpoint.open_for_reading(workdir)
-  try:
-    return checkpoint.load_meta(manager, max(steps))["config"]["dataset"]
-  finally:
-    manager.close()
+  return checkpoint.read_for_reader(workdir, max(steps), meta=True)["meta"]["config"]["dataset"]
 
 
 def read_run(workdir: str, label: str, classes: int | None) -> RunSteps:
