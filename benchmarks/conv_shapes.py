@@ -287,10 +287,10 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
   return rows
 
 
-def algorithms_for(layer: dict) -> tuple[str, ...]:
+def algorithms_for(layer: dict, with_onednn: bool | None = None) -> tuple[str, ...]:
   """The algorithms that apply to the layer (`conv_algorithms.candidates`)."""
   from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
-  return ca.candidates(shape_of(layer))
+  return ca.candidates(shape_of(layer), with_onednn)
 
 
 def describe(layer: dict) -> str:

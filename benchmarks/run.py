@@ -50,25 +50,28 @@ sys.path.insert(0, str(ROOT))
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
 REGRESSION = 0.9  # a ratio below this fraction of the baseline's is a regression
 
-# (model, label, dtype, model_kwargs): JAX candidates; PyTorch twins are added per model.
-# "JAX fp32" is the default model (the per-shape conv rule, the fusion barrier);
-# the others switch one model option off, to show what each is worth.
+# (model, label, dtype, model_kwargs): JAX candidates; PyTorch twins (fp32, and bf16 under
+# autocast) are added per model. "JAX fp32" is the default model (the per-shape conv rule
+# with oneDNN's convolutions where installed, the fusion barrier); the others switch one
+# option off, to show what each is worth.
+BUILTIN_CONVS = {"conv_algorithm": "builtin"}  # the rule without oneDNN
 XLA_CONVS = {"conv_algorithm": "xla"}
-NO_BARRIER = {"fusion_barrier": False}
 STEP_CANDIDATES = {
     "resnet20": [("resnet20_v1", "JAX fp32", "float32", {}),
+                 ("resnet20_v1", "JAX fp32, built-in conv rule (no oneDNN)", "float32",
+                  BUILTIN_CONVS),
                  ("resnet20_v1", "JAX fp32, XLA convs only", "float32", XLA_CONVS),
-                 ("resnet20_v1", "JAX fp32, no fusion barrier", "float32", NO_BARRIER),
                  ("resnet20_v1", "JAX bf16 compute", "bfloat16", {}),
                  ("resnet20_v2", "JAX fp32, v2 (pre-activation)", "float32", {})],
     "resnet56": [("resnet56_v1", "JAX fp32", "float32", {}),
-                 ("resnet56_v1", "JAX fp32, XLA convs only", "float32", XLA_CONVS),
-                 ("resnet56_v1", "JAX fp32, no fusion barrier", "float32", NO_BARRIER),
+                 ("resnet56_v1", "JAX fp32, built-in conv rule (no oneDNN)", "float32",
+                  BUILTIN_CONVS),
                  ("resnet56_v1", "JAX bf16 compute", "bfloat16", {})],
     "vgg16": [("vgg16", "JAX fp32", "float32", {}),
-              ("vgg16", "JAX fp32, XLA convs only", "float32", XLA_CONVS),
+              ("vgg16", "JAX fp32, built-in conv rule (no oneDNN)", "float32", BUILTIN_CONVS),
               ("vgg16", "JAX bf16 compute", "bfloat16", {})],
 }
+TORCH_TWINS = {"PyTorch fp32": "float32", "PyTorch bf16 autocast": "bfloat16"}
 STEPS = {"resnet20": 10, "resnet56": 4, "vgg16": 3}  # per timing: about 2-6 s each
 MNIST_THRESHOLD = 0.97
 
@@ -153,13 +156,16 @@ def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[
     for model in models:
       steppers = [(label, JaxStepper(name, dtype, batch_size, kwargs), name)
                   for name, label, dtype, kwargs in STEP_CANDIDATES[model]]
-      torch_worker.images_per_s(model, batch_size, 1)  # build and warm up
+      for dtype in TORCH_TWINS.values():
+        torch_worker.images_per_s(model, batch_size, 1, dtype)  # build and warm up
       timers = {label: (lambda s=stepper: s.images_per_s(STEPS[model]))
                 for label, stepper, _ in steppers}
-      timers["PyTorch fp32"] = lambda: torch_worker.images_per_s(model, batch_size, STEPS[model])
+      for label, dtype in TORCH_TWINS.items():
+        timers[label] = functools.partial(torch_worker.images_per_s, model, batch_size,
+                                          STEPS[model], dtype)
       samples = alternate(timers, repeats)
       torch_median = statistics.median(samples["PyTorch fp32"])
-      for label, stepper, name in [*steppers, ("PyTorch fp32", None, model)]:
+      for label, stepper, name in [*steppers, *((t, None, model) for t in TORCH_TWINS)]:
         median = statistics.median(samples[label])
         rows.append({"model": model, "variant": label, "registered_name": name,
                      "batch_size": batch_size, "images_per_s": round(median, 1),

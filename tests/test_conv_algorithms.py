@@ -14,6 +14,7 @@ import pytest
 from jax import lax
 
 from cnn.models import conv_algorithms as ca
+from cnn.models import onednn
 from cnn.models import create_model
 from cnn.errors import UserError
 
@@ -182,11 +183,12 @@ def test_no_effect_on_other_backends():
     for backend in ("gpu", "cuda", "rocm", "tpu"):
       assert ca.plan_for(*args, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                          backend=backend) == ca.XLA_PLAN
-  x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))  # a shape XLA keeps on CPU
+  x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))  # the built-in rule keeps XLA
   dn = ("NHWC", "HWIO", "NHWC")
-  assert ca.plan_for(x.shape, k.shape, (1, 1), dimension_numbers=dn) == ca.XLA_PLAN
+  assert ca.plan_for(x.shape, k.shape, (1, 1), dimension_numbers=dn,
+                     use_onednn=False) == ca.XLA_PLAN
   ours = jax.make_jaxpr(lambda x, k: ca.conv_general_dilated(
-      x, k, (1, 1), "SAME", dimension_numbers=dn))(x, k)
+      x, k, (1, 1), "SAME", dimension_numbers=dn, use_onednn=False))(x, k)
   xla = jax.make_jaxpr(lambda x, k: lax.conv_general_dilated(
       x, k, (1, 1), "SAME", dimension_numbers=dn))(x, k)
   assert str(ours) == str(xla)
@@ -197,7 +199,8 @@ def test_dilated_and_batch_grouped_convolutions_stay_with_xla():
               dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu")
   assert ca.plan_for(**base) != ca.XLA_PLAN
   grouped = base | {"rhs_shape": (3, 3, 64, 512), "feature_group_count": 8}
-  assert ca.plan_for(**grouped) == ca.choose(ca.ConvShape(2, 2, 512, 512, (3, 3), (1, 1), 8))
+  assert ca.plan_for(**grouped) == ca.choose(ca.ConvShape(2, 2, 512, 512, (3, 3), (1, 1), 8),
+                                             onednn=onednn.available())
   assert ca.plan_for(**base | {"rhs_dilation": (2, 2)}) == ca.XLA_PLAN
   assert ca.plan_for(**base | {"batch_group_count": 2}) == ca.XLA_PLAN
   assert ca.plan_for(**base | {"dimension_numbers": ("NCHW", "OIHW", "NCHW")}) == ca.XLA_PLAN
@@ -230,7 +233,7 @@ def test_models_give_the_same_logits_and_gradients_with_either_setting():
 
 def test_unknown_algorithm_is_a_user_error():
   model = create_model("resnet20_v1", num_classes=10, dtype=jnp.float32, conv_algorithm="fast")
-  with pytest.raises(UserError, match="unknown conv_algorithm 'fast'; valid: auto, xla"):
+  with pytest.raises(UserError, match="unknown conv_algorithm 'fast'; valid: auto, builtin, xla"):
     model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)
 
 
@@ -246,13 +249,15 @@ def test_rule_is_within_noise_of_the_best_measured():
   from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
   result = json.loads(TABLE.read_text())
   # A row not yet timed with every algorithm (a table being continued) is left out.
-  rows = [r for r in result["rows"] if set(conv_shapes.algorithms_for(r)) <= set(r["ms"])]
+  rows = [r for r in result["rows"]
+          if set(conv_shapes.algorithms_for(r, with_onednn=False)) <= set(r["ms"])]
   assert len(rows) >= 100
   worse = []
   for row in rows:
     pick = conv_shapes.rule(row)
     for product in conv_shapes.PRODUCTS:
-      times = {a: row["ms"][a][product] for a in conv_shapes.algorithms_for(row)}
+      times = {a: row["ms"][a][product]
+               for a in conv_shapes.algorithms_for(row, with_onednn=False)}
       if row["kernel"] == [1, 1] and product != "kernel_grad":
         times["im2col"] = times["taps"] = min(times["im2col"], times["taps"])
       best, ours = min(times.values()), times[pick[product]]

@@ -30,6 +30,11 @@ The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
   that group's slice of the input channels, kernel and output channels,
   concatenated; each group's products use the algorithms `choose` names for
   the per-group plain shape (XLA for most 3x3 layers).
+- "onednn": oneDNN's convolution, forward and both gradients, through XLA's
+  FFI (cnn/models/onednn.py; built from native/onednn by pip on x86_64
+  Linux): the library PyTorch's CPU convolutions use, on the NHWC/HWIO
+  buffers as they are. Where it is installed and JAX has one CPU device, the
+  rule picks it (`choose(..., onednn=True)`); elsewhere the built-in rule.
 """
 from typing import NamedTuple, Sequence
 
@@ -37,8 +42,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-ALGORITHMS = ("xla", "im2col", "taps", "split")
-CONV_ALGORITHM_CHOICES = ("auto", "xla")  # model option: the rule, or XLA everywhere
+from cnn.models import onednn
+
+ALGORITHMS = ("xla", "im2col", "taps", "split", "onednn")
+# Model option: the rule (with oneDNN where installed), the rule without oneDNN, or XLA
+# everywhere.
+CONV_ALGORITHM_CHOICES = ("auto", "builtin", "xla")
 
 
 class ConvShape(NamedTuple):
@@ -59,21 +68,31 @@ class Plan(NamedTuple):
 
 
 XLA_PLAN = Plan("xla", "xla", "xla")
+ONEDNN_PLAN = Plan("onednn", "onednn", "onednn")
 
 
-def candidates(shape: ConvShape) -> tuple[str, ...]:
+def candidates(shape: ConvShape, with_onednn: bool | None = None) -> tuple[str, ...]:
   """The algorithms that apply to a layer: im2col has no grouped form, and
   "split" is for grouped layers that are not depthwise (one convolution per
-  channel would be thousands of calls)."""
+  channel would be thousands of calls); "onednn" if `with_onednn` (default:
+  where it is available)."""
+  if with_onednn is None:
+    with_onednn = onednn.available()
+  extra = ("onednn",) if with_onednn else ()
   if shape.groups == 1:
-    return ("xla", "im2col", "taps")
+    return ("xla", "im2col", "taps") + extra
   if shape.groups == shape.in_channels:
-    return ("xla", "taps")
-  return ("xla", "taps", "split")
+    return ("xla", "taps") + extra
+  return ("xla", "taps", "split") + extra
 
 
-def choose(shape: ConvShape) -> Plan:
+def choose(shape: ConvShape, onednn: bool = False) -> Plan:
   """The algorithm for each of the three products of one layer.
+
+  With `onednn` (installed, one CPU device): oneDNN for all three products of
+  every shape, grouped and depthwise ones included (benchmarks/conv_shapes.py
+  times it beside the others on every shape: benchmarks/README.md).
+  Without it, the built-in rule:
 
   Derived from benchmarks/conv_shapes.py on the 2-core CPU (table in
   benchmarks/README.md; batch 128, fp32). XLA stays wherever it is the
@@ -104,6 +123,8 @@ def choose(shape: ConvShape) -> Plan:
   - Depthwise convolutions (MobileNet): "taps" for all three; XLA's are
     10-40x slower.
   """
+  if onednn:
+    return ONEDNN_PLAN
   kh, kw = shape.kernel
   spatial = shape.height * shape.width
   channels = shape.in_channels
@@ -203,6 +224,8 @@ def _forward(algorithm, x, w, strides, pads, out_hw, groups=1):
     return lax.conv_general_dilated(x, w, strides, pads,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     feature_group_count=groups)
+  if algorithm == "onednn":
+    return onednn.forward(x, w, strides, pads, out_hw, groups)
   xp = _pad_input(x, pads)
   kh, kw = w.shape[:2]
   if algorithm == "im2col":
@@ -223,6 +246,8 @@ def _input_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
   if algorithm == "xla":
     _, vjp = jax.vjp(lambda t: _forward("xla", t, w, strides, pads, out_hw, groups), x)
     return vjp(g)[0]
+  if algorithm == "onednn":
+    return onednn.input_grad(x, w, g, strides, pads, groups)
   kh, kw = w.shape[:2]
   n, h, wd, c = x.shape
   hp, wp = h + pads[0][0] + pads[0][1], wd + pads[1][0] + pads[1][1]
@@ -251,6 +276,8 @@ def _kernel_grad(algorithm, x, w, g, strides, pads, out_hw, groups=1):
   if algorithm == "xla":
     _, vjp = jax.vjp(lambda t: _forward("xla", x, t, strides, pads, out_hw, groups), w)
     return vjp(g)[0]
+  if algorithm == "onednn":
+    return onednn.kernel_grad(x, w, g, strides, pads, groups)
   xp = _pad_input(x, pads)
   kh, kw = w.shape[:2]
   slices = list(_tap_slices(xp, (kh, kw), strides, out_hw))
@@ -309,8 +336,9 @@ def _planned_conv(plan: Plan, strides, pads, out_hw, groups):
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
                          lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
                          feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, with per-shape algorithms on the CPU backend."""
+                         precision=None, preferred_element_type=None, use_onednn: bool = True):
+  """`lax.conv_general_dilated`, with per-shape algorithms on the CPU backend
+  (oneDNN's among them where available, unless `use_onednn` is False)."""
   xla = lambda: lax.conv_general_dilated(  # pylint: disable=unnecessary-lambda-assignment
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -318,7 +346,9 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
       precision=precision, preferred_element_type=preferred_element_type)
   plan = plan_for(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation,
                   dimension_numbers, feature_group_count, batch_group_count,
-                  preferred_element_type)
+                  preferred_element_type,
+                  use_onednn=use_onednn and onednn.supports(lhs.dtype)
+                  and lhs.dtype == rhs.dtype)
   if plan == XLA_PLAN:
     return xla()
   return planned_conv(plan, lhs.shape, rhs.shape, window_strides, padding)(lhs, rhs)
@@ -351,14 +381,17 @@ def _is_nhwc(dimension_numbers) -> bool:
 
 def plan_for(lhs_shape, rhs_shape, window_strides, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-             preferred_element_type=None, backend: str | None = None) -> Plan:
+             preferred_element_type=None, backend: str | None = None,
+             use_onednn: bool = True) -> Plan:
   """The plan for one call: `choose`'s on the CPU backend (`backend`, default
-  JAX's default backend) for 2-D NHWC convolutions, grouped or not, XLA
-  everywhere else (dilated, batch-grouped, other layouts or backends)."""
+  JAX's default backend) for 2-D NHWC convolutions, grouped or not, with
+  oneDNN if `use_onednn` and it is available; XLA everywhere else (dilated,
+  batch-grouped, other layouts or backends: GPUs and TPUs never call it)."""
   plain = (len(lhs_shape) == 4 and _is_nhwc(dimension_numbers) and batch_group_count == 1
            and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1))))
   if not plain or (backend or jax.default_backend()) != "cpu":
     return XLA_PLAN
-  return choose(layer_shape(lhs_shape, rhs_shape, window_strides))
+  return choose(layer_shape(lhs_shape, rhs_shape, window_strides),
+                onednn=use_onednn and onednn.available())

@@ -83,15 +83,17 @@ def conv_factory(padding: str, dtype: Any, algorithm: str = "auto") -> ModuleDef
   stride 2). `algorithm` "auto" computes each layer on the CPU backend with
   the algorithms `conv_algorithms.choose` names for its shape (XLA's own
   convolution elsewhere); "xla" uses XLA's everywhere. Parameters are the
-  same either way."""
+  same either way. "builtin" is "auto" without oneDNN's convolutions (the
+  rule of the project's own algorithms)."""
   if padding not in CONV_PADDINGS:
     raise UserError(f"unknown conv_padding {padding!r}; valid: {', '.join(CONV_PADDINGS)}")
   choices = conv_algorithms.CONV_ALGORITHM_CHOICES
   if algorithm not in choices:
     raise UserError(f"unknown conv_algorithm {algorithm!r}; valid: {', '.join(choices)}")
   base = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype)
-  if algorithm == "auto":
-    base = functools.partial(base, conv_general_dilated=conv_algorithms.conv_general_dilated)
+  if algorithm != "xla":
+    base = functools.partial(base, conv_general_dilated=functools.partial(
+        conv_algorithms.conv_general_dilated, use_onednn=algorithm == "auto"))
   if padding == "same":
     return functools.partial(base, padding="SAME")
 

@@ -1,0 +1,41 @@
+"""oneDNN convolutions for JAX on the CPU, through XLA's foreign function interface.
+
+`load()` loads oneDNN (`libdnnl.so.3` from the onednn-cpu-gomp wheel, which
+puts it in the environment's lib folder, off the loader's path) and this
+package's handlers (`_conv.so`, built from conv.cc by pip), and registers
+the handlers with JAX for the CPU platform, once per process. The calls
+themselves are made by the cnn project (cnn/models/onednn.py).
+"""
+import ctypes
+import functools
+import importlib.metadata
+from pathlib import Path
+
+import jax
+
+HANDLERS = ("forward", "input_grad", "kernel_grad")
+
+
+def target(product: str) -> str:
+  """The FFI target name of one product ("forward", "input_grad", "kernel_grad")."""
+  return f"cnn_onednn_conv_{product}"
+
+
+def libdnnl_path() -> str:
+  for f in importlib.metadata.files("onednn-cpu-gomp") or ():
+    if f.name == "libdnnl.so.3":
+      return str(f.locate())
+  raise OSError("the onednn-cpu-gomp distribution has no libdnnl.so.3")
+
+
+@functools.cache
+def load() -> str:
+  """Registers the handlers (once); returns oneDNN's version, e.g. "3.2"."""
+  ctypes.CDLL(libdnnl_path(), mode=ctypes.RTLD_GLOBAL)
+  library = ctypes.CDLL(str(Path(__file__).with_name("_conv.so")))
+  for product in HANDLERS:
+    jax.ffi.register_ffi_target(target(product),
+                                jax.ffi.pycapsule(getattr(library, target(product))),
+                                platform="cpu")
+  version = library.cnn_onednn_version()
+  return f"{version // 100}.{version % 100}"

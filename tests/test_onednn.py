@@ -1,0 +1,118 @@
+"""oneDNN's convolutions through XLA's FFI (native/onednn, cnn/models/onednn.py):
+installed by requirements.txt on x86_64 Linux, equal to XLA's convolution
+(tests/test_conv_algorithms.py runs every algorithm, "onednn" among them, on
+every geometry and, with --exhaustive, every model shape), bitwise repeatable,
+correct under vmap, and left out, with one log line, where it cannot run."""
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnn.models import conv_algorithms as ca
+from cnn.models import onednn
+from conftest import REPO
+
+ON_ITS_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN extension not loaded")
+
+
+def layer(batch=16, h=16, w=16, c=16, o=32, k=3, stride=1, groups=1, dtype=jnp.float32):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, h, w, c)), dtype)
+  kernel = jnp.asarray(rng.normal(size=(k, k, c // groups, o)) * 0.1, dtype)
+  return x, kernel, (stride, stride), [(k // 2, k // 2)] * 2
+
+
+def products(plan, x, kernel, strides, pads):
+  conv = ca.planned_conv(plan, x.shape, kernel.shape, strides, pads)
+  y, vjp = jax.vjp(conv, x, kernel)
+  return (y, *vjp(jnp.cos(y)))
+
+
+def test_installed_where_its_wheels_exist():
+  """requirements.txt builds it on x86_64 Linux (CI's machine): there it must load."""
+  assert onednn.available() == ON_ITS_PLATFORM
+
+
+@needs_onednn
+@pytest.mark.parametrize("stride,groups", [(1, 1), (2, 1), (1, 4), (1, 16)])
+def test_repeated_calls_are_bitwise_equal(stride, groups):
+  x, kernel, strides, pads = layer(stride=stride, groups=groups)
+  run = jax.jit(lambda x, k: products(ca.ONEDNN_PLAN, x, k, strides, pads))
+  first, second = run(x, kernel), run(x, kernel)
+  for a, b in zip(first, second):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@needs_onednn
+def test_bf16_products_are_bf16_and_close_to_xla():
+  x, kernel, strides, pads = layer(stride=2, dtype=jnp.bfloat16)
+  got = products(ca.ONEDNN_PLAN, x, kernel, strides, pads)
+  want = products(ca.XLA_PLAN, x, kernel, strides, pads)
+  for a, b in zip(got, want):
+    assert a.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(b.astype(jnp.float32))))
+    np.testing.assert_allclose(np.float32(a), np.float32(b), atol=2e-2 * scale)
+
+
+@needs_onednn
+def test_vmap_over_a_leading_axis_equals_each_slice():
+  """The seed sweep vmaps whole models: x and the kernel both get a seed axis."""
+  x, kernel, strides, pads = layer(batch=4)
+  xs, ks = jnp.stack([x, x * 0.5, -x]), jnp.stack([kernel, kernel * 2, kernel])
+  mapped = jax.jit(jax.vmap(lambda x, k: products(ca.ONEDNN_PLAN, x, k, strides, pads)))(xs, ks)
+  for i in range(3):
+    want = products(ca.XLA_PLAN, xs[i], ks[i], strides, pads)
+    for a, b in zip(mapped, want):
+      err = float(jnp.max(jnp.abs(a[i] - b)) / jnp.max(jnp.abs(b)))
+      assert err < 1e-5
+
+
+def test_rule_uses_it_on_one_cpu_device_only():
+  shape = dict(lhs_shape=(2, 8, 8, 16), rhs_shape=(3, 3, 16, 16), window_strides=(1, 1),
+               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want = ca.ONEDNN_PLAN if onednn.available() else ca.XLA_PLAN
+  assert ca.plan_for(**shape, backend="cpu") == want
+  assert ca.plan_for(**shape, backend="cpu", use_onednn=False) == ca.XLA_PLAN
+  for backend in ("gpu", "tpu"):  # never on accelerators
+    assert ca.plan_for(**shape, backend=backend) == ca.XLA_PLAN
+
+
+PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+{setup}
+import jax.numpy as jnp
+from cnn.models import conv_algorithms as ca, onednn
+shape = ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1))
+print("PLAN", ca.plan_for(*shape, dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu"))
+print("PLAN", ca.plan_for(*shape, dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu"))
+"""
+
+
+def probe(setup: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+  import os  # pylint: disable=import-outside-toplevel
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+  return subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_without_the_extension_the_builtin_rule_runs_and_says_so_once():
+  """Where the wheel does not exist (aarch64, macOS) `import cnn_onednn` fails."""
+  result = probe("sys.modules['cnn_onednn'] = None  # what a missing package does to import")
+  assert result.stdout.count("PLAN Plan(forward='xla'") == 2, result.stdout
+  lines = [l for l in result.stderr.splitlines() if "oneDNN convolutions unavailable" in l]
+  assert len(lines) == 1 and "built-in algorithms" in lines[0], result.stderr
+
+
+@needs_onednn
+def test_several_devices_use_the_builtin_rule_and_say_so_once():
+  result = probe("", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert result.stdout.count("PLAN Plan(forward='xla'") == 2, result.stdout
+  lines = [l for l in result.stderr.splitlines() if "not oneDNN's" in l]
+  assert len(lines) == 1 and lines[0].startswith("2 devices: "), result.stderr
