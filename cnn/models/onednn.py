@@ -61,6 +61,8 @@ def supports(dtype) -> bool:
 
 
 def _call(product: str, a, b, out_shape, strides, pads, groups):
+  if _loaded() is None:  # a plan naming "onednn" where it is not installed
+    raise RuntimeError("the oneDNN extension (cnn-onednn) is not installed")
   import cnn_onednn  # pylint: disable=import-outside-toplevel
   return jax.ffi.ffi_call(cnn_onednn.target(product), jax.ShapeDtypeStruct(out_shape, a.dtype),
                           vmap_method="sequential")(
