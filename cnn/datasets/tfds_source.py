@@ -7,8 +7,10 @@ same as a download. With no archive directory, tfds downloads as usual.
 This module imports TensorFlow; cnn/datasets/__init__.py imports it only when
 this reader is chosen.
 """
+import logging
 import re
 import socket
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -100,6 +102,10 @@ def prepare(spec: DatasetSpec, data_dir: str | None, archive_dir: str) -> tfds.c
   else:
     _check_online(builder, spec)
     download_config = None
+  # tfds's progress bars would stand before a one-line error on stderr; a line after says
+  # what was prepared.
+  tfds.display_progress_bar(False)
+  start = time.perf_counter()
   try:
     builder.download_and_prepare(download_config=download_config)
   except NonMatchingChecksumError as e:
@@ -112,6 +118,8 @@ def prepare(spec: DatasetSpec, data_dir: str | None, archive_dir: str) -> tfds.c
       raise
     raise UserError(f"could not download {spec.tfds_name!r} ({type(e).__name__}); "
                     f"offline, {where_to_put(spec, archive_dir)}") from None
+  logging.info("prepared %s in %s (%.0f s, once)", spec.tfds_name, builder.data_dir,
+               time.perf_counter() - start)
   return builder
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn.errors import UserError
-from cnn.models import conv_algorithms
+from cnn.models import conv_algorithms, onednn
 
 ModuleDef = Any
 
@@ -61,6 +61,40 @@ class GroupedBatchNorm(nn.Module):
       return (y.reshape(x.shape) * scale + bias).astype(self.dtype)
     y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
     return (y * scale + bias).astype(self.dtype)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm` in training, for NHWC batches on the CPU: the statistics,
+  the normalisation and the gradient by oneDNN (cnn/models/onednn.py), 2x
+  faster there than XLA's reductions (benchmarks/README.md). The same
+  parameters, statistics, names and momentum as `nn.BatchNorm`, so
+  checkpoints are interchangeable; `make_layers` uses it only where oneDNN is
+  available, for training (evaluation keeps `nn.BatchNorm`)."""
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    features = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    if x.ndim == 4:
+      y, mean, var = onednn.batch_norm(x.astype(self.dtype), scale, bias, self.epsilon)
+    else:  # flax's computation (a BatchNorm on features, not images)
+      t = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(t, axes)
+      var = jnp.maximum(0.0, jnp.mean(jnp.square(t), axes) - jnp.square(mean))
+      y = ((t - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias).astype(self.dtype)
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+    return y
 
 
 CONV_PADDINGS = ("symmetric", "same")
@@ -113,10 +147,14 @@ def make_layers(train: bool, dtype: Any, norm_groups: int = 1, conv_padding: str
   eps 1e-5), which the published CIFAR recipes were tuned with. With
   `norm_groups` > 1 its training statistics are per group (per device).
   Convolutions pad as `conv_padding` says and compute with `conv_algorithm`
-  (see `conv_factory`).
+  (see `conv_factory`); with "auto" and oneDNN available, BatchNorm trains
+  through oneDNN too (`BatchNorm`).
   """
   conv = conv_factory(conv_padding, dtype, conv_algorithm)
-  if norm_groups == 1:
+  if norm_groups == 1 and train and conv_algorithm == "auto" and onednn.available() and (
+      onednn.supports(dtype)):
+    norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype)
+  elif norm_groups == 1:
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
   else:

@@ -1,11 +1,13 @@
-"""oneDNN's convolutions on the CPU, called through XLA's FFI (native/onednn).
+"""oneDNN's convolutions and BatchNorm on the CPU, called through XLA's FFI
+(native/onednn).
 
 The `cnn-onednn` package (built by `pip install -r requirements.txt` on
-x86_64 Linux, where oneDNN's PyPI wheels exist) registers three handlers:
+x86_64 Linux, where oneDNN's PyPI wheels exist) registers five handlers:
 the forward pass, the input gradient and the kernel gradient of a 2-D NHWC
 convolution with an HWIO kernel, fp32 or bf16, any strides, padding and
-feature groups. They run on the buffers as JAX holds them (no layout copy
-outside oneDNN), one call at a time with every core.
+feature groups; and the training pass of BatchNorm (batch statistics) and its
+gradient. They run on the buffers as JAX holds them (no layout copy outside
+oneDNN), one call at a time with every core.
 
 `available()` says whether they can be used (installed, loaded, and one CPU
 device: under several devices a custom call would run on the gathered batch
@@ -35,7 +37,7 @@ def _loaded() -> str | None:
                  "algorithms (pip install -r requirements.txt builds them on x86_64 Linux)",
                  type(e).__name__, e)
     return None
-  logging.info("oneDNN %s convolutions through XLA's FFI", version)
+  logging.debug("oneDNN %s convolutions and BatchNorm through XLA's FFI", version)
   return version
 
 
@@ -64,7 +66,8 @@ def _call(product: str, a, b, out_shape, strides, pads, groups):
   if _loaded() is None:  # a plan naming "onednn" where it is not installed
     raise RuntimeError("the oneDNN extension (cnn-onednn) is not installed")
   import cnn_onednn  # pylint: disable=import-outside-toplevel
-  return jax.ffi.ffi_call(cnn_onednn.target(product), jax.ShapeDtypeStruct(out_shape, a.dtype),
+  return jax.ffi.ffi_call(cnn_onednn.target("conv_" + product),
+                          jax.ShapeDtypeStruct(out_shape, a.dtype),
                           vmap_method="sequential")(
       a, b, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
       pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]), groups=np.int64(groups))
@@ -82,3 +85,41 @@ def input_grad(x, w, g, strides, pads, groups):
 def kernel_grad(x, w, g, strides, pads, groups):
   return _call("kernel_grad", x.astype(g.dtype), g, w.shape, strides, pads,
                groups).astype(w.dtype)
+
+
+def _vector(x):
+  return jax.ShapeDtypeStruct((x.shape[-1],), jax.numpy.float32)
+
+
+def _bn_forward(x, scale, bias, epsilon):
+  import cnn_onednn  # pylint: disable=import-outside-toplevel
+  return jax.ffi.ffi_call(cnn_onednn.target("batchnorm_forward"),
+                          (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(x), _vector(x)),
+                          vmap_method="sequential")(x, scale, bias, epsilon=np.float32(epsilon))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm(x, scale, bias, epsilon: float):
+  """(y, mean, variance) of BatchNorm in training: x (N,H,W,C) normalised with
+  its own statistics over N, H and W (the biased variance, as flax's), then
+  scaled and shifted. The statistics' gradients are not propagated: they feed
+  only the running averages, and `layers.BatchNorm` stops them."""
+  return _bn_forward(x, scale, bias, epsilon)
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+  y, mean, variance = _bn_forward(x, scale, bias, epsilon)
+  return (y, mean, variance), (x, scale, mean, variance)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+  import cnn_onednn  # pylint: disable=import-outside-toplevel
+  x, scale, mean, variance = residuals
+  dy = cotangents[0].astype(x.dtype)
+  return tuple(jax.ffi.ffi_call(
+      cnn_onednn.target("batchnorm_backward"),
+      (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(x), _vector(x)),
+      vmap_method="sequential")(x, dy, scale, mean, variance, epsilon=np.float32(epsilon)))
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)

@@ -1,4 +1,4 @@
-"""Builds src/cnn_onednn/conv.cc into cnn_onednn/_conv*.so (setuptools; headers
+"""Builds src/cnn_onednn/*.cc into cnn_onednn/_kernels.so (setuptools; headers
 from the build environment's oneDNN devel wheel and jaxlib). The shared
 library is loaded with ctypes, not imported: it defines XLA FFI handlers, not
 a Python module."""
@@ -26,7 +26,7 @@ def _ffi_include_dir() -> str:
 
 
 class BuildSharedLibrary(build_ext):
-  """A plain shared library (no Python module init): named _conv.so."""
+  """A plain shared library (no Python module init): named _kernels.so."""
 
   def get_ext_filename(self, fullname):
     return str(Path(*fullname.split(".")).with_suffix(".so"))
@@ -37,7 +37,8 @@ class BuildSharedLibrary(build_ext):
 
 setup(
     ext_modules=[Extension(
-        "cnn_onednn._conv", sources=["src/cnn_onednn/conv.cc"], language="c++",
+        "cnn_onednn._kernels", sources=["src/cnn_onednn/conv.cc", "src/cnn_onednn/batchnorm.cc"],
+        depends=["src/cnn_onednn/common.h"], language="c++",
         include_dirs=[_include_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp"),
                       _ffi_include_dir()],
         # oneDNN's symbols resolve against libdnnl.so.3, loaded first (cnn_onednn.load).

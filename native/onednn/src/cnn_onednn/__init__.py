@@ -2,9 +2,9 @@
 
 `load()` loads oneDNN (`libdnnl.so.3` from the onednn-cpu-gomp wheel, which
 puts it in the environment's lib folder, off the loader's path) and this
-package's handlers (`_conv.so`, built from conv.cc by pip), and registers
-the handlers with JAX for the CPU platform, once per process. The calls
-themselves are made by the cnn project (cnn/models/onednn.py).
+package's handlers (`_kernels.so`, built from conv.cc and batchnorm.cc by
+pip), and registers them with JAX for the CPU platform, once per process. The
+calls themselves are made by the cnn project (cnn/models/onednn.py).
 """
 import ctypes
 import functools
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import jax
 
-HANDLERS = ("forward", "input_grad", "kernel_grad")
+HANDLERS = ("conv_forward", "conv_input_grad", "conv_kernel_grad", "batchnorm_forward",
+            "batchnorm_backward")
 
 
-def target(product: str) -> str:
-  """The FFI target name of one product ("forward", "input_grad", "kernel_grad")."""
-  return f"cnn_onednn_conv_{product}"
+def target(handler: str) -> str:
+  """The FFI target name of a handler (one of HANDLERS)."""
+  return f"cnn_onednn_{handler}"
 
 
 def libdnnl_path() -> str:
@@ -32,10 +33,10 @@ def libdnnl_path() -> str:
 def load() -> str:
   """Registers the handlers (once); returns oneDNN's version, e.g. "3.2"."""
   ctypes.CDLL(libdnnl_path(), mode=ctypes.RTLD_GLOBAL)
-  library = ctypes.CDLL(str(Path(__file__).with_name("_conv.so")))
-  for product in HANDLERS:
-    jax.ffi.register_ffi_target(target(product),
-                                jax.ffi.pycapsule(getattr(library, target(product))),
+  library = ctypes.CDLL(str(Path(__file__).with_name("_kernels.so")))
+  for handler in HANDLERS:
+    jax.ffi.register_ffi_target(target(handler),
+                                jax.ffi.pycapsule(getattr(library, target(handler))),
                                 platform="cpu")
   version = library.cnn_onednn_version()
   return f"{version // 100}.{version % 100}"

@@ -12,19 +12,14 @@
 //
 // Attributes: strides, the top/left padding (the bottom/right follow from the
 // output's shape) and the feature groups. fp32 and bf16 (all buffers of one
-// call in the same type). Primitives are cached by shape, type and direction.
-// Calls run one at a time (XLA may start two at once from its threads; each
-// would start its own OpenMP team on the same cores), each with every OpenMP
-// thread. Each thread keeps its scratchpad and kernel buffers between calls,
-// so steady-state calls allocate nothing.
+// call in the same type). Primitives are cached by shape, type and direction;
+// calls run one at a time, each with every core (common.h).
 #include <array>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -74,16 +69,8 @@ struct Cached {
   bool reorder_kernel = false;
 };
 
-dnnl::engine& engine() {
-  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-  return e;
-}
-
-dnnl::primitive_attr attributes() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
+using cnn_onednn::attributes;
+using cnn_onednn::engine;
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
@@ -124,39 +111,27 @@ Cached build(const Geometry& g, Direction d) {
   return out;
 }
 
-std::mutex& lock() {
-  static std::mutex m;
-  return m;
-}
-
 const Cached& cached(const Geometry& g, Direction d) {
-  static std::map<std::array<int64_t, 16>, Cached> cache;  // guarded by lock()
+  static std::map<std::array<int64_t, 16>, Cached> cache;  // guarded by the lock
   auto key = g.key(d);
   auto it = cache.find(key);
   if (it == cache.end()) it = cache.emplace(key, build(g, d)).first;
   return it->second;
 }
 
-void* grown(std::vector<uint8_t>& buffer, size_t bytes) {
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return buffer.data();
-}
-
 ffi::Error run(Direction d, const Geometry& g, void* x, void* w, void* y) {
   // x, w, y: the direction's (src, kernel, dst), (diff_dst, kernel, diff_src)
   // or (src, diff_dst, diff_kernel).
-  static std::vector<uint8_t> scratch, kernel_buffer;  // guarded by lock()
-  std::lock_guard<std::mutex> guard(lock());
-  try {
+  static std::vector<uint8_t> kernel_buffer;  // guarded by the lock
+  return cnn_onednn::locked([&](dnnl::stream& stream) {
     const Cached& p = cached(g, d);
-    dnnl::stream stream(engine());
     memory user_kernel(g.user_kernel(), engine(), d == kKernelGrad ? y : w);
     memory kernel = user_kernel;
     if (p.reorder_kernel) {
-      kernel = memory(p.kernel, engine(), grown(kernel_buffer, p.kernel.get_size()));
+      kernel = memory(p.kernel, engine(), cnn_onednn::grown(kernel_buffer, p.kernel.get_size()));
       if (d != kKernelGrad) p.kernel_reorder.execute(stream, user_kernel, kernel);
     }
-    memory pad(p.scratchpad, engine(), grown(scratch, p.scratchpad.get_size()));
+    memory pad = cnn_onednn::scratchpad(p.scratchpad);
     if (d == kForward) {
       p.primitive.execute(stream, {{DNNL_ARG_SRC, memory(g.src(), engine(), x)},
                                    {DNNL_ARG_WEIGHTS, kernel},
@@ -174,18 +149,7 @@ ffi::Error run(Direction d, const Geometry& g, void* x, void* w, void* y) {
                                    {DNNL_ARG_SCRATCHPAD, pad}});
       if (p.reorder_kernel) p.kernel_reorder.execute(stream, kernel, user_kernel);
     }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
-}
-
-bool type_of(ffi::DataType t, memory::data_type* out) {
-  if (t == ffi::DataType::F32) *out = memory::data_type::f32;
-  else if (t == ffi::DataType::BF16) *out = memory::data_type::bf16;
-  else return false;
-  return true;
+  });
 }
 
 // The geometry from the NHWC image (x or dx), the NHWC dy-shaped buffer and
@@ -196,7 +160,7 @@ ffi::Error geometry(ffi::AnyBuffer::Dimensions image, ffi::AnyBuffer::Dimensions
   if (image.size() != 4 || out.size() != 4 || kernel.size() != 4) {
     return ffi::Error::InvalidArgument("cnn_onednn: expected NHWC images and an HWIO kernel");
   }
-  if (!type_of(t, &g->type)) {
+  if (!cnn_onednn::type_of(t, &g->type)) {
     return ffi::Error::InvalidArgument("cnn_onednn: only float32 and bfloat16");
   }
   *g = Geometry{image[0], image[1], image[2], image[3], out[3], kernel[0], kernel[1],
