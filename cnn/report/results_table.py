@@ -32,24 +32,37 @@ BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
                                    "<!-- robustness-table:end -->")
 
-# name -> (seed codebase %, published %, our target %, why not run yet).
+# name -> (seed codebase %, published %, our target %, why not run yet). The CPU hours are
+# estimates from the train-step speeds measured on the 2-core AMD EPYC with oneDNN's
+# convolutions (benchmarks/baseline_cpu.json, 2026-12-01: ResNet-20 v1/v2 465/474,
+# ResNet-56 v1/v2 164/154, ResNet-110 v1 78, VGG-16 95 images/s), the queue order in
+# results/README.md.
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "30 epochs of 55k images: about 10 h of a 2-core CPU at the 46 images/s "
-                    "VGG-16 trains at since the per-shape convolutions (benchmarks/"
-                    "baseline_cpu.json); queued on the CPU after the ResNet-20 paper runs"),
+                    "queued 2nd: 30 epochs of 55k images, at most 4.8 h of the 2-core CPU at "
+                    "VGG-16's 95 images/s on 32x32x3 (MNIST's 28x28x1 is cheaper)"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
-    "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5", "needs a GPU"),
+    "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5",
+                      "queued 5th: 200 epochs of 45k images, about 26 h of the 2-core CPU at "
+                      "95 images/s"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
-    "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7", "64k iterations on the 2-core CPU "
-                           "(v1 took 11.1 h); running since 2026-12-01, resumed "
-                           "every session"),
-    "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3", "needs a GPU"),
-    "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5", "needs a GPU"),
-    "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8", "needs a GPU"),
-    "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8", "needs a GPU"),
+    "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
+                           "running 1st, since 2026-12-01 22:25 UTC: 64k iterations, about "
+                           "5 h of the 2-core CPU at 474 images/s with oneDNN's convolutions "
+                           "(v1 took 11.1 h before them)"),
+    "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
+                           "queued 3rd: 64k iterations, about 14 h of the 2-core CPU at "
+                           "164 images/s"),
+    "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
+                           "queued 4th: 64k iterations, about 15 h of the 2-core CPU at "
+                           "154 images/s"),
+    "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
+                            "queued 6th: 64k iterations, about 29 h of the 2-core CPU at "
+                            "78 images/s"),
+    "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
+                            "after the queue (ResNet-110 v1's speed: about 29 h)"),
 }
 KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "last_test_accuracy",
         "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",

@@ -39,6 +39,9 @@ setup(
     ext_modules=[Extension(
         "cnn_onednn._kernels", sources=["src/cnn_onednn/conv.cc", "src/cnn_onednn/batchnorm.cc"],
         depends=["src/cnn_onednn/common.h"], language="c++",
+        # Without a C++ compiler the package installs without the library: cnn_onednn.load()
+        # then fails and the project uses its built-in algorithms (one log line says so).
+        optional=True,
         include_dirs=[_include_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp"),
                       _ffi_include_dir()],
         # oneDNN's symbols resolve against libdnnl.so.3, loaded first (cnn_onednn.load).

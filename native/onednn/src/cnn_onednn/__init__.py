@@ -33,7 +33,10 @@ def libdnnl_path() -> str:
 def load() -> str:
   """Registers the handlers (once); returns oneDNN's version, e.g. "3.2"."""
   ctypes.CDLL(libdnnl_path(), mode=ctypes.RTLD_GLOBAL)
-  library = ctypes.CDLL(str(Path(__file__).with_name("_kernels.so")))
+  built = Path(__file__).with_name("_kernels.so")
+  if not built.exists():
+    raise OSError(f"{built.name} was not built (no C++ compiler when pip installed cnn-onednn?)")
+  library = ctypes.CDLL(str(built))
   for handler in HANDLERS:
     jax.ffi.register_ffi_target(target(handler),
                                 jax.ffi.pycapsule(getattr(library, target(handler))),
