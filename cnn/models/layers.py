@@ -22,6 +22,17 @@ ModuleDef = Any
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def batchnorm_variables(module: nn.Module, features: int):
+  """(scale, bias, running mean, running variance) of a BatchNorm module, with
+  `nn.BatchNorm`'s names, shapes and initial values (so checkpoints are
+  interchangeable between the three); call from a compact `__call__`."""
+  scale = module.param("scale", module.scale_init, (features,), jnp.float32)
+  bias = module.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+  ra_mean = module.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+  ra_var = module.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+  return scale, bias, ra_mean, ra_var
+
+
 class GroupedBatchNorm(nn.Module):
   """BatchNorm with statistics computed separately on `num_groups` equal,
   contiguous slices of the batch, and running averages over the groups.
@@ -41,11 +52,7 @@ class GroupedBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    features = x.shape[-1]
-    scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    scale, bias, ra_mean, ra_var = batchnorm_variables(self, x.shape[-1])
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
@@ -77,11 +84,7 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    features = x.shape[-1]
-    scale = self.param("scale", self.scale_init, (features,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    scale, bias, ra_mean, ra_var = batchnorm_variables(self, x.shape[-1])
     if x.ndim == 4:
       y, mean, var = onednn.batch_norm(x.astype(self.dtype), scale, bias, self.epsilon)
     else:  # flax's computation (a BatchNorm on features, not images)
