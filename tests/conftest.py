@@ -107,7 +107,8 @@ SLOW_SUITES = {
     "cluster": "slow device/process matrix: python -m pytest -q tests --cluster -m cluster",
     "exhaustive": ("every algorithm on every conv shape of every model: "
                    "python -m pytest -q tests --exhaustive -m exhaustive"),
-    "slow": ("end-to-end checks of 30 s or more each, beyond CI's 15 minutes (the notebook, "
+    "slow": ("end-to-end checks of 30 s or more each, beyond CI's 15 minutes (the damage matrix "
+             "over every file of a checkpoint, the notebook, "
              "the accelerator kit's interrupted and carried row and its whole tiny queue, "
              "reproducibility across runs, divergence, the workdir lock, the CPU conv algorithms "
              "on whole models, SIGTERM, the exports, mixup, learning with the data on the "
