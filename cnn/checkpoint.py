@@ -271,10 +271,10 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
   restored, damaged = None, []
   for step in reversed(finalized_steps(workdir)):
     try:
+      meta = read(workdir, step, meta=True)["meta"]  # first: another model's is no damage
       if restored is None:
-        meta = read(workdir, step, meta=True)["meta"]
         check_compatible(meta, fingerprint, workdir)
-      items = read(workdir, step, state=state, epoch_sums=epoch_sums, meta=True, metrics=True)
+      items = read(workdir, step, state=state, epoch_sums=epoch_sums, metrics=True)
     except Damaged as e:
       where = move_aside(workdir, str(step)) if is_primary else "aside"
       logging.warning("checkpoint step %d in %s cannot be read (%s); moved to %s%s", step,
@@ -282,7 +282,7 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
       damaged.append(step)
       continue
     if restored is None:
-      restored = items["state"], items["epoch_sums"], items["meta"], step
+      restored = items["state"], items["epoch_sums"], meta, step
   barrier()  # every process, moved or not, so none waits alone
   if restored is None and damaged:
     raise UserError(f"no readable checkpoint in {directory}: "
