@@ -386,6 +386,8 @@ def main() -> int:
                    fix=f"python benchmarks/conv_shapes.py --render {args.render} "
                        f"--readme {args.readme}")
   from benchmarks.run import machine  # pylint: disable=import-outside-toplevel
+  from cnn import backend  # pylint: disable=import-outside-toplevel
+  backend.retain_host_memory()  # as main.py does, before JAX starts (cnn/backend.py)
   layers = all_layers(args.batch, args.models.split(",") if args.models else None)
   print(f"{len(layers)} distinct conv shapes", flush=True)
   result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),

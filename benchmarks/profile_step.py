@@ -215,7 +215,9 @@ def main() -> int:
   parser.add_argument("--readme", type=Path)
   parser.add_argument("--render", type=Path, help="only render this JSON (with --readme)")
   args = parser.parse_args()
+  from cnn import backend  # pylint: disable=import-outside-toplevel
   from cnn.report import results_table  # pylint: disable=import-outside-toplevel
+  backend.retain_host_memory()  # as main.py does, before JAX starts (cnn/backend.py)
   if args.render:
     result = json.loads(args.render.read_text())
   else:

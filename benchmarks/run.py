@@ -459,6 +459,8 @@ def main() -> int:
                    fix=f"python benchmarks/run.py --render {args.render} --readme {args.readme}")
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from cnn import backend  # pylint: disable=import-outside-toplevel
+  backend.retain_host_memory()  # as main.py does, before JAX starts (cnn/backend.py)
   repeats = 2 if args.quick else args.repeats
   models = ["resnet20"] if args.quick else args.models.split(",")
   result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),

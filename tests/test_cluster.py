@@ -88,7 +88,7 @@ def test_gpu_determinism_flag_is_added_once_and_only_when_asked():
   assert backend.xla_flags(config, "") == "--xla_gpu_deterministic_ops=true"
   assert backend.xla_flags(config, "--xla_gpu_deterministic_ops=false") == (
       "--xla_gpu_deterministic_ops=false")  # the user's own setting wins
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cuda"}
   backend.configure(config, env)
   assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
                               "--xla_gpu_deterministic_ops=true")
