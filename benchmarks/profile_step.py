@@ -92,12 +92,12 @@ def hlo_op_names(hlo: str) -> dict[str, str | None]:
   return op_names
 
 
-def profile_jax(model: str, batch: int, steps: int, kwargs: dict) -> dict:
+def profile_jax(model: str, batch: int, steps: int, kwargs: dict, dtype: str = "float32") -> dict:
   flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_xprof_traceme=true".strip()
   import jax  # pylint: disable=import-outside-toplevel
   from benchmarks.run import JaxStepper  # pylint: disable=import-outside-toplevel
-  stepper = JaxStepper(MODELS[model], "float32", batch, kwargs)
+  stepper = JaxStepper(MODELS[model], dtype, batch, kwargs)
   hlo = stepper._step.lower(stepper.state, stepper.sums, stepper.batch).compile().as_text()  # pylint: disable=protected-access
   op_names = hlo_op_names(hlo)
   with tempfile.TemporaryDirectory() as tmp:
@@ -139,11 +139,11 @@ def torch_category(name: str) -> tuple[str, str]:
   return "other", direction
 
 
-def profile_torch(model: str, batch: int, steps: int) -> dict:
+def profile_torch(model: str, batch: int, steps: int, dtype: str = "float32") -> dict:
   import torch  # pylint: disable=import-outside-toplevel
   from torch.profiler import ProfilerActivity, profile  # pylint: disable=import-outside-toplevel
   from benchmarks.torch_twins import Stepper  # pylint: disable=import-outside-toplevel
-  stepper = Stepper(model, batch)
+  stepper = Stepper(model, batch, dtype)  # bfloat16: under torch.autocast
   with profile(activities=[ProfilerActivity.CPU]) as prof:
     start = time.perf_counter()
     for _ in range(steps):
@@ -172,7 +172,9 @@ def render(result: dict) -> str:
     o.update(zip(("category", "direction", "layer"), jax_category(o["op_name"], o["hlo"])))
   jx, pt = summarise(result["jax"]["ops"]), summarise(result["torch"]["ops"])
   m = result["machine"]
-  out = [f"{result['model']} train step, batch {result['batch']}, fp32, measured "
+  dtype = {"float32": "fp32", "bfloat16": "bf16 compute (PyTorch: bf16 autocast)"}[
+      result.get("dtype", "float32")]
+  out = [f"{result['model']} train step, batch {result['batch']}, {dtype}, measured "
          f"{result['date']} on {m['cpu']} ({m['cores']} cores), jax {m['jax']}, torch "
          f"{m['torch']}; ms per step from the profilers' op events, {result['steps']} steps. "
          f"Wall time per step while profiled: JAX {result['jax']['wall_ms']:.0f} ms, "
@@ -211,6 +213,7 @@ def main() -> int:
   parser.add_argument("--model", default="resnet20", choices=sorted(MODELS))
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--out", type=Path)
   parser.add_argument("--readme", type=Path)
   parser.add_argument("--render", type=Path, help="only render this JSON (with --readme)")
@@ -225,9 +228,9 @@ def main() -> int:
     from benchmarks.run import machine  # pylint: disable=import-outside-toplevel
     result = {"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
               "machine": machine(), "model": args.model, "batch": args.batch,
-              "steps": args.steps,
-              "jax": profile_jax(args.model, args.batch, args.steps, {}),
-              "torch": profile_torch(args.model, args.batch, args.steps)}
+              "steps": args.steps, "dtype": args.dtype,
+              "jax": profile_jax(args.model, args.batch, args.steps, {}, args.dtype),
+              "torch": profile_torch(args.model, args.batch, args.steps, args.dtype)}
     if args.out:
       args.out.parent.mkdir(parents=True, exist_ok=True)
       args.out.write_text(json.dumps(result, indent=1) + "\n")

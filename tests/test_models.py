@@ -106,3 +106,29 @@ def test_fusion_barrier_is_the_identity_for_values_and_gradients():
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(value, np.float32))
   grad = jax.grad(lambda t: jnp.sum(fusion_barrier(t) * t))(x)
   np.testing.assert_array_equal(grad, 2 * x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 8, 8, 5), (2, 4, 6, 3), (2, 7, 7, 3)])  # 7x7: "SAME" pads
+def test_max_pool_is_nn_max_pool_bitwise_values_and_gradients(dtype, shape):
+  """Ties included: after a ReLU, and small integers, many windows share their maximum;
+  the gradient must go to the first of them (row-major), as select_and_scatter's does."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from cnn.models.layers import max_pool  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  inputs = (np.maximum(rng.normal(size=shape), 0), rng.integers(0, 3, size=shape),
+            rng.normal(size=shape))
+  for padding in ("SAME", "VALID"):
+    ours = lambda x, p=padding: max_pool(x, (2, 2), (2, 2), p)  # noqa: E731
+    flax = lambda x, p=padding: nn.max_pool(x, (2, 2), strides=(2, 2), padding=p)  # noqa: E731
+    for values in inputs:
+      x = jnp.asarray(values, dtype)
+      weights = jnp.arange(flax(x).size, dtype=jnp.float32).reshape(flax(x).shape) - 7
+      for f in (ours, flax):
+        assert jax.jit(f)(x).dtype == dtype
+      np.testing.assert_array_equal(np.asarray(jax.jit(ours)(x), np.float32),
+                                    np.asarray(jax.jit(flax)(x), np.float32))
+      grads = [np.asarray(jax.jit(jax.grad(
+          lambda t, f=f: jnp.sum(f(t).astype(jnp.float32) * weights)))(x), np.float32)
+               for f in (ours, flax)]
+      np.testing.assert_array_equal(*grads)

@@ -6,6 +6,7 @@ correct under vmap, and left out, with one log line, where it cannot run."""
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,15 @@ def products(plan, x, kernel, strides, pads):
 def test_installed_where_its_wheels_exist():
   """requirements.txt builds it on x86_64 Linux (CI's machine): there it must load."""
   assert onednn.available() == ON_ITS_PLATFORM
+
+
+def test_requirements_name_the_package_version_and_the_api_matches():
+  import re  # pylint: disable=import-outside-toplevel
+  version = re.search(r'^version = "([^"]+)"', (REPO / "native/onednn/pyproject.toml").read_text(),
+                      re.M).group(1)
+  assert f"cnn-onednn {version} " in (REPO / "requirements.txt").read_text()
+  init = (REPO / "native/onednn/src/cnn_onednn/__init__.py").read_text()
+  assert f"\nAPI = {onednn.API}\n" in init
 
 
 @needs_onednn
@@ -108,6 +118,24 @@ def test_without_the_extension_the_builtin_rule_runs_and_says_so_once():
   assert result.stdout.count("PLAN Plan(forward='xla'") == 2, result.stdout
   lines = [l for l in result.stderr.splitlines() if "oneDNN convolutions unavailable" in l]
   assert len(lines) == 1 and "built-in algorithms" in lines[0], result.stderr
+
+
+@needs_onednn
+def test_an_older_build_in_the_environment_falls_back_and_says_how_to_rebuild(tmp_path):
+  """The package as it was before its API number (e.g. a venv made at an older commit): its
+  handlers have other names, so calling them would fail inside XLA."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import cnn_onednn  # pylint: disable=import-outside-toplevel
+  old = tmp_path / "cnn_onednn"
+  shutil.copytree(Path(cnn_onednn.__file__).parent, old)
+  init = old / "__init__.py"
+  init.write_text(init.read_text().replace("API = ", "_NO_API = ").replace(
+      'return f"cnn_onednn_{handler}"', 'return f"cnn_onednn_{handler}".replace("conv_", "")'))
+  result = probe("", {"PYTHONPATH": f"{tmp_path}:{REPO}"})
+  assert result.stdout.count("PLAN Plan(forward='xla'") == 2, result.stdout
+  lines = [l for l in result.stderr.splitlines() if "cnn-onednn" in l]
+  assert len(lines) == 1 and "has API 1, this code calls API 2" in lines[0], result.stderr
+  assert "pip install -r requirements.txt" in lines[0]
 
 
 @needs_onednn

@@ -188,6 +188,56 @@ def fusion_barrier(x: jnp.ndarray) -> jnp.ndarray:
   return jax.lax.cond(first == first, lambda t: t, lambda t: t * 1, x)
 
 
+def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Sequence[int],
+             padding: str = "VALID") -> jnp.ndarray:
+  """`nn.max_pool`, with the 2x2 stride-2 case (VGG's, ResNet-9's) computed as a
+  reshape and a max on the CPU backend, where XLA's `reduce_window` gradient
+  (`select_and_scatter`) is slow: 109 vs 13.5 ms at 128x32x32x64 fp32, 127 vs
+  10 ms in bf16 (2-core AMD EPYC). The gradient goes to the first maximum of
+  each window in row-major order, as `select_and_scatter` and PyTorch give it,
+  so values and gradients are bitwise those of `nn.max_pool` (tested). Other
+  windows, odd sizes (where "SAME" pads) and other backends use `nn.max_pool`."""
+  n_h_w_c = x.shape
+  if (tuple(window_shape) == (2, 2) and tuple(strides) == (2, 2) and x.ndim == 4
+      and n_h_w_c[1] % 2 == 0 and n_h_w_c[2] % 2 == 0 and padding in ("SAME", "VALID")
+      and jax.default_backend() == "cpu"):
+    return _max_pool_2x2(x)
+  return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
+
+
+def _windows(x: jnp.ndarray) -> jnp.ndarray:
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def _max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  return _windows(x).max(axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x):
+  y = _max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+  x, y = residuals
+  windows = _windows(x)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in (0, 1):
+    row = []
+    for j in (0, 1):  # row-major: the first maximum of the window takes the gradient
+      hit = (windows[:, :, i, :, j] == y) & ~taken
+      taken = taken | hit
+      row.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    rows.append(jnp.stack(row, axis=3))
+  return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+_max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
 def classifier_head(x: jnp.ndarray, num_classes: int, dtype: Any) -> jnp.ndarray:
   """Dense layer to class logits, returned in float32 for a stable softmax."""
   return nn.Dense(num_classes, dtype=dtype)(x).astype(jnp.float32)

@@ -23,14 +23,21 @@ import numpy as np
 
 PRODUCTS = ("forward", "input_grad", "kernel_grad")
 DTYPES = (np.dtype("float32"), np.dtype(jax.numpy.bfloat16))
+API = 2  # the handlers this module calls; cnn-onednn's own API number must be the same
 
 
 @functools.cache
 def _loaded() -> str | None:
   """oneDNN's version once its handlers are registered; None (and one log line) if the
-  extension is not installed or does not load."""
+  extension is not installed, does not load, or is an older build than this code."""
   try:
     import cnn_onednn  # pylint: disable=import-outside-toplevel
+    installed = getattr(cnn_onednn, "API", 1)
+    if installed != API:
+      logging.warning("the installed cnn-onednn has API %s, this code calls API %s: CPU "
+                      "convolutions use the built-in algorithms (slower) until `pip install -r "
+                      "requirements.txt` rebuilds it", installed, API)
+      return None
     version = cnn_onednn.load()
   except (ImportError, OSError, AttributeError) as e:
     logging.info("oneDNN convolutions unavailable (%s: %s); CPU convolutions use the built-in "

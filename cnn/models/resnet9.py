@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import make_layers
+from cnn.models.layers import make_layers, max_pool
 
 
 class ResNet9(nn.Module):
@@ -30,7 +30,7 @@ class ResNet9(nn.Module):
     conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
                                   self.conv_algorithm)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
-    pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2), padding="SAME")
+    pool = functools.partial(max_pool, window_shape=(2, 2), strides=(2, 2), padding="SAME")
     prep, w1, w2, w3 = self.widths
     x = unit(prep, name="prep")(x.astype(self.dtype))
     for i, (width, residual) in enumerate(((w1, True), (w2, False), (w3, True)), start=1):

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, max_pool
 
 # "M" is a 2x2 max-pool. Column A, B, D, E of the paper's Table 1.
 VGG_LAYERS = {
@@ -43,7 +43,7 @@ class VGG(nn.Module):
     x = x.astype(self.dtype)
     for width in self.layers:
       if width == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
       else:
         x = act(norm()(conv(width, (3, 3))(x)))
     x = x.reshape((x.shape[0], -1))

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import jax
 
+# The handlers' names and signatures, as cnn/models/onednn.py calls them: it uses this
+# package only where its own API number is the same (an older build in the environment, from
+# before a change to the handlers, would otherwise fail inside XLA).
+API = 2
 HANDLERS = ("conv_forward", "conv_input_grad", "conv_kernel_grad", "batchnorm_forward",
             "batchnorm_backward")
 
