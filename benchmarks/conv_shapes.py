@@ -309,10 +309,10 @@ def shape_of(layer: dict):
                          layer["out_channels"]), layer["strides"])
 
 
-def rule(layer: dict) -> dict[str, str]:
-  """The current rule's pick for a layer."""
+def rule(layer: dict, onednn: bool = False) -> dict[str, str]:
+  """The current rule's pick for a layer (`onednn`: where oneDNN is available)."""
   from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
-  return ca.choose(shape_of(layer))._asdict()
+  return ca.choose(shape_of(layer), onednn=onednn)._asdict()
 
 
 def step_ms(row: dict, plan: dict) -> float:
@@ -320,18 +320,24 @@ def step_ms(row: dict, plan: dict) -> float:
 
 
 def render(result: dict) -> str:
-  """The per-shape table: ms of each product per algorithm, and the rule's pick."""
+  """The per-shape table: ms of each product per algorithm, the built-in rule's
+  pick, and oneDNN's column (the rule's pick where oneDNN is available)."""
   m = result["machine"]
+  onednn_dates = sorted({r.get("added", {}).get("onednn", result["date"])
+                         for r in result["rows"] if "onednn" in r["ms"]})
   out = [f"Measured {result['date']} on {m['cpu']} ({m['cores']} cores), jax {m['jax']}, "
          f"torch {m['torch']}; batch {result['batch']}, fp32, medians of {result['repeats']} "
          "alternating rounds (one round where a call takes over 5 s, marked), "
          "milliseconds. Each cell: forward / input gradient / kernel "
-         "gradient. **Bold**: the algorithm the rule (`conv_algorithms.choose`) picks. "
-         "Layers: how many layers of that shape, summed over the models.", "",
-         "| layer (HxWxC kxk/stride -> out) | layers | xla | im2col | taps | split | PyTorch | "
-         "rule: fwd / dx / dw | rule vs xla | rule vs PyTorch |",
-         "|---|---:|---|---|---|---|---|---|---:|---:|"]
-  total = {"rule": 0.0, "xla": 0.0, "torch": 0.0}
+         "gradient. **Bold**: the algorithm the built-in rule (`conv_algorithms.choose` "
+         "without oneDNN) picks; with oneDNN available the rule picks \"onednn\" for every "
+         f"product (its column timed {', '.join(onednn_dates) or 'not yet'} on the same kind "
+         "of machine, with `backend.retain_host_memory`). Layers: how many layers of that "
+         "shape, summed over the models.", "",
+         "| layer (HxWxC kxk/stride -> out) | layers | xla | im2col | taps | split | onednn | "
+         "PyTorch | built-in rule: fwd / dx / dw | built-in vs xla | onednn vs PyTorch |",
+         "|---|---:|---|---|---|---|---|---|---|---:|---:|"]
+  total = {"rule": 0.0, "xla": 0.0, "torch": 0.0, "onednn": 0.0}
   complete = [r for r in result["rows"]
               if set(algorithms_for(r, with_onednn=False)) <= set(r["ms"])]
   for row in sorted(complete, key=layer_key):
@@ -348,20 +354,26 @@ def render(result: dict) -> str:
     total["rule"] += ours * count
     total["xla"] += xla * count
     total["torch"] += torch * count
+    if "onednn" in row["ms"]:
+      onednn = step_ms(row, dict.fromkeys(PRODUCTS, "onednn"))
+      total["onednn"] += onednn * count
+      versus = f"{torch / onednn:.2f}x"
+    else:
+      versus = "n/a"
     rounds = f" ({row['rounds']} round)" if "rounds" in row else ""
     torch_cell = " / ".join(f"{v:.1f}" for v in row["ms"]["torch"].values())
     out.append(f"| {describe(row)}{rounds} | {count} | {cell('xla')} | {cell('im2col')} | "
-               f"{cell('taps')} | {cell('split')} | {torch_cell}"
+               f"{cell('taps')} | {cell('split')} | {cell('onednn')} | {torch_cell}"
                f" | {' / '.join(pick[p] for p in PRODUCTS)} | {xla / ours:.2f}x | "
-               f"{torch / ours:.2f}x |")
+               f"{versus} |")
   measured = len(complete)
   scope = ("All layers of all models" if measured >= result.get("shapes_total", measured)
            else f"The {measured} of {result['shapes_total']} shapes measured so far (the "
                 "command continues the table; the models of run.py and the paper configs "
                 "come first)")
-  out += ["", f"{scope}, each shape weighted by how many layers have it: the rule's "
-          f"{total['rule'] / 1e3:.1f} s, XLA alone {total['xla'] / 1e3:.1f} s, PyTorch "
-          f"{total['torch'] / 1e3:.1f} s."]
+  out += ["", f"{scope}, each shape weighted by how many layers have it: oneDNN "
+          f"{total['onednn'] / 1e3:.1f} s, the built-in rule's {total['rule'] / 1e3:.1f} s, "
+          f"XLA alone {total['xla'] / 1e3:.1f} s, PyTorch {total['torch'] / 1e3:.1f} s."]
   return "\n".join(out) + "\n"
 
 

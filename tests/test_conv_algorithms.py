@@ -265,3 +265,24 @@ def test_rule_is_within_noise_of_the_best_measured():
         worse.append(f"{conv_shapes.describe(row)} {product}: {pick[product]} {ours} ms, "
                      f"best {best} ms")
   assert not worse, "\n".join(worse)
+
+
+@pytest.mark.skipif(not TABLE.exists(), reason="no measured table")
+def test_rule_with_onednn_is_within_noise_of_the_best_measured_on_every_shape():
+  """The same bound for the rule where oneDNN is available ("onednn" for every product):
+  every shape of every registered model has its oneDNN column, and at none of them is
+  another algorithm more than 1.5x (and 10 ms) faster."""
+  from benchmarks import conv_shapes  # pylint: disable=import-outside-toplevel
+  result = json.loads(TABLE.read_text())
+  rows = [r for r in result["rows"] if "onednn" in r["ms"]]
+  assert len(rows) == len(result["rows"]) == result["shapes_total"]
+  worse = []
+  for row in rows:
+    pick = conv_shapes.rule(row, onednn=True)
+    for product in conv_shapes.PRODUCTS:
+      times = {a: row["ms"][a][product] for a in conv_shapes.algorithms_for(row, with_onednn=True)}
+      best, ours = min(times.values()), times[pick[product]]
+      if ours > 1.5 * best and ours - best > 10.0:
+        worse.append(f"{conv_shapes.describe(row)} {product}: {pick[product]} {ours} ms, "
+                     f"best {best} ms")
+  assert not worse, "\n".join(worse)

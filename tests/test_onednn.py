@@ -134,7 +134,8 @@ def test_an_older_build_in_the_environment_falls_back_and_says_how_to_rebuild(tm
   result = probe("", {"PYTHONPATH": f"{tmp_path}:{REPO}"})
   assert result.stdout.count("PLAN Plan(forward='xla'") == 2, result.stdout
   lines = [l for l in result.stderr.splitlines() if "cnn-onednn" in l]
-  assert len(lines) == 1 and "has API 1, this code calls API 2" in lines[0], result.stderr
+  assert len(lines) == 1 and f"has API 1, this code calls API {onednn.API}" in lines[0], (
+      result.stderr)
   assert "pip install -r requirements.txt" in lines[0]
 
 
@@ -157,25 +158,46 @@ def flax_batch_norm(x, scale, bias):
 
 
 @needs_onednn
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_batch_norm_and_its_gradients_match_flax(dtype, tol):
+def test_batch_norm_and_its_gradients_match_flax(dtype, tol, relu):
+  """With `relu`, oneDNN's fused BatchNorm+ReLU against flax's BatchNorm then nn.relu: about
+  half the outputs are 0 (bias around 0), where the gradient must stop."""
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(32, 8, 8, 16)) * 3 + 1, dtype)
   scale = jnp.asarray(rng.normal(size=16), jnp.float32)
   bias = jnp.asarray(rng.normal(size=16), jnp.float32)
-  ours = onednn.batch_norm(x, scale, bias, 1e-5)
-  want = flax_batch_norm(x, scale, bias)
+
+  def reference(x, scale, bias):
+    y, mean, var = flax_batch_norm(x, scale, bias)
+    return (jax.nn.relu(y) if relu else y), mean, var
+
+  ours = onednn.batch_norm(x, scale, bias, 1e-5, relu)
+  want = reference(x, scale, bias)
   for a, b in zip(ours, want):
     assert a.dtype == b.dtype
     np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tol * float(jnp.max(jnp.abs(
         b.astype(jnp.float32)))))
+  if relu:
+    assert 0.3 < float(jnp.mean(ours[0] == 0)) < 0.7
   loss = lambda f: lambda x, s, b: jnp.sum(jnp.sin(f(x, s, b)[0].astype(jnp.float32)))  # noqa
-  got = jax.grad(loss(lambda *a: onednn.batch_norm(*a, 1e-5)), argnums=(0, 1, 2))(x, scale, bias)
-  ref = jax.grad(loss(flax_batch_norm), argnums=(0, 1, 2))(x, scale, bias)
+  got = jax.grad(loss(lambda *a: onednn.batch_norm(*a, 1e-5, relu)), argnums=(0, 1, 2))(
+      x, scale, bias)
+  ref = jax.grad(loss(reference), argnums=(0, 1, 2))(x, scale, bias)
   for a, b in zip(got, ref):
     assert a.dtype == b.dtype
     np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tol * float(jnp.max(jnp.abs(
         b.astype(jnp.float32)))))
+
+
+@needs_onednn
+def test_fused_batch_norm_relu_under_vmap_equals_each_slice():
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(3, 8, 4, 4, 8)), jnp.float32)
+  scale, bias = jnp.ones(8), jnp.zeros(8)
+  f = lambda t: onednn.batch_norm(t, scale, bias, 1e-5, True)[0]  # noqa: E731
+  mapped = jax.vmap(jax.grad(lambda t: jnp.sum(jnp.sin(f(t)))))(x)
+  for i in range(3):
+    np.testing.assert_array_equal(mapped[i], jax.grad(lambda t: jnp.sum(jnp.sin(f(t))))(x[i]))
 
 
 @needs_onednn
@@ -197,6 +219,7 @@ def test_models_train_with_it_on_the_same_variables_and_numbers():
 
   jaxpr = str(jax.make_jaxpr(lambda p: loss(p, fast))(variables["params"]))
   assert "cnn_onednn_batchnorm_forward" in jaxpr and "cnn_onednn_conv_forward" in jaxpr
+  assert "cnn_onednn_batchnorm_relu_forward" in jaxpr  # its BN-ReLUs, fused (layers.norm_act)
   grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
   (la, sa), ga = grad(variables["params"], fast)
   (lb, sb), gb = grad(variables["params"], builtin)

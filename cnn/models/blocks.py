@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn.models.layers import fusion_barrier
+from cnn.models.layers import fusion_barrier, norm_act
 
 ModuleDef = Any
 
@@ -49,7 +49,7 @@ class ConvNormAct(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = self.conv(self.features, self.kernel_size, (self.strides, self.strides),
                   feature_group_count=self.groups, name="conv")(x)
-    return self.act(self.norm(name="bn")(x))
+    return norm_act(self.norm, self.act, x, name="bn")
 
 
 class NormActConv(nn.Module):
@@ -64,7 +64,7 @@ class NormActConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = self.act(self.norm(name="bn")(x))
+    x = norm_act(self.norm, self.act, x, name="bn")
     return self.conv(self.features, self.kernel_size, (self.strides, self.strides),
                      name="conv")(x)
 
@@ -149,7 +149,7 @@ class BasicBlockV1(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
-    y = self.act(self.norm()(y))
+    y = norm_act(self.norm, self.act, y)
     y = last_norm(self.norm, self.zero_init_last)()(self.conv(self.filters, (3, 3))(y))
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
     if x.shape != y.shape:
@@ -175,9 +175,9 @@ class BasicBlockV2(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    preact = self.act(self.norm()(x))
+    preact = norm_act(self.norm, self.act, x)
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(preact)
-    y = self.act(self.norm()(y))
+    y = norm_act(self.norm, self.act, y)
     if self.dropout is not None:
       y = self.dropout()(y)
     y = last_conv(self.conv, self.zero_init_last)(self.filters, (3, 3))(y)
@@ -211,10 +211,10 @@ class BottleneckV1(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     inner = self.cardinality * (self.filters * self.base_width // 64)
-    y = self.act(self.norm()(self.conv(inner, (1, 1))(x)))
+    y = norm_act(self.norm, self.act, self.conv(inner, (1, 1))(x))
     y = self.conv(inner, (3, 3), (self.strides, self.strides),
                   feature_group_count=self.cardinality)(y)
-    y = self.act(self.norm()(y))
+    y = norm_act(self.norm, self.act, y)
     y = last_norm(self.norm, self.zero_init_last)()(
         self.conv(self.filters * self.expansion, (1, 1))(y))
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
@@ -238,12 +238,12 @@ class BottleneckV2(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    preact = self.act(self.norm()(x))
+    preact = norm_act(self.norm, self.act, x)
     y = self.conv(self.filters, (1, 1))(preact)
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(
-        self.act(self.norm()(y)))
+        norm_act(self.norm, self.act, y))
     y = last_conv(self.conv, self.zero_init_last)(self.filters * self.expansion, (1, 1))(
-        self.act(self.norm()(y)))
+        norm_act(self.norm, self.act, y))
     y = squeeze_excite(y, self.se_reduction, self.conv, self.act)
     if x.shape != y.shape:
       x = Shortcut(self.filters * self.expansion, self.strides, self.shortcut,

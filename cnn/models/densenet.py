@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models.blocks import ModuleDef, NormActConv, make_dropout
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, norm_act
 
 
 class DenseLayer(nn.Module):
@@ -93,7 +93,7 @@ class DenseNet(nn.Module):
       if b < 2:
         x = Transition(int(self.compression * x.shape[-1]), unit, dropout,
                        name=f"transition{b + 1}")(x)
-    x = act(norm(name="final_bn")(x))
+    x = norm_act(norm, act, x, name="final_bn")
     x = jnp.mean(x, axis=(1, 2))
     return classifier_head(x, self.num_classes, self.dtype)
 

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, norm_act
 
 # ("inception", c1, c3) or ("downsample", c3), in order (Fig. 3).
 INCEPTION_SMALL = (
@@ -74,7 +74,7 @@ class InceptionSmall(nn.Module):
                                   self.conv_algorithm)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
     x = conv(self.stem_width, (3, 3), name="stem_conv")(x.astype(self.dtype))
-    x = act(norm(name="stem_bn")(x))
+    x = norm_act(norm, act, x, name="stem_bn")
     for i, (kind, *widths) in enumerate(self.layout):
       module = InceptionModule if kind == "inception" else DownsampleModule
       x = module(*widths, unit, name=f"block{i + 1}_{kind}")(x)

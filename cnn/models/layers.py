@@ -84,21 +84,36 @@ class BatchNorm(nn.Module):
   scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, relu: bool = False) -> jnp.ndarray:
+    """BatchNorm of x; with `relu`, then a ReLU, in the same oneDNN pass (`norm_act`)."""
     scale, bias, ra_mean, ra_var = batchnorm_variables(self, x.shape[-1])
     if x.ndim == 4:
-      y, mean, var = onednn.batch_norm(x.astype(self.dtype), scale, bias, self.epsilon)
+      y, mean, var = onednn.batch_norm(x.astype(self.dtype), scale, bias, self.epsilon, relu)
     else:  # flax's computation (a BatchNorm on features, not images)
       t = x.astype(jnp.float32)
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(t, axes)
       var = jnp.maximum(0.0, jnp.mean(jnp.square(t), axes) - jnp.square(mean))
       y = ((t - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias).astype(self.dtype)
+      y = nn.relu(y) if relu else y
     if not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
       ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
     return y
+
+
+def norm_act(norm: ModuleDef, act: Callable, x: jnp.ndarray, **norm_kwargs) -> jnp.ndarray:
+  """`act(norm(**norm_kwargs)(x))`: the BN-ReLU of every block. Where `norm`
+  is oneDNN's `BatchNorm` (training on the CPU) and `act` is `nn.relu`, both
+  run as one oneDNN pass (BatchNorm with its ReLU fused: one read and one
+  write of the batch instead of two of each, and a bit mask for the gradient);
+  elsewhere the two are applied one after the other. Parameters and names are
+  those of `norm(**norm_kwargs)` either way."""
+  module = norm(**norm_kwargs)
+  if act is nn.relu and isinstance(module, BatchNorm):
+    return module(x, relu=True)
+  return act(module(x))
 
 
 CONV_PADDINGS = ("symmetric", "same")

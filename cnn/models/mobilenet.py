@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, norm_act
 
 # (output channels, stride) of the 13 depthwise-separable blocks (Table 1).
 MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -61,7 +61,7 @@ class MobileNetV1(nn.Module):
     width = lambda c: max(1, int(c * self.width_multiplier))
     x = conv(width(32), (3, 3), (self.stem_strides,) * 2, name="stem_conv")(
         x.astype(self.dtype))
-    x = act(norm(name="stem_bn")(x))
+    x = norm_act(norm, act, x, name="stem_bn")
     for i, (features, strides) in enumerate(MOBILENET_V1):
       x = DepthwiseSeparable(width(features), strides, unit, name=f"block{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))

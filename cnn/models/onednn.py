@@ -23,7 +23,7 @@ import numpy as np
 
 PRODUCTS = ("forward", "input_grad", "kernel_grad")
 DTYPES = (np.dtype("float32"), np.dtype(jax.numpy.bfloat16))
-API = 2  # the handlers this module calls; cnn-onednn's own API number must be the same
+API = 3  # the handlers this module calls; cnn-onednn's own API number must be the same
 
 
 @functools.cache
@@ -98,35 +98,47 @@ def _vector(x):
   return jax.ShapeDtypeStruct((x.shape[-1],), jax.numpy.float32)
 
 
-def _bn_forward(x, scale, bias, epsilon):
+def _mask(x):
+  """The fused ReLU's mask (oneDNN's workspace) for the batch x, as uint8 bytes."""
   import cnn_onednn  # pylint: disable=import-outside-toplevel
-  return jax.ffi.ffi_call(cnn_onednn.target("batchnorm_forward"),
-                          (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(x), _vector(x)),
-                          vmap_method="sequential")(x, scale, bias, epsilon=np.float32(epsilon))
+  size = cnn_onednn.batchnorm_mask_bytes(*x.shape, np.dtype(x.dtype) != np.dtype("float32"))
+  return jax.ShapeDtypeStruct((size,), jax.numpy.uint8)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm(x, scale, bias, epsilon: float):
+def _bn_forward(x, scale, bias, epsilon, relu):
+  import cnn_onednn  # pylint: disable=import-outside-toplevel
+  outputs = (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(x), _vector(x))
+  return jax.ffi.ffi_call(
+      cnn_onednn.target("batchnorm_relu_forward" if relu else "batchnorm_forward"),
+      outputs + ((_mask(x),) if relu else ()), vmap_method="sequential")(
+          x, scale, bias, epsilon=np.float32(epsilon))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm(x, scale, bias, epsilon: float, relu: bool):
   """(y, mean, variance) of BatchNorm in training: x (N,H,W,C) normalised with
   its own statistics over N, H and W (the biased variance, as flax's), then
-  scaled and shifted. The statistics' gradients are not propagated: they feed
-  only the running averages, and `layers.BatchNorm` stops them."""
-  return _bn_forward(x, scale, bias, epsilon)
+  scaled and shifted, and with `relu` passed through a ReLU in the same pass
+  (its gradient 0 where the output is 0, as `nn.relu`'s). The statistics'
+  gradients are not propagated: they feed only the running averages, and
+  `layers.BatchNorm` stops them."""
+  return tuple(_bn_forward(x, scale, bias, epsilon, relu)[:3])
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon):
-  y, mean, variance = _bn_forward(x, scale, bias, epsilon)
-  return (y, mean, variance), (x, scale, mean, variance)
+def _batch_norm_fwd(x, scale, bias, epsilon, relu):
+  y, mean, variance, *mask = _bn_forward(x, scale, bias, epsilon, relu)
+  return (y, mean, variance), (x, scale, mean, variance, *mask)
 
 
-def _batch_norm_bwd(epsilon, residuals, cotangents):
+def _batch_norm_bwd(epsilon, relu, residuals, cotangents):
   import cnn_onednn  # pylint: disable=import-outside-toplevel
-  x, scale, mean, variance = residuals
+  x, scale, mean, variance, *mask = residuals
   dy = cotangents[0].astype(x.dtype)
   return tuple(jax.ffi.ffi_call(
-      cnn_onednn.target("batchnorm_backward"),
+      cnn_onednn.target("batchnorm_relu_backward" if relu else "batchnorm_backward"),
       (jax.ShapeDtypeStruct(x.shape, x.dtype), _vector(x), _vector(x)),
-      vmap_method="sequential")(x, dy, scale, mean, variance, epsilon=np.float32(epsilon)))
+      vmap_method="sequential")(x, dy, scale, mean, variance, *mask,
+                                epsilon=np.float32(epsilon)))
 
 
 batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)

@@ -32,7 +32,7 @@ from cnn.errors import UserError
 from cnn.models.blocks import (  # pylint: disable=unused-import (re-exported)
     SHORTCUTS, BasicBlockV1, BasicBlockV2, BottleneckV2, Shortcut, residual_stages,
     zero_pad_shortcut)
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, norm_act
 
 
 def blocks_per_stage(depth: int, block_cls: type) -> int:
@@ -71,13 +71,13 @@ class CifarResNet(nn.Module):
     n = blocks_per_stage(self.depth, self.block_cls)
     x = conv(self.widths[0], (3, 3), name="stem_conv")(x.astype(self.dtype))
     if not self.preactivation:
-      x = act(norm(name="stem_bn")(x))
+      x = norm_act(norm, act, x, name="stem_bn")
     block = functools.partial(self.block_cls, shortcut=self.shortcut, conv=conv, norm=norm,
                               act=act, se_reduction=self.se_reduction,
                               zero_init_last=self.zero_init_last)
     x = residual_stages(x, block, self.widths, n, self.fusion_barrier)
     if self.preactivation:
-      x = act(norm(name="final_bn")(x))
+      x = norm_act(norm, act, x, name="final_bn")
     x = jnp.mean(x, axis=(1, 2))
     return classifier_head(x, self.num_classes, self.dtype)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models.blocks import BottleneckV1, residual_stages
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, norm_act
 
 
 class ResNeXt(nn.Module):
@@ -45,7 +45,7 @@ class ResNeXt(nn.Module):
     conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
                                   self.conv_algorithm)
     x = conv(64, (3, 3), name="stem_conv")(x.astype(self.dtype))
-    x = act(norm(name="stem_bn")(x))
+    x = norm_act(norm, act, x, name="stem_bn")
     block = functools.partial(
         BottleneckV1, shortcut="projection", conv=conv, norm=norm, act=act,
         cardinality=self.cardinality, base_width=self.bottleneck_width,

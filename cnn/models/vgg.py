@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn.models.layers import classifier_head, make_layers, max_pool
+from cnn.models.layers import classifier_head, make_layers, max_pool, norm_act
 
 # "M" is a 2x2 max-pool. Column A, B, D, E of the paper's Table 1.
 VGG_LAYERS = {
@@ -45,7 +45,7 @@ class VGG(nn.Module):
       if width == "M":
         x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
       else:
-        x = act(norm()(conv(width, (3, 3))(x)))
+        x = norm_act(norm, act, conv(width, (3, 3))(x))
     x = x.reshape((x.shape[0], -1))
     for width in self.classifier_widths:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

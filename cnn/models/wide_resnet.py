@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models.blocks import BasicBlockV2, make_dropout, residual_stages
-from cnn.models.layers import classifier_head, make_layers
+from cnn.models.layers import classifier_head, make_layers, norm_act
 
 
 class WideResNet(nn.Module):
@@ -54,7 +54,7 @@ class WideResNet(nn.Module):
         zero_init_last=self.zero_init_last)
     widths = tuple(w * self.widen_factor for w in (16, 32, 64))
     x = residual_stages(x, block, widths, n, self.fusion_barrier)
-    x = act(norm(name="final_bn")(x))
+    x = norm_act(norm, act, x, name="final_bn")
     x = jnp.mean(x, axis=(1, 2))
     return classifier_head(x, self.num_classes, self.dtype)
 

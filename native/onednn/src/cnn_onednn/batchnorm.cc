@@ -4,6 +4,14 @@
 //
 //   cnn_onednn_batchnorm_forward(x, scale, shift) -> (y, mean, variance)
 //   cnn_onednn_batchnorm_backward(x, dy, scale, mean, variance) -> (dx, dscale, dshift)
+//   cnn_onednn_batchnorm_relu_forward(x, scale, shift) -> (y, mean, variance, mask)
+//   cnn_onednn_batchnorm_relu_backward(x, dy, scale, mean, variance, mask)
+//       -> (dx, dscale, dshift)
+//
+// The _relu pair is BatchNorm followed by a ReLU in one pass (oneDNN's
+// fuse_norm_relu): y = max(0, bn(x)), and `mask`, oneDNN's workspace (which
+// outputs were positive; a uint8 buffer of cnn_onednn_batchnorm_mask_bytes()),
+// lets the gradient pass only those, as ReLU's gradient (0 at 0) does.
 //
 // The variance is the biased one (divided by N*H*W), as flax's BatchNorm
 // computes it. x and y (dx, dy) are float32 or bfloat16. Calls share the
@@ -12,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 
 #include "common.h"
 
@@ -20,12 +29,13 @@ using dnnl::memory;
 
 namespace {
 
-using Key = std::array<int64_t, 6>;  // direction, n, h, w, c, type; epsilon is bound per call
+using Key = std::array<int64_t, 7>;  // direction, n, h, w, c, type, relu; and epsilon
 
 struct Shape {
   int64_t n, h, w, c;
   memory::data_type type;
   float epsilon;
+  bool relu;
   memory::desc image() const {
     return memory::desc({n, c, h, w}, type, memory::format_tag::nhwc);
   }
@@ -34,47 +44,50 @@ struct Shape {
   }
 };
 
-const dnnl::normalization_flags kFlags = dnnl::normalization_flags::use_scale |
-                                          dnnl::normalization_flags::use_shift;
+dnnl::normalization_flags flags(const Shape& s) {
+  auto f = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  return s.relu ? f | dnnl::normalization_flags::fuse_norm_relu : f;
+}
 
 dnnl::batch_normalization_forward::primitive_desc forward_pd(const Shape& s) {
   return dnnl::batch_normalization_forward::primitive_desc(
       cnn_onednn::engine(), dnnl::prop_kind::forward_training, s.image(), s.image(),
-      s.epsilon, kFlags, cnn_onednn::attributes());
+      s.epsilon, flags(s), cnn_onednn::attributes());
 }
 
 struct Cached {
   dnnl::primitive primitive;
   memory::desc scratchpad;
+  memory::desc workspace;  // the ReLU's mask (empty without the ReLU)
 };
 
 const Cached& cached(const Shape& s, int64_t direction) {
   static std::map<std::pair<Key, float>, Cached> cache;  // guarded by the lock
-  std::pair<Key, float> key{{direction, s.n, s.h, s.w, s.c, static_cast<int64_t>(s.type)},
-                            s.epsilon};
+  std::pair<Key, float> key{
+      {direction, s.n, s.h, s.w, s.c, static_cast<int64_t>(s.type), s.relu}, s.epsilon};
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   Cached out;
   if (direction == 0) {
     auto pd = forward_pd(s);
-    out = {dnnl::batch_normalization_forward(pd), pd.scratchpad_desc()};
+    out = {dnnl::batch_normalization_forward(pd), pd.scratchpad_desc(), pd.workspace_desc()};
   } else {
     auto pd = dnnl::batch_normalization_backward::primitive_desc(
         cnn_onednn::engine(), dnnl::prop_kind::backward, s.image(), s.image(), s.image(),
-        s.epsilon, kFlags, forward_pd(s), cnn_onednn::attributes());
-    out = {dnnl::batch_normalization_backward(pd), pd.scratchpad_desc()};
+        s.epsilon, flags(s), forward_pd(s), cnn_onednn::attributes());
+    out = {dnnl::batch_normalization_backward(pd), pd.scratchpad_desc(), pd.workspace_desc()};
   }
   return cache.emplace(key, out).first->second;
 }
 
-ffi::Error shape_of(ffi::AnyBuffer x, float epsilon, Shape* s) {
+ffi::Error shape_of(ffi::AnyBuffer x, float epsilon, bool relu, Shape* s) {
   auto d = x.dimensions();
   if (d.size() != 4) return ffi::Error::InvalidArgument("cnn_onednn: expected an NHWC batch");
   memory::data_type type;
   if (!cnn_onednn::type_of(x.element_type(), &type)) {
     return ffi::Error::InvalidArgument("cnn_onednn: only float32 and bfloat16");
   }
-  *s = Shape{d[0], d[1], d[2], d[3], type, epsilon};
+  *s = Shape{d[0], d[1], d[2], d[3], type, epsilon, relu};
   return ffi::Error::Success();
 }
 
@@ -82,22 +95,77 @@ memory wrap(const memory::desc& desc, void* data) {
   return memory(desc, cnn_onednn::engine(), data);
 }
 
+// The mask buffer must hold the primitive's workspace (checked: its size comes from
+// cnn_onednn_batchnorm_mask_bytes, which asks the same primitive).
+ffi::Error check_mask(const Cached& p, size_t bytes) {
+  if (p.workspace.get_size() > bytes) {
+    return ffi::Error::InvalidArgument("cnn_onednn: the ReLU mask buffer is too small");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error forward(const Shape& s, void* x, void* scale, void* shift, void* y, void* mean,
+                   void* variance, void* mask, size_t mask_bytes) {
+  return cnn_onednn::locked([&](dnnl::stream& stream) {
+    const Cached& p = cached(s, 0);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, wrap(s.image(), x)},
+        {DNNL_ARG_SCALE, wrap(s.vector(), scale)},
+        {DNNL_ARG_SHIFT, wrap(s.vector(), shift)},
+        {DNNL_ARG_DST, wrap(s.image(), y)},
+        {DNNL_ARG_MEAN, wrap(s.vector(), mean)},
+        {DNNL_ARG_VARIANCE, wrap(s.vector(), variance)},
+        {DNNL_ARG_SCRATCHPAD, cnn_onednn::scratchpad(p.scratchpad)}};
+    if (s.relu) {
+      if (check_mask(p, mask_bytes).failure()) throw dnnl::error(dnnl_invalid_arguments, "mask");
+      args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, mask));
+    }
+    p.primitive.execute(stream, args);
+  });
+}
+
+ffi::Error backward(const Shape& s, void* x, void* dy, void* scale, void* mean, void* variance,
+                    void* mask, size_t mask_bytes, void* dx, void* dscale, void* dshift) {
+  return cnn_onednn::locked([&](dnnl::stream& stream) {
+    const Cached& p = cached(s, 1);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, wrap(s.image(), x)},
+        {DNNL_ARG_DIFF_DST, wrap(s.image(), dy)},
+        {DNNL_ARG_SCALE, wrap(s.vector(), scale)},
+        {DNNL_ARG_MEAN, wrap(s.vector(), mean)},
+        {DNNL_ARG_VARIANCE, wrap(s.vector(), variance)},
+        {DNNL_ARG_DIFF_SRC, wrap(s.image(), dx)},
+        {DNNL_ARG_DIFF_SCALE, wrap(s.vector(), dscale)},
+        {DNNL_ARG_DIFF_SHIFT, wrap(s.vector(), dshift)},
+        {DNNL_ARG_SCRATCHPAD, cnn_onednn::scratchpad(p.scratchpad)}};
+    if (s.relu) {
+      if (check_mask(p, mask_bytes).failure()) throw dnnl::error(dnnl_invalid_arguments, "mask");
+      args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, mask));
+    }
+    p.primitive.execute(stream, args);
+  });
+}
+
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
                    ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
                    ffi::Result<ffi::AnyBuffer> variance, float epsilon) {
   Shape s;
-  ffi::Error e = shape_of(x, epsilon, &s);
+  ffi::Error e = shape_of(x, epsilon, false, &s);
   if (e.failure()) return e;
-  return cnn_onednn::locked([&](dnnl::stream& stream) {
-    const Cached& p = cached(s, 0);
-    p.primitive.execute(stream, {{DNNL_ARG_SRC, wrap(s.image(), x.untyped_data())},
-                                 {DNNL_ARG_SCALE, wrap(s.vector(), scale.untyped_data())},
-                                 {DNNL_ARG_SHIFT, wrap(s.vector(), shift.untyped_data())},
-                                 {DNNL_ARG_DST, wrap(s.image(), y->untyped_data())},
-                                 {DNNL_ARG_MEAN, wrap(s.vector(), mean->untyped_data())},
-                                 {DNNL_ARG_VARIANCE, wrap(s.vector(), variance->untyped_data())},
-                                 {DNNL_ARG_SCRATCHPAD, cnn_onednn::scratchpad(p.scratchpad)}});
-  });
+  return forward(s, x.untyped_data(), scale.untyped_data(), shift.untyped_data(),
+                 y->untyped_data(), mean->untyped_data(), variance->untyped_data(), nullptr, 0);
+}
+
+ffi::Error ReluForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                       ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                       ffi::Result<ffi::AnyBuffer> variance, ffi::Result<ffi::AnyBuffer> mask,
+                       float epsilon) {
+  Shape s;
+  ffi::Error e = shape_of(x, epsilon, true, &s);
+  if (e.failure()) return e;
+  return forward(s, x.untyped_data(), scale.untyped_data(), shift.untyped_data(),
+                 y->untyped_data(), mean->untyped_data(), variance->untyped_data(),
+                 mask->untyped_data(), mask->size_bytes());
 }
 
 ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scale,
@@ -105,20 +173,24 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scale,
                     ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dscale,
                     ffi::Result<ffi::AnyBuffer> dshift, float epsilon) {
   Shape s;
-  ffi::Error e = shape_of(x, epsilon, &s);
+  ffi::Error e = shape_of(x, epsilon, false, &s);
   if (e.failure()) return e;
-  return cnn_onednn::locked([&](dnnl::stream& stream) {
-    const Cached& p = cached(s, 1);
-    p.primitive.execute(stream, {{DNNL_ARG_SRC, wrap(s.image(), x.untyped_data())},
-                                 {DNNL_ARG_DIFF_DST, wrap(s.image(), dy.untyped_data())},
-                                 {DNNL_ARG_SCALE, wrap(s.vector(), scale.untyped_data())},
-                                 {DNNL_ARG_MEAN, wrap(s.vector(), mean.untyped_data())},
-                                 {DNNL_ARG_VARIANCE, wrap(s.vector(), variance.untyped_data())},
-                                 {DNNL_ARG_DIFF_SRC, wrap(s.image(), dx->untyped_data())},
-                                 {DNNL_ARG_DIFF_SCALE, wrap(s.vector(), dscale->untyped_data())},
-                                 {DNNL_ARG_DIFF_SHIFT, wrap(s.vector(), dshift->untyped_data())},
-                                 {DNNL_ARG_SCRATCHPAD, cnn_onednn::scratchpad(p.scratchpad)}});
-  });
+  return backward(s, x.untyped_data(), dy.untyped_data(), scale.untyped_data(),
+                  mean.untyped_data(), variance.untyped_data(), nullptr, 0, dx->untyped_data(),
+                  dscale->untyped_data(), dshift->untyped_data());
+}
+
+ffi::Error ReluBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scale,
+                        ffi::AnyBuffer mean, ffi::AnyBuffer variance, ffi::AnyBuffer mask,
+                        ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dscale,
+                        ffi::Result<ffi::AnyBuffer> dshift, float epsilon) {
+  Shape s;
+  ffi::Error e = shape_of(x, epsilon, true, &s);
+  if (e.failure()) return e;
+  return backward(s, x.untyped_data(), dy.untyped_data(), scale.untyped_data(),
+                  mean.untyped_data(), variance.untyped_data(), mask.untyped_data(),
+                  mask.size_bytes(), dx->untyped_data(), dscale->untyped_data(),
+                  dshift->untyped_data());
 }
 
 }  // namespace
@@ -143,3 +215,37 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_backward, Backward,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_relu_forward, ReluForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_relu_backward, ReluBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<float>("epsilon"));
+
+// The bytes of the ReLU mask for an NHWC batch (bf16: 1, else float32), as the
+// forward primitive asks for it: JAX allocates that buffer as a uint8 output.
+extern "C" int64_t cnn_onednn_batchnorm_mask_bytes(int64_t n, int64_t h, int64_t w, int64_t c,
+                                                   int bf16) {
+  try {
+    Shape s{n, h, w, c, bf16 ? memory::data_type::bf16 : memory::data_type::f32, 1e-5f, true};
+    return static_cast<int64_t>(forward_pd(s).workspace_desc().get_size());
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}
