@@ -55,7 +55,7 @@ def configure(config: ml_collections.ConfigDict,
 HOST_MEMORY_SETTINGS = (
     ("MALLOC_ARENA_MAX", -8, 1),  # one arena: XLA's worker threads allocate from the main heap,
     ("MALLOC_MMAP_MAX_", -4, 0),  # which serves large blocks from the heap, not mmap,
-    ("MALLOC_TRIM_THRESHOLD_", -1, 2**31 - 1),  # and keeps freed memory (up to 2 GiB at the top)
+    ("MALLOC_TRIM_THRESHOLD_", -1, -1),  # and never gives freed memory back (-1: no trimming)
 )
 
 

@@ -95,13 +95,13 @@ memory wrap(const memory::desc& desc, void* data) {
   return memory(desc, cnn_onednn::engine(), data);
 }
 
-// The mask buffer must hold the primitive's workspace (checked: its size comes from
-// cnn_onednn_batchnorm_mask_bytes, which asks the same primitive).
-ffi::Error check_mask(const Cached& p, size_t bytes) {
+// The mask buffer must hold the primitive's workspace (its size comes from
+// cnn_onednn_batchnorm_mask_bytes, which asks the same primitive; checked anyway).
+memory mask_memory(const Cached& p, void* mask, size_t bytes) {
   if (p.workspace.get_size() > bytes) {
-    return ffi::Error::InvalidArgument("cnn_onednn: the ReLU mask buffer is too small");
+    throw dnnl::error(dnnl_invalid_arguments, "the ReLU mask buffer is too small");
   }
-  return ffi::Error::Success();
+  return wrap(p.workspace, mask);
 }
 
 ffi::Error forward(const Shape& s, void* x, void* scale, void* shift, void* y, void* mean,
@@ -116,10 +116,7 @@ ffi::Error forward(const Shape& s, void* x, void* scale, void* shift, void* y, v
         {DNNL_ARG_MEAN, wrap(s.vector(), mean)},
         {DNNL_ARG_VARIANCE, wrap(s.vector(), variance)},
         {DNNL_ARG_SCRATCHPAD, cnn_onednn::scratchpad(p.scratchpad)}};
-    if (s.relu) {
-      if (check_mask(p, mask_bytes).failure()) throw dnnl::error(dnnl_invalid_arguments, "mask");
-      args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, mask));
-    }
+    if (s.relu) args.emplace(DNNL_ARG_WORKSPACE, mask_memory(p, mask, mask_bytes));
     p.primitive.execute(stream, args);
   });
 }
@@ -138,10 +135,7 @@ ffi::Error backward(const Shape& s, void* x, void* dy, void* scale, void* mean, 
         {DNNL_ARG_DIFF_SCALE, wrap(s.vector(), dscale)},
         {DNNL_ARG_DIFF_SHIFT, wrap(s.vector(), dshift)},
         {DNNL_ARG_SCRATCHPAD, cnn_onednn::scratchpad(p.scratchpad)}};
-    if (s.relu) {
-      if (check_mask(p, mask_bytes).failure()) throw dnnl::error(dnnl_invalid_arguments, "mask");
-      args.emplace(DNNL_ARG_WORKSPACE, wrap(p.workspace, mask));
-    }
+    if (s.relu) args.emplace(DNNL_ARG_WORKSPACE, mask_memory(p, mask, mask_bytes));
     p.primitive.execute(stream, args);
   });
 }
