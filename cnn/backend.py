@@ -50,6 +50,7 @@ def configure(config: ml_collections.ConfigDict,
   retain_host_memory(environ)
 
 
+RETAIN_VARIABLE = "CNN_RETAIN_HOST_MEMORY"  # "0": leave glibc's defaults
 # glibc's malloc settings (mallopt's parameter numbers, from malloc.h), the
 # environment variable that sets each at startup, and the value we set.
 HOST_MEMORY_SETTINGS = (
@@ -73,9 +74,16 @@ def retain_host_memory(environ: Mapping[str, str] = os.environ) -> list[str]:
   runs on the CPU; returns the settings applied. Call it before JAX's CPU
   backend starts (its threads pick their malloc arena on first use). A
   setting the user gave in the environment is left to glibc, which read it at
-  startup; elsewhere (GPU/TPU hosts, other C libraries) nothing changes."""
-  if platform.libc_ver()[0] != "glibc" or not runs_on_cpu(
-      environ, [p for p in ACCELERATOR_DEVICE_FILES if os.path.exists(p)]):
+  startup; elsewhere (GPU/TPU hosts, other C libraries) nothing changes.
+
+  The price is memory: the process keeps its peak heap, and with
+  asynchronous dispatch two steps' blocks can be live at once, so the peak
+  is up to one step's working set higher (a CIFAR-10 epoch of ResNet-20 v1:
+  5.2 GB peak RSS instead of 2.0 GB, at 1.5x the speed).
+  `CNN_RETAIN_HOST_MEMORY=0` in the environment leaves glibc's defaults, like
+  `XLA_PYTHON_CLIENT_PREALLOCATE=false` for JAX's GPU memory."""
+  if environ.get(RETAIN_VARIABLE, "1") == "0" or platform.libc_ver()[0] != "glibc" or (
+      not runs_on_cpu(environ, [p for p in ACCELERATOR_DEVICE_FILES if os.path.exists(p)])):
     return []
   libc = ctypes.CDLL(ctypes.util.find_library("c"))
   applied = [f"{name}={value}" for name, parameter, value in HOST_MEMORY_SETTINGS

@@ -53,7 +53,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 def probe(mode: str, **env) -> dict:
   environ = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k != "JAX_PLATFORMS"}
+             if not k.startswith("MALLOC_") and k not in ("JAX_PLATFORMS", "CNN_RETAIN_HOST_MEMORY")}
   environ.update(env, PROBE_MODE=mode, PYTHONPATH=str(ROOT))
   out = subprocess.run([sys.executable, "-c", PROBE], env=environ, capture_output=True,
                        text=True, check=True, timeout=120)
@@ -72,6 +72,11 @@ def test_configure_on_the_cpu_keeps_the_block_for_the_next_step():
     assert result["faults"] < PAGES * 0.05, (mode, result)  # the same pages, already there
     assert result["rss_mib"] >= BLOCK_MIB, (mode, result)
   assert result["applied"] == ["MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"]
+
+
+def test_cnn_retain_host_memory_0_leaves_glibc_alone():
+  result = probe("configure", JAX_PLATFORMS="cpu", CNN_RETAIN_HOST_MEMORY="0")
+  assert result["faults"] > PAGES * 0.9 and result["rss_mib"] < BLOCK_MIB / 2, result
 
 
 def test_nothing_changes_on_a_gpu_or_tpu_backend():

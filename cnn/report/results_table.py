@@ -33,36 +33,35 @@ ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
                                    "<!-- robustness-table:end -->")
 
 # name -> (seed codebase %, published %, our target %, why not run yet). The CPU hours are
-# estimates from the train-step speeds measured on the 2-core AMD EPYC with oneDNN's
-# convolutions (benchmarks/baseline_cpu.json, 2026-12-01: ResNet-20 v1/v2 465/474,
-# ResNet-56 v1/v2 164/154, ResNet-110 v1 78, VGG-16 95 images/s), the queue order in
-# results/README.md.
+# estimates from the fp32 train-step speeds measured on the 2-core AMD EPYC with oneDNN's
+# convolutions and BatchNorm-ReLU and glibc keeping freed memory (benchmarks/baseline_cpu.json,
+# 2026-12-02: ResNet-20 v1/v2 691/696, ResNet-56 v1 225, VGG-16 116 images/s; ResNet-56 v2 201
+# and ResNet-110 v1 102 timed the same way), the queue order in results/README.md.
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "queued 2nd: 30 epochs of 55k images, at most 4.8 h of the 2-core CPU at "
-                    "VGG-16's 95 images/s on 32x32x3 (MNIST's 28x28x1 is cheaper)"),
+                    "queued 2nd: 30 epochs of 55k images, at most 4 h of the 2-core CPU at "
+                    "VGG-16's 116 images/s on 32x32x3 (MNIST's 28x28x1 is cheaper)"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5",
-                      "queued 5th: 200 epochs of 45k images, about 26 h of the 2-core CPU at "
-                      "95 images/s"),
+                      "queued 5th: 200 epochs of 45k images, about 22 h of the 2-core CPU at "
+                      "116 images/s"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
-                           "running 1st, since 2026-12-01 22:25 UTC: 64k iterations, about "
-                           "5 h of the 2-core CPU at 474 images/s with oneDNN's convolutions "
-                           "(v1 took 11.1 h before them)"),
+                           "running 1st, since 2026-12-01 on 6b7850a: 64k iterations at about "
+                           "560 images/s (v1 took 11.1 h before oneDNN)"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "queued 3rd: 64k iterations, about 14 h of the 2-core CPU at "
-                           "164 images/s"),
+                           "queued 3rd: 64k iterations, about 10 h of the 2-core CPU at "
+                           "225 images/s"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
-                           "queued 4th: 64k iterations, about 15 h of the 2-core CPU at "
-                           "154 images/s"),
+                           "queued 4th: 64k iterations, about 11 h of the 2-core CPU at "
+                           "201 images/s"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
-                            "queued 6th: 64k iterations, about 29 h of the 2-core CPU at "
-                            "78 images/s"),
+                            "queued 6th: 64k iterations, about 22 h of the 2-core CPU at "
+                            "102 images/s"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
-                            "after the queue (ResNet-110 v1's speed: about 29 h)"),
+                            "after the queue (ResNet-110 v1's speed: about 22 h)"),
 }
 KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "last_test_accuracy",
         "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
