@@ -191,6 +191,19 @@ def test_batch_norm_and_its_gradients_match_flax(dtype, tol, relu):
 
 
 @needs_onednn
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_repeated_calls_are_bitwise_equal(relu):
+  x = jnp.asarray(np.random.default_rng(7).normal(size=(16, 8, 8, 32)), jnp.float32)
+  scale, bias = jnp.full(32, 1.5), jnp.full(32, 0.1)
+  step = jax.jit(jax.value_and_grad(
+      lambda t, s: jnp.sum(jnp.sin(onednn.batch_norm(t, s, bias, 1e-5, relu)[0])), (0, 1)))
+  first = step(x, scale)
+  for _ in range(3):
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(step(x, scale))):
+      np.testing.assert_array_equal(a, b)
+
+
+@needs_onednn
 def test_fused_batch_norm_relu_under_vmap_equals_each_slice():
   x = jnp.asarray(np.random.default_rng(6).normal(size=(3, 8, 4, 4, 8)), jnp.float32)
   scale, bias = jnp.ones(8), jnp.zeros(8)
