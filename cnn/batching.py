@@ -56,6 +56,15 @@ def epoch_order(seed: int, epoch: int, num_examples: int, global_batch_size: int
   return order.reshape(steps, global_batch_size)
 
 
+def pad_to(array: np.ndarray, size: int) -> np.ndarray:
+  """`array` with zero rows appended up to `size` rows: evaluation and the
+  predictor run fixed-size batches (XLA compiles one shape), the last one padded."""
+  missing = size - len(array)
+  if missing <= 0:
+    return array
+  return np.concatenate([array, np.zeros((missing, *array.shape[1:]), array.dtype)])
+
+
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, shard: Shard
                  ) -> Iterator[dict[str, np.ndarray]]:
   """This process's part of every global evaluation batch: every example
@@ -65,9 +74,6 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, shard: Shard
   gbs, local = shard.global_batch_size, shard.local_slice()
   for start in range(0, len(images), gbs):
     stop = min(start + gbs, len(images))
-    padding = gbs - (stop - start)
-    image = np.concatenate([images[start:stop],
-                            np.zeros((padding, *images.shape[1:]), images.dtype)])[local]
-    label = np.concatenate([labels[start:stop], np.zeros(padding, labels.dtype)])[local]
-    mask = np.concatenate([np.ones(stop - start, np.float32), np.zeros(padding, np.float32)])
-    yield {"image": image, "label": label, "mask": mask[local]}
+    yield {"image": pad_to(images[start:stop], gbs)[local],
+           "label": pad_to(labels[start:stop], gbs)[local],
+           "mask": pad_to(np.ones(stop - start, np.float32), gbs)[local]}

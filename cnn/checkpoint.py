@@ -33,7 +33,6 @@ from orbax.checkpoint import checkpoint_managers as policies
 from cnn import workdir as workdirs
 from cnn.errors import UserError
 
-DAMAGED_DIR = "damaged_checkpoints"
 STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step metadata file (its commit time)
 METRICS = "metrics"  # the item (and file) holding an end-of-epoch checkpoint's val_accuracy
 
@@ -56,7 +55,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # alone decides what is kept).
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          best_fn=_val_accuracy, best_mode="max")
-  directory = workdirs.resolve(workdir) / "checkpoints"  # a gs:// URI stays one
+  directory = workdirs.Workdir.of(workdir).checkpoints  # a gs:// URI stays one
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -84,7 +83,7 @@ def free_bytes(workdir: str) -> int | None:
   """Free space where `workdir` lives; None for an object store (no such number)."""
   if workdirs.is_uri(workdir):
     return None
-  path = workdirs.resolve(workdir)
+  path = workdirs.Workdir.of(workdir).path
   while not path.exists():
     path = path.parent
   return shutil.disk_usage(str(path)).free
@@ -106,7 +105,7 @@ def space_error(workdir: str, step: int, needed: int, free: int) -> UserError:
 def finalized_steps(workdir: str) -> list[int]:
   """The steps of the complete checkpoints on disk, read without orbax (which
   may be in a failed state when this is asked)."""
-  directory = workdirs.resolve(workdir) / "checkpoints"
+  directory = workdirs.Workdir.of(workdir).checkpoints
   if not directory.exists():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -135,7 +134,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def step_dir(workdir: str, step: int):
-  return workdirs.resolve(workdir) / "checkpoints" / str(step)
+  return workdirs.Workdir.of(workdir).checkpoint(step)
 
 
 def _restore_args(item: Any) -> ocp.args.CheckpointArgs:
@@ -223,7 +222,7 @@ def read_for_reader(workdir: str, step: int, **items: Any) -> dict:
   try:
     return read(workdir, step, **items)
   except Damaged as e:
-    raise UserError(f"checkpoint step {step} in {workdirs.resolve(workdir) / 'checkpoints'} "
+    raise UserError(f"checkpoint step {step} in {workdirs.Workdir.of(workdir).checkpoints} "
                     f"cannot be read ({e.reason}); rerun the training command to move it "
                     "aside and resume from the newest good one") from None
 
@@ -231,7 +230,7 @@ def read_for_reader(workdir: str, step: int, **items: Any) -> dict:
 def unfinished(workdir: str) -> list[str]:
   """Names in `<workdir>/checkpoints` that are no finished step (orbax's
   temporary folders of a save cut short, or anything else)."""
-  directory = workdirs.resolve(workdir) / "checkpoints"
+  directory = workdirs.Workdir.of(workdir).checkpoints
   if not directory.exists():
     return []
   return sorted(p.name for p in directory.iterdir() if not p.name.isdigit())
@@ -240,13 +239,13 @@ def unfinished(workdir: str) -> list[str]:
 def move_aside(workdir: str, name: str) -> str:
   """Moves `<workdir>/checkpoints/<name>` out of the manager's way (so training
   can save that step again) into `<workdir>/damaged_checkpoints/<name>`."""
-  target_dir = workdirs.resolve(workdir) / DAMAGED_DIR
+  target_dir = workdirs.Workdir.of(workdir).damaged_checkpoints
   target_dir.mkdir(parents=True, exist_ok=True)
   target = target_dir / name
   suffix = 1
   while target.exists():
     target, suffix = target_dir / f"{name}.{suffix}", suffix + 1
-  (workdirs.resolve(workdir) / "checkpoints" / name).rename(target)
+  (workdirs.Workdir.of(workdir).checkpoints / name).rename(target)
   return str(target)
 
 
@@ -263,7 +262,7 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
   primary process, with one warning line each; a checkpoint of another model
   is refused (UserError), as that is no damage. `barrier` lets the other
   processes wait for the moves."""
-  directory = workdirs.resolve(workdir) / "checkpoints"
+  directory = workdirs.Workdir.of(workdir).checkpoints
   for name in unfinished(workdir):
     where = move_aside(workdir, name) if is_primary else "aside"
     logging.warning("unfinished checkpoint write %s in %s (a save cut short); moved to %s",
@@ -288,6 +287,6 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
     raise UserError(f"no readable checkpoint in {directory}: "
                     f"{'steps' if len(damaged) > 1 else 'step'} {', '.join(map(str, damaged))} "
                     f"{'are' if len(damaged) > 1 else 'is'} damaged (moved to "
-                    f"{workdirs.resolve(workdir) / DAMAGED_DIR}); rerun to start over, or put "
-                    "back a good copy from a backup")
+                    f"{workdirs.Workdir.of(workdir).damaged_checkpoints}); rerun to start over, "
+                    "or put back a good copy from a backup")
   return make_manager(workdir, keep), restored

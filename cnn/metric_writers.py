@@ -63,8 +63,8 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str, steps_written: int = 0):
-    self._workdir = workdirs.resolve(workdir)
-    self._tensorboard = tensorboard_writer(str(self._workdir / "tensorboard"))
+    self._workdir = workdirs.Workdir.of(workdir)
+    self._tensorboard = tensorboard_writer(str(self._workdir.tensorboard))
     self._steps_written = steps_written  # step records already in TensorBoard
 
   def write_epoch(self, history: list[dict], timing: list[dict]) -> None:
@@ -74,8 +74,8 @@ class MetricWriter:
           if key not in ("epoch", "step") and isinstance(value, (int, float)):
             self._tensorboard.scalar(key, value, record["epoch"])
       self._tensorboard.flush()
-    write_jsonl(self._workdir / "metrics.jsonl", history)
-    write_jsonl(self._workdir / "timing.jsonl", timing)
+    write_jsonl(self._workdir.metrics, history)
+    write_jsonl(self._workdir.timing, timing)
 
   def write_steps(self, steps: list[dict]) -> None:
     """After each window: a long epoch's losses can be watched as they come."""
@@ -85,7 +85,7 @@ class MetricWriter:
           self._tensorboard.scalar(f"step/{key}", record[key], record["step"])
       self._tensorboard.flush()
     self._steps_written = len(steps)
-    write_jsonl(self._workdir / "steps.jsonl", steps)
+    write_jsonl(self._workdir.steps, steps)
 
   def close(self) -> None:
     if self._tensorboard:

@@ -29,13 +29,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from cnn import (backend, batching, checkpoint, datasets, device_pipeline, distributed,
-                 metric_writers, optim, preemption)
-from cnn.augment import make_augment, normalize, step_key
+                 metric_writers, model_fn, optim, preemption)
+from cnn.augment import make_augment, step_key
 from cnn import workdir as workdirs
 from cnn import workdir_lock
 from cnn.config_validation import validate_config
 from cnn.errors import Preempted, UserError
-from cnn.models import create_model
 
 
 def ema_decay_at(step: jnp.ndarray, decay: float) -> jnp.ndarray:
@@ -189,20 +188,11 @@ def train_step(state: TrainState, sums: dict, batch: dict, *, augment: Callable,
   return state, sums, loss
 
 
-def eval_logits(state: TrainState, images: jnp.ndarray, flip: bool) -> jnp.ndarray:
-  """Inference logits (EMA parameters if kept); with `flip`, the mean of the
-  logits of the images and of their mirror images."""
-  variables = state.eval_variables
-  logits = state.apply_fn(variables, images, train=False)
-  if flip:
-    logits = (logits + state.apply_fn(variables, images[:, :, ::-1], train=False)) / 2
-  return logits
-
-
 def eval_step(state: TrainState, batch: dict, spec: datasets.DatasetSpec, flip: bool = False
               ) -> dict[str, jnp.ndarray]:
   """Sums over the real (mask == 1) examples of a padded batch of uint8 images."""
-  logits = eval_logits(state, normalize(batch["image"], spec.mean, spec.std), flip)
+  logits = model_fn.logits(state.apply_fn, state.eval_variables, batch["image"], spec.mean,
+                           spec.std, flip)
   losses = cross_entropy_loss(logits, batch["label"], 0.0)
   correct = jnp.argmax(logits, -1) == batch["label"]
   mask = batch["mask"]
@@ -245,19 +235,6 @@ def host_pipeline():
   return input_pipeline
 
 
-def open_data(config: ml_collections.ConfigDict) -> datasets.Source:
-  """The dataset, prepared (tfds) by process 0 while the others wait:
-  processes sharing one TFDS_DATA_DIR never write it at the same time, and
-  hosts with their own directories each prepare theirs afterwards."""
-  if jax.process_index() == 0:
-    source = datasets.open_from_config(config)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("dataset prepared by process 0")
-  if jax.process_index() != 0:
-    source = datasets.open_from_config(config)
-  return source
-
-
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's rows -> one array sharded over all devices of all hosts."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
@@ -288,15 +265,6 @@ def evaluate(eval_fn: Callable, state: TrainState, batches: Iterator[dict],
           "count": int(count)}
 
 
-def best_epoch(history: list[dict], kept_steps=None) -> dict:
-  """The epoch record with the highest validation accuracy (earliest on ties),
-  among those whose checkpoint still exists if `kept_steps` is given."""
-  if kept_steps is not None:
-    history = [r for r in history if r["step"] in set(kept_steps)] or history[-1:]
-  scored = [r for r in history if r.get("val_accuracy") is not None]
-  return max(scored, key=lambda r: r["val_accuracy"]) if scored else history[-1]
-
-
 class Experiment:
   """Everything built once from the config: data, model, optimizer, steps."""
 
@@ -313,10 +281,8 @@ class Experiment:
                                 jax.device_count(), "batch_size / config.grad_accum_steps")
     self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
     norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
-    self.model = create_model(config.model, num_classes=self.spec.num_classes,
-                              dtype=jnp.dtype(config.dtype), norm_groups=norm_groups,
-                              **config.model_kwargs)
-    source = open_data(config)
+    self.model = model_fn.build(config, self.spec.num_classes, norm_groups)
+    source = datasets.open_data(config)
     self.class_names = source.class_names()
     self.splits = {name: source.load_split(split) for name, split in (
         ("train", config.train_split), ("validation", config.validation_split),
@@ -390,19 +356,6 @@ class Experiment:
   def eval_batches(self, images: np.ndarray, labels: np.ndarray) -> Iterator[dict]:
     return batching.eval_batches(images, labels, shard=self.eval_shard)
 
-  def predict(self, state: TrainState, split: str) -> dict[str, np.ndarray]:
-    """Logits and labels for every example of a split, in order."""
-    images, labels = self.splits[split]
-    # Replicated output: every process gets all logits (batch-sharded ones
-    # would not be fully addressable on a pod).
-    mean, std, flip = self.spec.mean, self.spec.std, self.config.eval_flip
-    predict = jax.jit(lambda state, images: eval_logits(state, normalize(images, mean, std), flip),
-                      out_shardings=NamedSharding(self.mesh, P()))
-    logits = [jax.device_get(predict(state, to_global({"image": b["image"]},
-                                                      self.batch_sharding)["image"]))
-              for b in self.eval_batches(images, labels)]
-    return {"logits": np.concatenate(logits)[:len(labels)], "labels": labels}
-
   def learning_rate(self, state: TrainState) -> float:
     return float(self.schedule(int(state.step))) * optim.plateau_scale(state.opt_state)
 
@@ -415,9 +368,9 @@ def check_finite(sums: dict) -> None:
                     "good checkpoint is kept; lower config.learning_rate or add warmup_epochs")
 
 
-def check_writable(workdir: str) -> None:
+def check_writable(workdir: workdirs.Workdir) -> None:
   try:
-    path = workdirs.resolve(workdir)
+    path = workdir.path
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".write_test.{jax.process_index()}"
     probe.write_text("")
@@ -442,8 +395,8 @@ class Run:
   speeds; all are checkpointed so a resumed run continues them exactly.
   """
 
-  def __init__(self, exp: Experiment, workdir: str):
-    self.exp, self.workdir = exp, workdir
+  def __init__(self, exp: Experiment, workdir: "str | workdirs.Workdir"):
+    self.exp, self.workdir = exp, workdirs.Workdir.of(workdir)
     self.state, self.sums = exp.initial_state, exp.zero_sums()
     self.history, self.timing, self.steps, self.window = [], [], [], []
     self.manager, restored = checkpoint.open_for_training(
@@ -595,8 +548,8 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
 def final_results(run: Run, compile_time: float | None) -> dict:
   """Test metrics of the last and the best-by-validation checkpoints."""
   exp, config = run.exp, run.exp.config
-  best = (run.history[-1] if config.protocol == "paper"  # no selection: the final model
-          else best_epoch(run.history, run.manager.all_steps()))
+  best = (run.history[-1] if model_fn.reports_final_model(config.protocol)
+          else model_fn.best_epoch(run.history, run.manager.all_steps()))
   last_test = exp.evaluate(run.state, "test")
   best_test = last_test
   if best["step"] != run.step:
@@ -620,16 +573,18 @@ def final_results(run: Run, compile_time: float | None) -> dict:
   }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: "str | workdirs.Workdir") -> dict:
   """Trains (resuming from `workdir` if it holds a checkpoint), evaluates the
   last and the best-by-validation checkpoints on the test split and writes
   `results.json`. Returns the results."""
+  workdir = workdirs.Workdir.of(workdir)  # the one made for this run; everything else takes it
   check_writable(workdir)
   with workdir_lock.one_trainer(workdir):  # a second trainer on it refuses
     return _train_and_evaluate(Experiment(config), workdir)
 
 
-def _train_and_evaluate(exp: Experiment, workdir: str) -> dict:
+def _train_and_evaluate(exp: Experiment, workdir: workdirs.Workdir) -> dict:
   config = exp.config
   run = Run(exp, workdir)
   logging.info("%s; mesh %s", distributed.describe(), dict(exp.mesh.shape))
@@ -645,7 +600,7 @@ def _train_and_evaluate(exp: Experiment, workdir: str) -> dict:
   finally:
     run.close()
   if jax.process_index() == 0:
-    (workdirs.resolve(workdir) / "results.json").write_text(
+    workdir.results.write_text(
         json.dumps(results, indent=2, default=str) + "\n")
   if config.protocol == "paper":
     logging.info("test accuracy %.4f (final model, paper protocol)", results["test_accuracy"])

@@ -31,7 +31,7 @@ from etils import epath
 from cnn import workdir as workdirs
 from cnn.errors import UserError
 
-LOCK_NAME = "trainer.lock"
+LOCK_NAME = workdirs.Workdir.LOCK
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 300.0
 
@@ -82,7 +82,7 @@ def in_use_error(workdir: str, record: dict) -> UserError:
 
 def check_free(workdir: str) -> None:
   """Raises UserError if a live trainer holds `workdir` (for `--mode=evaluate`)."""
-  path = workdirs.resolve(workdir) / LOCK_NAME
+  path = workdirs.Workdir.of(workdir).lock
   record = read(path) if path.exists() else None
   if record and holder_alive(record, time.time(), socket.gethostname()) and (
       record.get("pid") != os.getpid() or record.get("host") != socket.gethostname()):
@@ -94,7 +94,7 @@ class TrainerLock:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.path = workdirs.resolve(workdir) / LOCK_NAME
+    self.path = workdirs.Workdir.of(workdir).lock
     self.record = this_process()
     self._stop = threading.Event()
     self._thread = None

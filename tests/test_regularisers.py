@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnn import augment, datasets, optim, train
+from cnn import augment, datasets, model_fn, optim, train
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import create_model
@@ -84,13 +84,14 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
   model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
   state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
-  plain = train.eval_logits(state, x, flip=False)
-  mirrored = train.eval_logits(state, x[:, :, ::-1], flip=False)
-  np.testing.assert_allclose(train.eval_logits(state, x, flip=True), (plain + mirrored) / 2,
-                             rtol=1e-5, atol=1e-6)
+  logits = lambda images, flip: model_fn.logits(  # noqa: E731
+      state.apply_fn, state.eval_variables, images, (0.5,), (0.25,), flip)
+  plain = logits(x, flip=False)
+  mirrored = logits(x[:, :, ::-1], flip=False)
+  np.testing.assert_allclose(logits(x, flip=True), (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
   symmetric = x + x[:, :, ::-1]
-  np.testing.assert_allclose(train.eval_logits(state, symmetric, flip=True),
-                             train.eval_logits(state, symmetric, flip=False), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits(symmetric, flip=True), logits(symmetric, flip=False),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_linear_schedule_is_one_cycle_with_warmup():

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnn import datasets, optim, train
+from cnn import datasets, model_fn, optim, train
 from cnn.errors import UserError
 from cnn.models import create_model
 from conftest import mnist_train_step
@@ -104,7 +104,7 @@ def test_best_epoch_selects_on_validation_not_test():
   history = [{"epoch": 1, "step": 10, "val_accuracy": 0.5},
              {"epoch": 2, "step": 20, "val_accuracy": 0.7},
              {"epoch": 3, "step": 30, "val_accuracy": 0.7}]
-  assert train.best_epoch(history)["epoch"] == 2
+  assert model_fn.best_epoch(history)["epoch"] == 2
 
 
 def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):

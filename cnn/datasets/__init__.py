@@ -170,3 +170,18 @@ def open_from_config(config) -> Source:
   return open_source(get_spec(config.dataset), config.get("data_dir") or None,
                      resolve_archive_dir(config.get("archive_dir", "")),
                      config.get("data_source", "auto"))
+
+
+def open_data(config) -> Source:
+  """The config's dataset, prepared (tfds) by process 0 while the others wait:
+  processes sharing one TFDS_DATA_DIR never write it at the same time, and
+  hosts with their own directories each prepare theirs afterwards."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    source = open_from_config(config)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dataset prepared by process 0")
+  if jax.process_index() != 0:
+    source = open_from_config(config)
+  return source

@@ -129,7 +129,7 @@ def run(workdir: str | None, weights_file: str | None, patterns: list[str], whic
 def _out_folder(workdir: str | None, out: str | None):
   if out:
     return workdirs.resolve(out)
-  return workdirs.resolve(workdir) / "predictions" if workdir else workdirs.resolve("predictions")
+  return workdirs.Workdir.of(workdir).predictions if workdir else workdirs.resolve("predictions")
 
 
 def _describe(source: dict) -> str:

@@ -27,10 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from cnn import augment, checkpoint, datasets
+from cnn import augment, batching, checkpoint, datasets, model_fn
 from cnn import workdir as workdirs
 from cnn.errors import UserError, unknown_name
-from cnn.models import create_model
 from cnn.robustness import calibration
 
 WHICH = ("best", "last")
@@ -58,13 +57,8 @@ class Predictor:
 
   @functools.cached_property
   def _logits_fn(self):
-    def logits(variables, images):  # uint8, normalised in jit as evaluation does
-      x = augment.normalize(images, self.mean, self.std)
-      y = self.model.apply(variables, x, train=False)
-      if self.flip:
-        y = (y + self.model.apply(variables, x[:, :, ::-1], train=False)) / 2
-      return y
-    return jax.jit(logits)
+    return jax.jit(lambda variables, images: model_fn.logits(
+        self.model.apply, variables, images, self.mean, self.std, self.flip))
 
   def check_config(self, config: ml_collections.ConfigDict) -> None:
     """Refuses a config of another model or dataset than the checkpoint's."""
@@ -96,11 +90,8 @@ class Predictor:
     out = []
     for start in range(0, len(images), self.batch_size):
       chunk = np.asarray(images[start:start + self.batch_size])
-      real = len(chunk)
-      if real < self.batch_size:
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - real, *chunk.shape[1:]),
-                                                chunk.dtype)])
-      out.append(np.asarray(self._logits_fn(self.variables, chunk))[:real])
+      padded = batching.pad_to(chunk, self.batch_size)
+      out.append(np.asarray(self._logits_fn(self.variables, padded))[:len(chunk)])
     if not out:
       return np.zeros((0, len(self.class_names)), np.float32)
     return np.concatenate(out).astype(np.float32)
@@ -118,7 +109,7 @@ def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:
   before that, the one `results.json` records."""
   if "config" in meta:
     return ml_collections.ConfigDict(meta["config"])
-  results = workdirs.resolve(workdir) / "results.json"
+  results = workdirs.Workdir.of(workdir).results
   if results.exists():
     return ml_collections.ConfigDict(json.loads(results.read_text())["config"])
   raise UserError(f"the checkpoints in {workdir} do not record their config (written by an "
@@ -143,11 +134,10 @@ def choose_step(meta: dict, steps: list[int], which: str, protocol: str) -> dict
   """The epoch record of the checkpoint to load: "last", or "best", the one
   `results.json` reports (best by validation accuracy; the final model under
   the paper protocol)."""
-  from cnn.train import best_epoch  # pylint: disable=import-outside-toplevel
   history = [r for r in meta["history"] if r["step"] in set(steps)]
-  if which == "last" or protocol == "paper" or not history:
+  if which == "last" or model_fn.reports_final_model(protocol) or not history:
     return {"step": max(steps), **next((r for r in history if r["step"] == max(steps)), {})}
-  return best_epoch(history)
+  return model_fn.best_epoch(history)
 
 
 def load(workdir: str, which: str = "best") -> Predictor:
@@ -158,7 +148,7 @@ def load(workdir: str, which: str = "best") -> Predictor:
     return weights.load(workdir)
   if which not in WHICH:
     raise unknown_name("checkpoint choice", which, WHICH)
-  directory = workdirs.resolve(workdir) / "checkpoints"
+  directory = workdirs.Workdir.of(workdir).checkpoints
   steps = checkpoint.finalized_steps(workdir)
   if not steps:
     raise UserError(f"no checkpoint in {directory}; train first: python main.py "
@@ -167,8 +157,7 @@ def load(workdir: str, which: str = "best") -> Predictor:
   config = _config_of(workdir, meta)
   record = choose_step(meta, steps, which, config.get("protocol", "validation"))
   spec = datasets.get_spec(config.dataset)
-  model = create_model(config.model, num_classes=spec.num_classes,
-                       dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+  model = model_fn.build(config, spec.num_classes)
   # Onto this process's first device: on a multi-process job each process
   # reads its own copy, so prediction needs no other process.
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

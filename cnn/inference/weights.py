@@ -97,7 +97,7 @@ def _metadata(path: str) -> dict[str, str]:
 def load(path: str, sha256_expected: str | None = None):
   """The `Predictor` of a weights file, checked against `sha256_expected` when given."""
   from cnn.inference import predictor  # pylint: disable=import-outside-toplevel
-  from cnn.models import create_model  # pylint: disable=import-outside-toplevel
+  from cnn import model_fn  # pylint: disable=import-outside-toplevel
   if not Path(path).is_file():
     raise UserError(f"weights file {path} not found")
   if sha256_expected and sha256(path) != sha256_expected:
@@ -114,8 +114,7 @@ def load(path: str, sha256_expected: str | None = None):
   config = ml_collections.ConfigDict(json.loads(meta["config"]))
   class_names = tuple(json.loads(meta["class_names"]))
   image_shape = tuple(json.loads(meta["image_shape"]))
-  model = create_model(config.model, num_classes=len(class_names),
-                       dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+  model = model_fn.build(config, len(class_names))
   variables = jax.tree.map(jnp.asarray, _nested(flat))
   _check_shapes(path, variables, predictor.abstract_variables(model, image_shape))
   return predictor.Predictor(

@@ -23,14 +23,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn import datasets, metric_writers, robustness, train
+from cnn import datasets, metric_writers, robustness
 from cnn.report import pages as report_pages, plots
 from cnn.inference import predictor
 from cnn import workdir as workdirs
 from cnn import workdir_lock
 from cnn.errors import UserError
 
-REPORT_DIR = "report"
 NUM_MISCLASSIFIED = 24
 NUM_CONFUSED_PAIRS = 10
 
@@ -156,15 +155,14 @@ def stage_outputs(layers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
 # --- orchestration --------------------------------------------------------------------------
 
-def read_jsonl(workdir: str, name: str, fallback: list[dict]) -> list[dict]:
-  """The records of `<workdir>/<name>` (`metrics.jsonl`: per epoch;
-  `steps.jsonl`: per window of steps), else `fallback`."""
-  path = workdirs.resolve(workdir) / name
+def read_jsonl(path, fallback: list[dict]) -> list[dict]:
+  """The records of a JSON-lines file of the workdir (`Workdir.metrics`: per
+  epoch; `Workdir.steps`: per window of steps), else `fallback`."""
   return metric_writers.read_jsonl(path) if path.is_file() else fallback
 
 
 def read_results(workdir: str) -> dict:
-  path = workdirs.resolve(workdir) / "results.json"
+  path = workdirs.Workdir.of(workdir).results
   return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -179,7 +177,7 @@ def evaluation_splits(config: ml_collections.ConfigDict
                       ) -> tuple[tuple[np.ndarray, np.ndarray], tuple | None]:
   """The config's test split (uint8 images, labels) and its held-out validation
   split (None when there is none), for temperature scaling; no training split."""
-  source = train.open_data(config)
+  source = datasets.open_data(config)
   held_out = (source.load_split(config.validation_split) if config.validation_split
               else None)
   return source.load_split(config.test_split), held_out
@@ -204,11 +202,12 @@ def robustness_figures(robust: dict) -> dict:
   return figures
 
 
-def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Workdir") -> dict:
   """Writes `<workdir>/report/` from the checkpoint `results.json` reports
   (best by validation; the final one under the paper protocol) and returns
   the classification report. Reads only the evaluation variables and the
   test split (`cnn.inference.predictor`)."""
+  workdir = workdirs.Workdir.of(workdir)
   workdir_lock.check_no_trainer(workdir)  # not while a trainer writes it
   p = predictor.load(workdir, "best")
   p.check_config(config)
@@ -235,7 +234,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() != 0:
     return report
 
-  out = workdirs.resolve(workdir) / REPORT_DIR
+  out = workdir.report
   out.mkdir(parents=True, exist_ok=True)
   (out / "classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
   (out / "robustness.json").write_text(json.dumps(robust, indent=2) + "\n")
@@ -243,8 +242,9 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict:
       report_pages.markdown({**report, "robustness": robust}))
   wrong = most_confident_errors(labels, probabilities, NUM_MISCLASSIFIED)
   figures = {
-      "curves.png": plots.curves_figure(read_jsonl(workdir, "metrics.jsonl", checkpoint_history),
-                                        read_jsonl(workdir, "steps.jsonl", []), len(names)),
+      "curves.png": plots.curves_figure(
+          read_jsonl(workdir.metrics, checkpoint_history),
+          read_jsonl(workdir.steps, []), len(names)),
       "confusion_matrix.png": plots.confusion_matrix_figure(cm, names),
       "misclassified.png": plots.misclassified_figure(
           images[wrong], [names[i] for i in labels[wrong]],

@@ -84,12 +84,12 @@ def load_results(workdir: str) -> dict:
   if workdir.endswith(".json"):
     results = _read_json(workdirs.resolve(workdir))
     return {**results, **robustness_headline(results.get("robustness") or {})}
-  path = workdirs.resolve(workdir) / "results.json"
+  path = workdirs.Workdir.of(workdir).results
   if not path.is_file():
     raise UserError(f"{path} not found: {workdir} is not a finished run; train it first "
-                    "(python main.py --config=... --workdir=" + workdir + ")")
+                    f"(python main.py --config=... --workdir={workdir})")
   results = _read_json(path)
-  report = workdirs.resolve(workdir) / "report" / "robustness.json"
+  report = workdirs.Workdir.of(workdir).report / "robustness.json"
   robustness = _read_json(report) if report.is_file() else {}
   return {**results, **robustness_headline(robustness)}
 

@@ -27,9 +27,6 @@ from cnn import workdir as workdirs
 from cnn.errors import UserError
 from cnn.report import plots
 
-STEPS_FILE = "steps.jsonl"
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSteps:
   label: str
@@ -46,9 +43,9 @@ def dataset_of(workdir: str) -> str | None:
 
 
 def read_run(workdir: str, label: str, classes: int | None) -> RunSteps:
-  path = workdirs.resolve(workdir) / STEPS_FILE
+  path = workdirs.Workdir.of(workdir).steps
   if not path.is_file():
-    raise UserError(f"no {STEPS_FILE} in {workdir}: it is written from the first "
+    raise UserError(f"no {path.name} in {workdir}: it is written from the first "
                     "log_every_steps steps on, by runs of this version")
   records = metric_writers.read_jsonl(path)
   if classes is None:

@@ -79,7 +79,7 @@ def record(workdir: str, name: str, hardware: str, command: str,
            **({"commit": commit} if commit else {}),
            **({"resumes": resumes} if resumes is not None else {}),
            **{k: results.get(k) for k in KEPT}}
-  robustness = workdirs.resolve(workdir) / "report" / "robustness.json"
+  robustness = workdirs.Workdir.of(workdir).report / "robustness.json"
   if robustness.is_file():  # --mode=evaluate ran: calibration, corruptions, attacks
     entry["robustness"] = json.loads(robustness.read_text())
   stem = f"{name}_seed{results['seed']}"
