@@ -3,7 +3,8 @@ training images, 2 epochs, evaluated on all 10,000 test images.
 
   python main.py --config=configs/tiny_mnist.py --workdir=/tmp/tiny
 
-About half a minute on a 2-core CPU; expect roughly 85-95% test accuracy.
+About half a minute on a 2-core CPU. Measured (seed 0, 2026-12-02, 2-core AMD EPYC): 75.2%
+test accuracy; it is a smoke run, not a result (configs/resnet20_mnist.py reaches 99%).
 """
 from configs import _mnist as mnist
 
