@@ -212,9 +212,8 @@ def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Sequence[int]
   each window in row-major order, as `select_and_scatter` and PyTorch give it,
   so values and gradients are bitwise those of `nn.max_pool` (tested). Other
   windows, odd sizes (where "SAME" pads) and other backends use `nn.max_pool`."""
-  n_h_w_c = x.shape
   if (tuple(window_shape) == (2, 2) and tuple(strides) == (2, 2) and x.ndim == 4
-      and n_h_w_c[1] % 2 == 0 and n_h_w_c[2] % 2 == 0 and padding in ("SAME", "VALID")
+      and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0 and padding in ("SAME", "VALID")
       and jax.default_backend() == "cpu"):
     return _max_pool_2x2(x)
   return nn.max_pool(x, tuple(window_shape), strides=tuple(strides), padding=padding)
