@@ -189,48 +189,26 @@ ffi::Error ReluBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scal
 
 }  // namespace
 
+// Bindings: the buffers in the order of the handlers' parameters, then epsilon.
+#define CNN_ONEDNN_BUFFERS_3(kind) .kind<ffi::AnyBuffer>().kind<ffi::AnyBuffer>().kind<ffi::AnyBuffer>()
+#define CNN_ONEDNN_BUFFERS_5(kind) \
+  CNN_ONEDNN_BUFFERS_3(kind).kind<ffi::AnyBuffer>().kind<ffi::AnyBuffer>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_forward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
+                              ffi::Ffi::Bind() CNN_ONEDNN_BUFFERS_3(Arg)
+                                  CNN_ONEDNN_BUFFERS_3(Ret).Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_backward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
+                              ffi::Ffi::Bind() CNN_ONEDNN_BUFFERS_5(Arg)
+                                  CNN_ONEDNN_BUFFERS_3(Ret).Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_relu_forward, ReluForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
+                              ffi::Ffi::Bind() CNN_ONEDNN_BUFFERS_3(Arg)
+                                  CNN_ONEDNN_BUFFERS_3(Ret)
+                                  .Ret<ffi::AnyBuffer>()  // the mask
                                   .Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_batchnorm_relu_backward, ReluBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("epsilon"));
+                              ffi::Ffi::Bind() CNN_ONEDNN_BUFFERS_5(Arg)
+                                  .Arg<ffi::AnyBuffer>()  // the mask
+                                  CNN_ONEDNN_BUFFERS_3(Ret).Attr<float>("epsilon"));
 
 // The bytes of the ReLU mask for an NHWC batch (bf16: 1, else float32), as the
 // forward primitive asks for it: JAX allocates that buffer as a uint8 output.
