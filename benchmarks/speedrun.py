@@ -17,8 +17,8 @@ run:
       --config.warmup_epochs=0.4 --config.train_split=train[:4096] \
       --config.test_split=test[:2000]
 
-`--render FILE... --readme README.md` rewrites the README's speedrun block
-from saved JSON files (`--check`: fail if it is out of date).
+`--render FILE... --readme docs/experiments.md` rewrites the speedrun block
+of that file from saved JSON files (`--check`: fail if it is out of date).
 """
 import argparse
 import datetime
@@ -28,10 +28,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run import machine, publish, run_main  # noqa: E402  (benchmarks/run.py)
+# As a package module, so that tools/accelerator_kit.py, which imports both,
+# catches the same run_main exceptions this module raises.
+from benchmarks.run import machine, publish, run_main  # noqa: E402
 
 CONFIG = "configs/speedrun_cifar10.py"
 BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
@@ -40,7 +41,7 @@ BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
 def one_run(seed: int, overrides: list[str], target: float, workdir: Path | None = None,
             config: str = CONFIG, **deadlines) -> dict:
   """One seed in a fresh process, in a temporary workdir unless `workdir` is
-  given (benchmarks/accelerator.py keeps it, so a run its budget stopped
+  given (tools/accelerator_kit.py keeps it, so a run its budget stopped
   resumes); `deadlines`: run_main's stop_at/kill_at and log."""
   if workdir is None:
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,9 +87,10 @@ def main() -> int:
   parser.add_argument("--target", type=float, default=0.94)
   parser.add_argument("--out", type=Path, help="write the JSON here")
   parser.add_argument("--render", type=Path, nargs="+", help="only render these JSON files")
-  parser.add_argument("--readme", type=Path, help="rewrite this README's speedrun block")
+  parser.add_argument("--readme", type=Path, help="rewrite the speedrun block of this file "
+                      "(docs/experiments.md)")
   parser.add_argument("--check", action="store_true", help="with --render and --readme: fail "
-                      "if the README is out of date")
+                      "if that block is out of date")
   parser.add_argument("overrides", nargs="*", help="main.py flags, after --")
   args = parser.parse_args()
   if args.render:

@@ -20,7 +20,7 @@ def archive_dir() -> str:
   path = os.environ.get("CNN_ARCHIVE_DIR") or str(REPO.parent / "shared" / "datasets")
   if not Path(path, "mnist").is_dir():
     pytest.fail(f"tests need the original MNIST/CIFAR-10 files: set CNN_ARCHIVE_DIR "
-                f"(tried {path}); see README 'Offline data'")
+                f"(tried {path}); see docs/experiments.md 'Offline data'")
   return path
 
 
@@ -62,7 +62,7 @@ def run_main(env: dict, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 def only_error_line(result: subprocess.CompletedProcess) -> str:
-  """The one line a user-fixable mistake prints (README "Errors"): exit status 2
+  """The one line a user-fixable mistake prints (docs/errors.md): exit status 2
   and nothing else on stderr, no library warning before it. Returns the line."""
   lines = result.stderr.strip().splitlines()
   assert result.returncode == 2, result.stderr[-3000:]
@@ -101,8 +101,8 @@ def tiny_cifar_run(data_env, tmp_path_factory, cifar10):
   return workdir
 
 
-# Slow suites, each behind its own option (README: "Checking it without a cluster",
-# "CPU convolution algorithms").
+# Slow suites, each behind its own option (docs/accelerators.md: "Checking it without a
+# cluster"; benchmarks/README.md: "Per-shape convolution algorithms").
 SLOW_SUITES = {
     "cluster": "slow device/process matrix: python -m pytest -q tests --cluster -m cluster",
     "exhaustive": ("every algorithm on every conv shape of every model: "

@@ -1,4 +1,4 @@
-"""benchmarks/accelerator.py, the accelerator kit, run as on a rented box:
+"""tools/accelerator_kit.py, the accelerator kit, run as on a rented box:
 real processes on real MNIST (its `tiny` queue), an image without TensorFlow,
 a budget that stops the training row mid-way, the kit SIGKILLed, DIR carried
 to a "fresh machine" in parts. The row must end bitwise equal to an
@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from cnn import workdir_lock
 from conftest import REPO
+from tools import accelerator_kit  # the queue table: the row's exact command
+from tools import carry
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import accelerator  # noqa: E402  (the queue table: the row's exact command)
-import carry  # noqa: E402
-from cnn import workdir_lock  # noqa: E402
-
-KIT = [sys.executable, "benchmarks/accelerator.py"]
-ROW = next(p for p in accelerator.tiny_queue() if p["kind"] == "train")
+KIT = [sys.executable, "tools/accelerator_kit.py"]
+ROW = next(p for p in accelerator_kit.tiny_queue() if p["kind"] == "train")
 STEPS = 128  # 4 epochs of 32
 MARGIN = "12"  # seconds from the SIGTERM to the budget's end (SIGKILL 5 s before it)
 PROGRESS = re.compile(r"epoch \d+/\d+ step \d+/\d+ \|")
@@ -132,7 +130,7 @@ def flow(kit_env, reference, tmp_path_factory) -> dict:
   facts["budget_call"], facts["stopped_row"] = stop_mid_row(kit_env, out, results, first, last)
   facts["pack"] = kit(kit_env, "pack", "--out", out, "--parts", parts, "--part-mib", "0.25")
   facts["unpack"] = kit(kit_env, "unpack", "--parts", parts, "--out", moved)
-  facts["packed_tree"] = tree(out, carry.files_to_pack(out, accelerator.skipped_when_packing))
+  facts["packed_tree"] = tree(out, carry.files_to_pack(out, accelerator_kit.skipped_when_packing))
   facts["unpacked_tree"] = tree(moved, [p for p in moved.rglob("*") if p.is_file()])
   facts["killed"] = sigkill_mid_row(kit_env, moved, common)
   facts["final"] = kit(kit_env, "--out", moved, *common, "--only", "train",
@@ -203,26 +201,25 @@ def test_record_at_home_copies_the_finished_row_and_trains_nothing(flow, kit_env
   assert (after["attempts"], after["seconds"]) == (before["attempts"], before["seconds"])
 
 
-README = """# x
-<!-- results-table:begin -->
-<!-- results-table:end -->
-<!-- speedrun:begin -->
-<!-- speedrun:end -->
-"""
+# The results table lives in README.md, the speedrun block in docs/experiments.md.
+README = "# x\n<!-- results-table:begin -->\n<!-- results-table:end -->\n"
+EXPERIMENTS = "# y\n<!-- speedrun:begin -->\n<!-- speedrun:end -->\n"
 
 
 @pytest.mark.slow
-def test_the_rest_of_the_queue_finishes_it_and_renders_the_readme(flow, kit_env, tmp_path):
+def test_the_rest_of_the_queue_finishes_it_and_renders_the_docs(flow, kit_env, tmp_path):
   """Throughput (JAX, and PyTorch where torch is installed) and the speedrun
   piece on the DIR whose row is done (about 45 s more on 2 cores)."""
-  readme = tmp_path / "README.md"
+  readme, experiments = tmp_path / "README.md", tmp_path / "experiments.md"
   readme.write_text(README)
+  experiments.write_text(EXPERIMENTS)
   done = kit(kit_env, "--out", flow["moved"], "--queue", "tiny", "--results-dir",
-             flow["results"], "--budget-seconds", "900", "--readme", readme)
+             flow["results"], "--budget-seconds", "900", "--readme", readme,
+             "--speedrun-doc", experiments)
   assert done.returncode == 0, done.stdout + done.stderr
   assert re.search(r"^queue tiny: 3/3 pieces done; next: nothing, the queue is done; DIR",
                    done.stdout.splitlines()[-1]), done.stdout
-  assert "| `tiny_mnist` |" in readme.read_text() and "| 0 | " in readme.read_text()
+  assert "| `tiny_mnist` |" in readme.read_text() and "| 0 | " in experiments.read_text()
   report = kit(kit_env, "report", "--out", flow["moved"])
   assert "| resnet20 | float32 | 8 |" in report.stdout
   results = flow["moved"] / "results"

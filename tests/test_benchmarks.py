@@ -1,4 +1,7 @@
-"""The README blocks are rendered from the saved benchmark runs; helpers of the benchmarks."""
+"""The docs' measured blocks are rendered from the saved benchmark runs (the
+Performance block in docs/performance.md, the speedrun block in
+docs/experiments.md, the tables of benchmarks/README.md); helpers of the
+benchmarks."""
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +27,13 @@ def test_speedrun_table_reports_time_to_target_only_when_reached():
   assert "on 1x H100 (16 host cores), backend gpu" in table
 
 
-def test_readme_speedrun_block_is_rendered_from_the_saved_runs():
+def test_speedrun_block_is_rendered_from_the_saved_runs():
   saved = sorted(str(p.relative_to(REPO)) for p in (REPO / "benchmarks/results").glob(
       "speedrun*.json"))
   assert saved
   result = subprocess.run(
-      [sys.executable, "benchmarks/speedrun.py", "--render", *saved, "--readme", "README.md",
-       "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
+      [sys.executable, "benchmarks/speedrun.py", "--render", *saved, "--readme",
+       "docs/experiments.md", "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -49,15 +52,15 @@ def test_profile_groups_ops_by_layer_and_direction():
   assert profile_step.torch_category("aten::native_batch_norm") == ("batchnorm", "forward")
 
 
-@pytest.mark.parametrize("script, saved, readme", [
-    ("run.py", "benchmarks/baseline_cpu.json", "README.md"),  # the Performance block
+@pytest.mark.parametrize("script, saved, doc", [
+    ("run.py", "benchmarks/baseline_cpu.json", "docs/performance.md"),  # the Performance block
     # the per-shape table (and the rule's picks in it)
     ("conv_shapes.py", "benchmarks/results/conv_shapes_cpu.json", "benchmarks/README.md"),
     # augmentation on the accelerator vs the previous host path
     ("augment.py", "benchmarks/results/augment_cpu.json", "benchmarks/README.md"),
 ])
-def test_readme_block_is_rendered_from_the_saved_run(script, saved, readme):
+def test_doc_block_is_rendered_from_the_saved_run(script, saved, doc):
   result = subprocess.run(
-      [sys.executable, f"benchmarks/{script}", "--render", saved, "--readme", readme, "--check"],
+      [sys.executable, f"benchmarks/{script}", "--render", saved, "--readme", doc, "--check"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""README "Errors" promises one line, `error: ...`, for each mistake a user can
+"""docs/errors.md promises one line, `error: ...`, for each mistake a user can
 fix. Every row of that table names the test that makes the mistake as a user
 would and checks the line (those that fail before training starts check that
 it is the only line on stderr: `conftest.only_error_line`); a row without a
@@ -43,14 +43,15 @@ ROWS = {
 }
 
 
-def readme_rows() -> list[str]:
-  text = (REPO / "README.md").read_text()
-  table = text[text.index("\n## Errors"):].split("\n\n")[2]
+def table_rows() -> list[str]:
+  """The first column of docs/errors.md's table (the one that starts `| mistake`)."""
+  text = (REPO / "docs" / "errors.md").read_text()
+  table = text[text.index("\n| mistake |") + 1:].split("\n\n")[0]
   return [re.split(r"\s*\|\s*", line)[1] for line in table.splitlines()[2:]]
 
 
 def test_every_row_of_the_errors_table_names_a_test_that_exists():
-  assert readme_rows() == list(ROWS)
+  assert table_rows() == list(ROWS)
   for row, test in ROWS.items():
     module, function = test.split("::")
     assert f"def {function}(" in (TESTS / module).read_text(), (row, test)

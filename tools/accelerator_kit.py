@@ -2,11 +2,11 @@
 (GitHub issue #16): train-step throughput against PyTorch, the time-to-94%
 speedrun, and the paper rows of the README's table, on a rented GPU/TPU box.
 
-  python benchmarks/accelerator.py --out DIR --budget-minutes 9    # repeat until done
-  python benchmarks/accelerator.py pack --out DIR --part-mib 48    # DIR -> parts to carry
-  python benchmarks/accelerator.py unpack --parts DIR-parts --out DIR
-  python benchmarks/accelerator.py report --out DIR                # markdown of the results
-  python benchmarks/accelerator.py record --out DIR                # finished rows -> results/
+  python tools/accelerator_kit.py --out DIR --budget-minutes 9   # repeat until done
+  python tools/accelerator_kit.py pack --out DIR --part-mib 48   # DIR -> parts to carry
+  python tools/accelerator_kit.py unpack --parts DIR-parts --out DIR
+  python tools/accelerator_kit.py report --out DIR               # markdown of the results
+  python tools/accelerator_kit.py record --out DIR               # finished rows -> results/
 
 Each call runs the next pieces of a fixed queue (`--queue full`, the
 default) and exits before its budget: a box where one command may run ~10
@@ -16,9 +16,10 @@ order (13 pieces):
 
   (a) throughput_{resnet20,resnet56,vgg16}: images/s of our train step
       (benchmarks/run.py's JaxStepper) and of its PyTorch twin
-      (torch_twins.py, CUDA when torch sees a GPU) on the same device, fp32 and
-      bf16, batch 128 and 512; the two alternate, medians over rounds, ratio of
-      medians. Without torch the JAX column is still measured ("no torch").
+      (benchmarks/torch_twins.py, CUDA when torch sees a GPU) on the same
+      device, fp32 and bf16, batch 128 and 512; the two alternate, medians
+      over rounds, ratio of medians. Without torch the JAX column is still
+      measured ("no torch").
   (b) speedrun_seed{0,1,2}: configs/speedrun_cifar10.py through
       benchmarks/speedrun.py's `one_run`, the time to 94% (a seed starts
       when it fits the budget whole; a finished seed's checkpoint is deleted).
@@ -30,7 +31,8 @@ order (13 pieces):
       with status 0) and SIGKILL if that takes too long. A finished row is
       recorded with `python -m cnn.report.results_table record` into
       `--results-dir` (default results/); `--readme README.md` then renders
-      the README's table and speedrun block.
+      the README's table, `--speedrun-doc docs/experiments.md` the speedrun
+      block.
 
 DIR/state.json (written atomically) says what is done, each piece's results,
 attempts, seconds and last step; results/ holds each finished piece's JSON
@@ -54,9 +56,9 @@ CNN_ARCHIVE_DIR to a folder with cifar10/cifar-10-binary.tar.gz (or its
 data_batch_*.bin and test_batch.bin) and mnist/ for the tiny queue. Then,
 with the records kept in DIR so that they travel with it:
 
-  CNN_ARCHIVE_DIR=/data python benchmarks/accelerator.py --out DIR --results-dir DIR/records
+  CNN_ARCHIVE_DIR=/data python tools/accelerator_kit.py --out DIR --results-dir DIR/records
 
-Back home, `python benchmarks/accelerator.py record --out DIR` records the
+Back home, `python tools/accelerator_kit.py record --out DIR` records the
 finished rows into results/ too (from DIR's checkpoints, with the box's
 hardware; it trains nothing), and `--only NAME,...` (pieces or kinds:
 throughput, speedrun, train) restricts a call to part of the queue.
@@ -86,15 +88,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
-import carry  # noqa: E402  (benchmarks/carry.py)
-import run as bench  # noqa: E402  (benchmarks/run.py)
-import speedrun  # noqa: E402  (benchmarks/speedrun.py)
+# The kit times and trains with the benchmarks' own code (one train-step timer,
+# one PyTorch worker, one supervised main.py), so its numbers are theirs.
+from benchmarks import run as bench  # noqa: E402
+from benchmarks import speedrun  # noqa: E402
 from cnn import workdir_lock  # noqa: E402
 from cnn.errors import UserError  # noqa: E402
 from cnn.report import results_table  # noqa: E402
+from tools import carry  # noqa: E402
 
 ROOT = bench.ROOT
 MIB = 2**20
@@ -331,7 +334,7 @@ class Call:
       if probe.returncode:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         raise UserError(f"JAX does not start here ({last}); install the jax of this "
-                        "accelerator (see the top of benchmarks/accelerator.py)")
+                        "accelerator (see the top of tools/accelerator_kit.py)")
       self.state["machines"][key] = json.loads(probe.stdout.strip().splitlines()[-1])
     return self.state["machines"][key]
 
@@ -710,19 +713,20 @@ def describe_next(call: Call) -> str:
 def summary(call: Call) -> str:
   done = sum(is_done(call, p) for p in call.queue)
   size = dir_bytes(call.out) / MIB
-  carry = " (over one transfer: carry it with `pack`)" if size > call.args.part_mib else ""
+  advice = " (over one transfer: carry it with `pack`)" if size > call.args.part_mib else ""
   return (f"queue {call.args.queue}: {done}/{len(call.queue)} pieces done; next: "
-          f"{describe_next(call)}; DIR {size:.1f} MiB{carry}")
+          f"{describe_next(call)}; DIR {size:.1f} MiB{advice}")
 
 
-def render_readme(call: Call) -> None:
-  """--readme: the results table from --results-dir, the speedrun block from DIR."""
-  if any(p["kind"] == "train" and is_done(call, p) for p in call.queue):
+def render_docs(call: Call) -> None:
+  """--readme: the results table from --results-dir; --speedrun-doc: the
+  speedrun block from DIR (the two live in different files)."""
+  if call.args.readme and any(p["kind"] == "train" and is_done(call, p) for p in call.queue):
     results_table.rewrite_readme(call.args.readme, results_table.render(call.results_dir))
   seeds = [p for p in call.queue if p["kind"] == "speedrun"]
-  if seeds and all(is_done(call, p) for p in seeds):
+  if call.args.speedrun_doc and seeds and all(is_done(call, p) for p in seeds):
     table = speedrun.render(json.loads((call.out / "results" / "speedrun.json").read_text()))
-    results_table.rewrite_readme(call.args.readme, table, speedrun.BEGIN, speedrun.END)
+    results_table.rewrite_readme(call.args.speedrun_doc, table, speedrun.BEGIN, speedrun.END)
 
 
 def prepare_dir(out: Path) -> None:
@@ -755,8 +759,7 @@ def command_run(args: argparse.Namespace) -> int:
   call = Call(args, out, queue)
   try:
     code = run_queue(call)
-    if args.readme:
-      render_readme(call)
+    render_docs(call)
   except KeyboardInterrupt:
     say("stopped by a signal; the next call continues")
     code = 1
@@ -876,7 +879,7 @@ def command_hardware(args: argparse.Namespace) -> int:
 
 
 def run_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="benchmarks/accelerator.py", description=__doc__,
+  parser = argparse.ArgumentParser(prog="tools/accelerator_kit.py", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", type=Path, required=True, help="DIR: state, results, runs")
   parser.add_argument("--queue", default="full", help=f"one of: {', '.join(QUEUES)}")
@@ -896,7 +899,9 @@ def run_parser() -> argparse.ArgumentParser:
   parser.add_argument("--results-dir", default=str(results_table.RESULTS_DIR),
                       help="where finished rows are recorded (default: results/)")
   parser.add_argument("--readme", type=Path, default=None,
-                      help="rewrite this README's results table and speedrun block")
+                      help="rewrite this README's results table (README.md)")
+  parser.add_argument("--speedrun-doc", type=Path, default=None,
+                      help="rewrite this file's speedrun block (docs/experiments.md)")
   parser.add_argument("--part-mib", type=float, default=48.0,
                       help="one transfer's size, for the summary's advice (default 48)")
   return parser
@@ -904,7 +909,7 @@ def run_parser() -> argparse.ArgumentParser:
 
 def pack_parser(command: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog=f"benchmarks/accelerator.py {command}",
+      prog=f"tools/accelerator_kit.py {command}",
       description="DIR as parts of at most --part-mib MiB (one tar stream cut in pieces, "
       "SHA-256s in DIR.pack.json), without locks or unfinished checkpoints" if command == "pack"
       else "the parts back into DIR, after checking every part against the manifest")
@@ -919,7 +924,7 @@ def pack_parser(command: str) -> argparse.ArgumentParser:
 
 
 def report_parser(command: str) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog=f"benchmarks/accelerator.py {command}")
+  parser = argparse.ArgumentParser(prog=f"tools/accelerator_kit.py {command}")
   parser.add_argument("--out", type=Path, required=True, help="the kit's DIR")
   if command == "record":
     parser.add_argument("--results-dir", default=str(results_table.RESULTS_DIR),
@@ -928,14 +933,14 @@ def report_parser(command: str) -> argparse.ArgumentParser:
 
 
 def throughput_parser(_: str) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="benchmarks/accelerator.py throughput")
+  parser = argparse.ArgumentParser(prog="tools/accelerator_kit.py throughput")
   parser.add_argument("--piece", required=True, help="the piece, as JSON")
   parser.add_argument("--json", type=Path, required=True, help="write the result here")
   return parser
 
 
 def hardware_parser(_: str) -> argparse.ArgumentParser:
-  return argparse.ArgumentParser(prog="benchmarks/accelerator.py hardware")
+  return argparse.ArgumentParser(prog="tools/accelerator_kit.py hardware")
 
 
 # name -> (parser, command); no name: "run"
