@@ -55,7 +55,8 @@ def conv_layers(model_name: str, input_shape: tuple[int, ...], batch: int) -> li
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cnn.models import create_model  # pylint: disable=import-outside-toplevel
-  model = create_model(model_name, num_classes=10, dtype=jnp.float32, conv_algorithm="xla")
+  from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
+  model = create_model(model_name, num_classes=10, spec=LayerSpec(conv_algorithm="xla"))
   x = jnp.zeros((batch, *input_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))

@@ -92,12 +92,13 @@ def hlo_op_names(hlo: str) -> dict[str, str | None]:
   return op_names
 
 
-def profile_jax(model: str, batch: int, steps: int, kwargs: dict, dtype: str = "float32") -> dict:
+def profile_jax(model: str, batch: int, steps: int, layer_options: dict,
+                dtype: str = "float32") -> dict:
   flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_xprof_traceme=true".strip()
   import jax  # pylint: disable=import-outside-toplevel
   from benchmarks.run import JaxStepper  # pylint: disable=import-outside-toplevel
-  stepper = JaxStepper(MODELS[model], dtype, batch, kwargs)
+  stepper = JaxStepper(MODELS[model], dtype, batch, layer_options)
   hlo = stepper._step.lower(stepper.state, stepper.sums, stepper.batch).compile().as_text()  # pylint: disable=protected-access
   op_names = hlo_op_names(hlo)
   with tempfile.TemporaryDirectory() as tmp:

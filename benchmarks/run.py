@@ -4,7 +4,7 @@ a CIFAR-10 epoch end to end with its peak memory, and time-to-accuracy.
   pip install -r requirements-bench.txt
   CNN_ARCHIVE_DIR=../shared/datasets python benchmarks/run.py \
       --out benchmarks/results/cpu.json --baseline benchmarks/baseline_cpu.json \
-      --readme README.md
+      --readme docs/performance.md
 
 Machines are noisy, so every comparison is made in one run: the candidates of
 a table take turns (one round = each candidate once), and the table gives the
@@ -24,8 +24,9 @@ worker process (benchmarks/torch_twins.py) that sleeps while JAX is timed.
 
 `--baseline FILE` compares with a saved JSON and exits 1 if a train-step
 ratio vs PyTorch, or the pipeline's images/s, fell by more than 10%.
-`--render FILE --readme README.md` only rewrites the README's Performance
-block from a saved JSON; `--check` fails if that block is out of date.
+`--render FILE --readme docs/performance.md` only rewrites the Performance
+block of that file from a saved JSON; `--check` fails if that block is out of
+date.
 """
 import argparse
 import contextlib
@@ -50,10 +51,10 @@ sys.path.insert(0, str(ROOT))
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
 REGRESSION = 0.9  # a ratio below this fraction of the baseline's is a regression
 
-# (model, label, dtype, model_kwargs): JAX candidates; PyTorch twins (fp32, and bf16 under
+# (model, label, dtype, layer options): JAX candidates; PyTorch twins (fp32, and bf16 under
 # autocast) are added per model. "JAX fp32" is the default model (the per-shape conv rule
 # with oneDNN's convolutions where installed, the fusion barrier); the others switch one
-# option off, to show what each is worth.
+# option of its `LayerSpec` (cnn/models/layers.py) off, to show what each is worth.
 BUILTIN_CONVS = {"conv_algorithm": "builtin"}  # the rule without oneDNN
 XLA_CONVS = {"conv_algorithm": "xla"}
 STEP_CANDIDATES = {
@@ -80,17 +81,19 @@ class JaxStepper:
   """Our real train step (cnn.train.train_step, SGD + Nesterov as the twin)
   on one fixed batch; the state is threaded through, the step donates it."""
 
-  def __init__(self, model_name: str, dtype: str, batch_size: int, model_kwargs: dict):
+  def __init__(self, model_name: str, dtype: str, batch_size: int, layer_options: dict):
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from cnn import augment, datasets, optim, train  # pylint: disable=import-outside-toplevel
     from cnn.models import create_model  # pylint: disable=import-outside-toplevel
+    from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
     config.nesterov, config.weight_decay = True, 5e-4
-    model = create_model(model_name, num_classes=10, dtype=jnp.dtype(dtype), **model_kwargs)
+    model = create_model(model_name, num_classes=10,
+                         spec=LayerSpec(dtype=jnp.dtype(dtype), **layer_options))
     tx = optim.make_optimizer(config, steps_per_epoch=100)
     self.state = train.create_train_state(model, tx, jax.random.key(0), (32, 32, 3))
     self.sums = train.zero_sums()
@@ -154,8 +157,8 @@ def bench_train_steps(models: list[str], batch_size: int, repeats: int) -> list[
   rows = []
   try:
     for model in models:
-      steppers = [(label, JaxStepper(name, dtype, batch_size, kwargs), name)
-                  for name, label, dtype, kwargs in STEP_CANDIDATES[model]]
+      steppers = [(label, JaxStepper(name, dtype, batch_size, options), name)
+                  for name, label, dtype, options in STEP_CANDIDATES[model]]
       for dtype in TORCH_TWINS.values():
         torch_worker.images_per_s(model, batch_size, 1, dtype)  # build and warm up
       timers = {label: (lambda s=stepper: s.images_per_s(STEPS[model]))
@@ -425,10 +428,13 @@ def readme_block(readme: Path, begin: str = BEGIN, end: str = END) -> str:
 def publish(table: str, readme: Path | None, begin: str, end: str, *, check: bool,
             what: str, fix: str) -> int:
   """The end of every benchmark's `--render`: with `check`, exit status 0 if
-  the README's `what` block (between the markers) is `table`, else 1 and the
-  command `fix` that rewrites it; otherwise rewrites the block (if `readme`)
-  and prints the table."""
+  the `what` block (between the markers) of the markdown file `readme` is
+  `table`, else 1 and the command `fix` that rewrites it; otherwise rewrites
+  the block (if `readme`) and prints the table."""
   if check:
+    if begin not in readme.read_text():  # e.g. a block that moved to another file
+      print(f"{readme} has no {what} block ({begin} ... {end})")
+      return 1
     if readme_block(readme, begin, end) != table:
       print(f"{readme} {what} block is out of date: run {fix}")
       return 1
@@ -443,10 +449,11 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", type=Path, help="write the JSON here")
   parser.add_argument("--baseline", type=Path, help="compare with this JSON")
-  parser.add_argument("--readme", type=Path, help="rewrite this README's Performance block")
+  parser.add_argument("--readme", type=Path,
+                      help="rewrite the Performance block of this file (docs/performance.md)")
   parser.add_argument("--render", type=Path, help="only render this JSON (with --readme)")
   parser.add_argument("--check", action="store_true",
-                      help="with --render and --readme: fail if the README is out of date")
+                      help="with --render and --readme: fail if that block is out of date")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--models", default="resnet20,resnet56,vgg16")

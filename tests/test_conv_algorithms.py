@@ -16,6 +16,7 @@ from jax import lax
 from cnn.models import conv_algorithms as ca
 from cnn.models import onednn
 from cnn.models import create_model
+from cnn.models.layers import LayerSpec
 from cnn.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,8 +213,8 @@ def test_models_give_the_same_logits_and_gradients_with_either_setting():
   kernel gradients use the alternatives): the "auto" model equals the "xla"
   model, parameters are interchangeable."""
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 28, 28, 1)), jnp.float32)
-  auto = create_model("vgg11", num_classes=10, dtype=jnp.float32)
-  xla = create_model("vgg11", num_classes=10, dtype=jnp.float32, conv_algorithm="xla")
+  auto = create_model("vgg11", num_classes=10)
+  xla = create_model("vgg11", num_classes=10, spec=LayerSpec(conv_algorithm="xla"))
   variables = auto.init(jax.random.key(0), x, train=False)
   assert jax.tree.structure(variables) == jax.tree.structure(
       xla.init(jax.random.key(0), x, train=False))
@@ -232,9 +233,14 @@ def test_models_give_the_same_logits_and_gradients_with_either_setting():
 
 
 def test_unknown_algorithm_is_a_user_error():
-  model = create_model("resnet20_v1", num_classes=10, dtype=jnp.float32, conv_algorithm="fast")
-  with pytest.raises(UserError, match="unknown conv_algorithm 'fast'; valid: auto, builtin, xla"):
-    model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)
+  """As a user sets it (`config.model_kwargs.conv_algorithm`): one line, when the model is
+  built, before anything is traced."""
+  from cnn import model_fn  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.model, config.model_kwargs = "resnet20_v1", {"conv_algorithm": "fast"}
+  with pytest.raises(UserError, match="^unknown conv_algorithm 'fast'; valid: auto, builtin, xla$"):
+    model_fn.build(config, num_classes=10)
 
 
 @pytest.mark.skipif(not TABLE.exists(), reason="no measured table")

@@ -11,9 +11,11 @@ import pytest
 from conftest import REPO
 from cnn import datasets
 from cnn.inference import export, predictor
+from cnn.models import create_model
+from cnn.models.layers import LayerSpec
 
 # Largest |logit difference| from JAX allowed per export (float32 logits of
-# magnitude ~10); README "Export" quotes the measured values.
+# magnitude ~10); docs/inference.md "Export" quotes the measured values.
 TOLERANCE = {"stablehlo": 1e-4, "savedmodel": 1e-4, "tflite": 1e-4, "onnx": 1e-4}
 
 
@@ -40,6 +42,16 @@ def test_every_export_matches_jax_on_real_test_images(tiny_cifar_run, data_env, 
   for name, (_, run) in export.FORMATS.items():
     got = run(out / summary["exports"][name]["path"], images)
     np.testing.assert_allclose(got, reference, atol=TOLERANCE[name], rtol=0, err_msg=name)
+
+
+def test_portable_model_changes_only_the_layer_spec():
+  """Exports compute with XLA's convolutions and no CPU fusion barrier; nothing else of
+  the model (its architecture, its dtype, its parameters) changes."""
+  model = create_model("resnet8_v1", num_classes=10, shortcut="zero_pad",
+                       spec=LayerSpec(dtype="bfloat16"))
+  exported = export.portable(model)
+  assert exported.spec == LayerSpec(dtype="bfloat16", conv_algorithm="xla", fusion_barrier=False)
+  assert exported.clone(spec=model.spec) == model
 
 
 def test_unknown_format_is_one_line(tiny_run, data_env, tmp_path):

@@ -1,18 +1,23 @@
-"""Parameter counts against the papers and output shapes of every model."""
+"""Parameter counts against the papers and output shapes of every model, and
+the split between a model (its architecture) and its LayerSpec (how its layers
+compute)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cnn.errors import UserError
+from cnn import model_fn
 from cnn.models import create_model, registry
-from cnn.models.layers import fusion_barrier
+from cnn.models.layers import LayerSpec, fusion_barrier
 from cnn.models.resnet import zero_pad_shortcut
 from cnn.models.vgg import VGG_LAYERS
 
 
 def variables_of(name, shape=(1, 32, 32, 3), **kwargs):
-  model = create_model(name, num_classes=10, dtype=jnp.float32, **kwargs)
+  model = create_model(name, num_classes=10, **kwargs)
   return model, jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(shape), train=False))
 
@@ -87,14 +92,87 @@ def test_zero_pad_shortcut_subsamples_and_pads():
 
 def test_unknown_model_lists_valid_names():
   with pytest.raises(UserError, match="unknown model 'resnet21'.*resnet20_v1"):
-    create_model("resnet21", num_classes=10, dtype=jnp.float32)
+    create_model("resnet21", num_classes=10)
 
 
 def test_bad_depth_and_kwargs_are_user_errors():
   with pytest.raises(UserError, match="6n\\+2"):
     variables_of("resnet20_v1", depth=21)
   with pytest.raises(UserError, match="model_kwargs"):
-    create_model("vgg16", num_classes=10, dtype=jnp.float32, nonsense=1)
+    create_model("vgg16", num_classes=10, nonsense=1)
+  with pytest.raises(UserError, match="model_kwargs.*'dtype'"):  # a spec field, not a kwarg
+    create_model("vgg16", num_classes=10, dtype=jnp.bfloat16)
+
+
+PLUMBING = {f.name for f in dataclasses.fields(LayerSpec)}
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_models_declare_their_architecture_only(name):
+  """Every family takes how its layers compute as one `spec` field (a LayerSpec), and
+  declares none of the spec's fields itself: a new model needs no CPU plumbing."""
+  factory = registry()[name]
+  module_class = getattr(factory, "func", factory)  # nested partials flatten to the class
+  fields = {f.name: f for f in dataclasses.fields(module_class)}
+  assert not PLUMBING & set(fields), f"{module_class.__name__} declares {PLUMBING & set(fields)}"
+  specs = [n for n, f in fields.items() if f.type is LayerSpec]
+  assert specs == ["spec"] and fields["spec"].default == LayerSpec()
+  assert create_model(name, num_classes=10, spec=LayerSpec(norm_groups=2)).spec.norm_groups == 2
+
+
+def test_layer_spec_is_hashable_and_checks_its_values():
+  """Hashable and equal however the dtype is spelt, so a model stays a static jit
+  argument; a bad padding or algorithm is the one line listing the valid ones."""
+  assert LayerSpec(dtype="bfloat16") == LayerSpec(dtype=jnp.bfloat16)
+  assert hash(LayerSpec(dtype="float32")) == hash(LayerSpec())
+  assert hash(dataclasses.replace(LayerSpec(), conv_algorithm="xla")) != hash(LayerSpec())
+  with pytest.raises(UserError, match="^unknown conv_padding 'tf'; valid: symmetric, same$"):
+    LayerSpec(conv_padding="tf")
+  with pytest.raises(UserError, match="^unknown conv_algorithm 'fast'; valid: auto, builtin, xla$"):
+    LayerSpec(conv_algorithm="fast")
+
+
+def test_the_spec_changes_how_layers_compute_not_the_parameters_or_the_numbers():
+  """Parameters are bitwise the same under any spec (checkpoints load under the export's
+  XLA-only spec); the fusion barrier leaves every value bitwise alone, in training too;
+  XLA's convolutions give bitwise the default's forward pass where the default computes
+  with them (any backend but the CPU), and within float32 rounding on the CPU, where it
+  takes oneDNN's or conv_algorithms.py's formulations."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+  specs = {"default": LayerSpec(), "xla": LayerSpec(conv_algorithm="xla"),
+           "no barrier": LayerSpec(fusion_barrier=False)}
+  models = {k: create_model("resnet8_v1", num_classes=10, spec=s) for k, s in specs.items()}
+  inits = {k: m.init(jax.random.key(0), x, train=False) for k, m in models.items()}
+  for variables in inits.values():
+    jax.tree.map(np.testing.assert_array_equal, variables, inits["default"])
+  variables = inits["default"]
+  evals = {k: m.apply(variables, x, train=False) for k, m in models.items()}
+  trains = {k: m.apply(variables, x, train=True, mutable=["batch_stats"])
+            for k, m in models.items()}
+  np.testing.assert_array_equal(evals["no barrier"], evals["default"])
+  jax.tree.map(np.testing.assert_array_equal, trains["no barrier"], trains["default"])
+  if jax.default_backend() == "cpu":
+    np.testing.assert_allclose(evals["xla"], evals["default"], rtol=1e-5, atol=1e-5)
+  else:
+    np.testing.assert_array_equal(evals["xla"], evals["default"])
+
+
+def test_build_takes_layer_options_out_of_model_kwargs():
+  """Configs set conv_padding / conv_algorithm / fusion_barrier in `model_kwargs`
+  (configs/_he2016.py): they reach the spec, the rest the architecture; an unknown
+  kwarg is still the one-line model_kwargs error."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  model_kwargs = {"conv_padding": "same", "fusion_barrier": False, "shortcut": "zero_pad"}
+  config = ml_collections.ConfigDict(
+      {"model": "resnet8_v1", "dtype": "bfloat16", "model_kwargs": model_kwargs})
+  model = model_fn.build(config, num_classes=10, norm_groups=2)
+  assert model.spec == LayerSpec(dtype=jnp.bfloat16, norm_groups=2, conv_padding="same",
+                                 fusion_barrier=False)
+  assert model.shortcut == "zero_pad"
+  assert config.model_kwargs.to_dict() == model_kwargs  # the config is left as it was
+  config.model_kwargs.nonsense = 1
+  with pytest.raises(UserError, match="^bad config.model_kwargs for 'resnet8_v1': .*nonsense"):
+    model_fn.build(config, num_classes=10)
 
 
 def test_fusion_barrier_is_the_identity_for_values_and_gradients():

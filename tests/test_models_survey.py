@@ -9,14 +9,15 @@ import pytest
 
 from cnn.errors import UserError
 from cnn.models import create_model
+from cnn.models.layers import LayerSpec
 from cnn.models.inception import INCEPTION_SMALL
 from cnn.models.mobilenet import MOBILENET_V1
 
 CIFAR, MNIST = (2, 32, 32, 3), (2, 28, 28, 1)
 
 
-def variables_of(name, shape=(1, 32, 32, 3), dtype=jnp.float32, **kwargs):
-  model = create_model(name, num_classes=10, dtype=dtype, **kwargs)
+def variables_of(name, shape=(1, 32, 32, 3), spec=LayerSpec(), **kwargs):
+  model = create_model(name, num_classes=10, spec=spec, **kwargs)
   return model, jax.eval_shape(
       lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(shape), train=False))
 
@@ -248,7 +249,8 @@ def test_forward_and_backward_shapes(name, shape):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bfloat16_compute_float32_params_and_per_device_bn(name):
   kwargs = {"depth": 40} if name.startswith("densenet") else {}  # as above
-  model, variables = variables_of(name, CIFAR, dtype=jnp.bfloat16, norm_groups=2, **kwargs)
+  model, variables = variables_of(name, CIFAR, LayerSpec(dtype=jnp.bfloat16, norm_groups=2),
+                                 **kwargs)
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   logits, _ = jax.eval_shape(lambda v: model.apply(
       v, jnp.zeros(CIFAR), train=True, mutable=["batch_stats"]), variables)

@@ -219,10 +219,10 @@ def test_models_train_with_it_on_the_same_variables_and_numbers():
   checkpoints and weights files are unchanged) and gives the builtin model's loss, gradients
   and running averages within float32 tolerance."""
   from cnn.models import create_model  # pylint: disable=import-outside-toplevel
+  from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
   x = jnp.asarray(np.random.default_rng(5).normal(size=(8, 16, 16, 3)), jnp.float32)
-  fast = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
-  builtin = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32,
-                         conv_algorithm="builtin")
+  fast = create_model("resnet8_v1", num_classes=10)
+  builtin = create_model("resnet8_v1", num_classes=10, spec=LayerSpec(conv_algorithm="builtin"))
   variables = fast.init(jax.random.key(0), x, train=False)
 
   def loss(params, model):

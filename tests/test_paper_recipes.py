@@ -12,7 +12,7 @@ from cnn import optim
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import create_model
-from cnn.models.layers import make_layers
+from cnn.models.layers import LayerSpec
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 HE_V1 = ("resnet20v1_cifar10", "resnet56v1_cifar10", "resnet110v1_cifar10")
@@ -97,7 +97,7 @@ def test_lr_drops_at_half_and_three_quarters_of_the_run(name):
 
 def strided_delta_conv(padding: str, x: jnp.ndarray) -> jnp.ndarray:
   """A 3x3 stride-2 conv whose kernel is 1 at the centre: it samples x."""
-  conv, _, _ = make_layers(False, jnp.float32, conv_padding=padding)
+  conv, _, _ = LayerSpec(conv_padding=padding).layers(train=False)
   module = conv(1, (3, 3), (2, 2))
   kernel = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
   return module.apply({"params": {"kernel": kernel}}, x)
@@ -114,12 +114,11 @@ def test_symmetric_padding_centres_strided_convs_on_the_shortcut_grid():
 def test_old_same_padding_stays_available_and_unknown_padding_is_refused():
   x = jnp.ones((2, 32, 32, 3))
   for padding in ("symmetric", "same"):
-    model = create_model("resnet20_v1", num_classes=10, dtype=jnp.float32, conv_padding=padding)
+    model = create_model("resnet20_v1", num_classes=10, spec=LayerSpec(conv_padding=padding))
     variables = model.init(jax.random.key(0), x, train=False)
     assert model.apply(variables, x, train=False).shape == (2, 10)
-  model = create_model("resnet20_v1", num_classes=10, dtype=jnp.float32, conv_padding="tf")
-  with pytest.raises(UserError, match="unknown conv_padding 'tf'; valid: symmetric, same"):
-    model.init(jax.random.key(0), x, train=False)
+  with pytest.raises(UserError, match="^unknown conv_padding 'tf'; valid: symmetric, same$"):
+    LayerSpec(conv_padding="tf")
 
 
 def test_symmetric_and_same_padding_agree_at_stride_1_only():
@@ -127,7 +126,7 @@ def test_symmetric_and_same_padding_agree_at_stride_1_only():
   kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
   out = {}
   for padding in ("symmetric", "same"):
-    conv, _, _ = make_layers(False, jnp.float32, conv_padding=padding)
+    conv, _, _ = LayerSpec(conv_padding=padding).layers(train=False)
     for stride in (1, 2):
       out[padding, stride] = conv(5, (3, 3), (stride, stride)).apply(
           {"params": {"kernel": kernel}}, x)
@@ -152,7 +151,7 @@ def branch_ends(params, name):
 def test_zero_init_last_starts_every_block_as_the_identity(model, kwargs, end):
   x = jnp.ones((1, 8, 8, 3))
   for zero in (False, True):
-    m = create_model(model, num_classes=10, dtype=jnp.float32, zero_init_last=zero, **kwargs)
+    m = create_model(model, num_classes=10, zero_init_last=zero, **kwargs)
     params = m.init(jax.random.key(0), x, train=False)["params"]
     ends = branch_ends(params, end)
     assert len(ends) == 3

@@ -29,7 +29,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
 def test_mixup_in_the_train_step_is_the_mixed_loss_of_the_paper():
   """The step's loss with mixup equals lam * CE(own label) + (1 - lam) *
   CE(partner's label) on the mixed images, from the keys the step derives."""
-  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+  model = create_model("resnet8_v1", num_classes=10)
   tx = optim.make_optimizer(make_config(lr_schedule="constant"), steps_per_epoch=10)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
   batch = {"image": np.random.default_rng(1).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
@@ -51,7 +51,7 @@ def test_mixup_in_the_train_step_is_the_mixed_loss_of_the_paper():
 
 
 def test_ema_averages_params_and_batch_stats_and_is_what_evaluation_uses():
-  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+  model = create_model("resnet8_v1", num_classes=10)
   tx = optax.sgd(0.1)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1), ema=True)
   assert train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1)).ema == {}
@@ -81,7 +81,7 @@ def test_ema_decay_warms_up_then_stays_at_the_configured_value():
 
 
 def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
-  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+  model = create_model("resnet8_v1", num_classes=10)
   state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
   logits = lambda images, flip: model_fn.logits(  # noqa: E731

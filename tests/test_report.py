@@ -112,7 +112,7 @@ def test_image_index_outside_the_test_split_is_a_user_error():
 
 
 def random_predictor(model_name: str, image_shape: tuple[int, int, int]) -> predictor.Predictor:
-  model = create_model(model_name, num_classes=10, dtype=jnp.float32)
+  model = create_model(model_name, num_classes=10)
   variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
   return predictor.Predictor(
       model=model, variables=variables, image_shape=image_shape, mean=(0.5,), std=(0.25,),

@@ -10,6 +10,7 @@ import pytest
 from cnn import datasets, model_fn, optim, train
 from cnn.errors import UserError
 from cnn.models import create_model
+from cnn.models.layers import LayerSpec
 from conftest import mnist_train_step
 from configs import default
 
@@ -28,7 +29,7 @@ def real_mnist_batch(mnist, n: int) -> dict[str, np.ndarray]:
 def test_loss_falls_on_a_real_mnist_batch(mnist):
   batch = real_mnist_batch(mnist, 64)
   config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
-  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+  model = create_model("resnet8_v1", num_classes=10)
   tx = optim.make_optimizer(config, steps_per_epoch=30)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
   step = jax.jit(mnist_train_step())
@@ -44,7 +45,7 @@ def test_loss_falls_on_a_real_mnist_batch(mnist):
 
 
 def test_eval_step_ignores_padding():
-  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+  model = create_model("resnet8_v1", num_classes=10)
   state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
   x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
   labels = np.arange(8, dtype=np.int32)
@@ -110,7 +111,7 @@ def test_best_epoch_selects_on_validation_not_test():
 def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
   batch = real_mnist_batch(mnist, 32)
   config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
-  model = create_model("resnet8_v1", num_classes=10, dtype=jnp.bfloat16)
+  model = create_model("resnet8_v1", num_classes=10, spec=LayerSpec(dtype=jnp.bfloat16))
   state = train.create_train_state(model, optim.make_optimizer(config, 10), jax.random.key(0),
                                    (28, 28, 1))
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
@@ -175,7 +176,7 @@ def test_accumulation_trains_a_batchnorm_resnet_like_the_whole_batch(mnist):
   for k in (1, 2):
     config = make_config(grad_accum_steps=k, learning_rate=0.05, lr_schedule="constant",
                          num_epochs=1)
-    model = create_model("resnet8_v1", num_classes=10, dtype=jnp.float32)
+    model = create_model("resnet8_v1", num_classes=10)
     state = train.create_train_state(model, optim.make_optimizer(config, 30),
                                      jax.random.key(0), (28, 28, 1))
     step = jax.jit(mnist_train_step(accum_steps=k))

@@ -16,11 +16,12 @@ and the weights embedded. Softmax the logits for probabilities.
   tflite      model.tflite: the SavedModel through TensorFlow's TFLite converter
   onnx        model.onnx: by `jax2onnx` (opset 21), run by onnxruntime
 
-Convolutions are XLA's own (`conv_algorithm="xla"`, no fusion barriers): the
-CPU-only formulations of `conv_algorithms.py` are a training-speed matter, not
-part of the model. After writing, each export runs on real test images (the
-dataset's first `--check_images` test images) and `export.json` records its
-largest absolute logit difference from JAX and its top-1 agreement.
+Convolutions are XLA's own (`portable`: the model's `LayerSpec` with
+`conv_algorithm="xla"` and no fusion barriers): the CPU-only formulations of
+`conv_algorithms.py` are a training-speed matter, not part of the model. After
+writing, each export runs on real test images (the dataset's first
+`--check_images` test images) and `export.json` records its largest absolute
+logit difference from JAX and its top-1 agreement.
 """
 import argparse
 import dataclasses
@@ -29,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,12 +42,11 @@ from cnn.inference import predictor
 ONNX_OPSET = 21
 
 
-def portable(model):
-  """The same model with XLA's convolutions and no CPU fusion barriers."""
-  names = {f.name for f in dataclasses.fields(model)}
-  changes = {k: v for k, v in (("conv_algorithm", "xla"), ("fusion_barrier", False))
-             if k in names}
-  return model.clone(**changes)
+def portable(model: nn.Module) -> nn.Module:
+  """The same model with XLA's convolutions and no CPU fusion barriers (the
+  same parameters: only its `LayerSpec` changes)."""
+  return model.clone(spec=dataclasses.replace(model.spec, conv_algorithm="xla",
+                                              fusion_barrier=False))
 
 
 def serving_function(p: predictor.Predictor) -> Callable[[jnp.ndarray], jnp.ndarray]:

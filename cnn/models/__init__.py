@@ -1,14 +1,21 @@
 """Model registry: every module in this package that defines `MODELS` (a dict
 of name -> module factory) is picked up, so adding an architecture is one new
-file here plus one config in `configs/`."""
+file here plus one config in `configs/`.
+
+A model declares its architecture only; how its layers compute (dtype,
+per-device BatchNorm, conv padding and algorithm, the CPU fusion barrier) is
+the `LayerSpec` that `create_model` hands every factory as `spec`
+(layers.py), so a new file needs no such fields of its own.
+"""
 import functools
 import importlib
 import pkgutil
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 
 from cnn.errors import UserError, unknown_name
+from cnn.models.layers import LayerSpec
 
 
 @functools.cache
@@ -24,12 +31,14 @@ def registry() -> dict[str, Callable[..., nn.Module]]:
   return found
 
 
-def create_model(name: str, *, num_classes: int, dtype: Any, **kwargs) -> nn.Module:
-  """Builds a registered model; `kwargs` come from `config.model_kwargs`."""
+def create_model(name: str, *, num_classes: int, spec: LayerSpec = LayerSpec(),
+                 **kwargs) -> nn.Module:
+  """Builds a registered model computing as `spec` says; `kwargs` are its
+  architecture options, from `config.model_kwargs`."""
   models = registry()
   if name not in models:
     raise unknown_name("model", name, models)
   try:
-    return models[name](num_classes=num_classes, dtype=dtype, **kwargs)
+    return models[name](num_classes=num_classes, spec=spec, **kwargs)
   except TypeError as e:
     raise UserError(f"bad config.model_kwargs for {name!r}: {e}") from None

@@ -1,8 +1,8 @@
 """Units and residual blocks that the model families compose.
 
-Every block takes the `conv`/`norm`/`act` factories of `make_layers`, so one
-definition serves fp32 and bf16, training and evaluation, global and
-per-device BatchNorm. Each unit lives here once:
+Every block takes the `conv`/`norm`/`act` factories of `LayerSpec.layers`
+(layers.py), so one definition serves fp32 and bf16, training and evaluation,
+global and per-device BatchNorm. Each unit lives here once:
 
 - `ConvNormAct` (conv-BN-ReLU, Ioffe & Szegedy 2015) and its pre-activation
   mirror `NormActConv` (BN-ReLU-conv, He et al. 2016b), optionally grouped or
@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn.models.layers import fusion_barrier, norm_act
+from cnn.models.layers import norm_act
 
 ModuleDef = Any
 
@@ -253,22 +253,21 @@ class BottleneckV2(nn.Module):
 
 def residual_stages(x: jnp.ndarray, block: Callable[..., nn.Module],
                     widths: Sequence[int], blocks_per_stage: int,
-                    barrier: bool = True) -> jnp.ndarray:
+                    barrier: Callable[[jnp.ndarray], jnp.ndarray]) -> jnp.ndarray:
   """The CIFAR ResNet body (He et al. 2016, Sec. 4.2), which wide ResNets and
   ResNeXt-29 keep: one stage per width, `blocks_per_stage` blocks each, the
   first block of every stage after the first halving the resolution.
 
   `block(filters=..., strides=..., name=...)` builds one block; call this from
   a compact `__call__`, whose module becomes the blocks' parent (names
-  `stage{s}_block{b}`, as in the seed ResNets). With `barrier`, each block
-  output passes a `fusion_barrier` (a no-op except for speed on CPU; see
-  layers.py; the models' `fusion_barrier` option)."""
+  `stage{s}_block{b}`, as in the seed ResNets). Each block output passes
+  `barrier`, the model's `spec.barrier` (layers.fusion_barrier: a no-op except
+  for speed on CPU, unless the spec switches it off)."""
   for stage, width in enumerate(widths):
     for b in range(blocks_per_stage):
       strides = 2 if stage > 0 and b == 0 else 1
       x = block(filters=width, strides=strides, name=f"stage{stage + 1}_block{b + 1}")(x)
-      if barrier:
-        x = fusion_barrier(x)
+      x = barrier(x)
   return x
 
 

@@ -18,14 +18,14 @@ Dropout (rate 0.2 after every conv but the stem) is what the paper used
 without data augmentation; with augmentation it used none, hence the default.
 """
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models.blocks import ModuleDef, NormActConv, make_dropout
-from cnn.models.layers import classifier_head, make_layers, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 
 class DenseLayer(nn.Module):
@@ -67,10 +67,7 @@ class DenseNet(nn.Module):
   bottleneck: bool = True
   compression: float = 0.5
   dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -79,13 +76,12 @@ class DenseNet(nn.Module):
     if rest or n < 1:
       raise UserError(f"DenseNet depth {self.depth} is not {3 * convs_per_layer}n+4; "
                       f"use e.g. {3 * convs_per_layer * 16 + 4}")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
+    conv, norm, act = self.spec.layers(train)
     unit = functools.partial(NormActConv, conv=conv, norm=norm, act=act)
     dropout = make_dropout(self.dropout_rate, train)
     bc = self.bottleneck and self.compression < 1
     x = conv(2 * self.growth_rate if bc else 16, (3, 3), name="stem_conv")(
-        x.astype(self.dtype))
+        x.astype(self.spec.dtype))
     for b in range(3):
       for i in range(n):
         x = DenseLayer(self.growth_rate, self.bottleneck, unit, dropout,
@@ -95,7 +91,7 @@ class DenseNet(nn.Module):
                        name=f"transition{b + 1}")(x)
     x = norm_act(norm, act, x, name="final_bn")
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 MODELS = {

@@ -17,13 +17,13 @@ It is the paper's workhorse because it fits even random labels yet
 generalises (89.05% test accuracy with crops and weight decay, Table 1).
 """
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import classifier_head, make_layers, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 # ("inception", c1, c3) or ("downsample", c3), in order (Fig. 3).
 INCEPTION_SMALL = (
@@ -63,23 +63,19 @@ class InceptionSmall(nn.Module):
   num_classes: int
   layout: tuple = INCEPTION_SMALL
   stem_width: int = 96
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
+    conv, norm, act = self.spec.layers(train)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
-    x = conv(self.stem_width, (3, 3), name="stem_conv")(x.astype(self.dtype))
+    x = conv(self.stem_width, (3, 3), name="stem_conv")(x.astype(self.spec.dtype))
     x = norm_act(norm, act, x, name="stem_bn")
     for i, (kind, *widths) in enumerate(self.layout):
       module = InceptionModule if kind == "inception" else DownsampleModule
       x = module(*widths, unit, name=f"block{i + 1}_{kind}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 MODELS = {"inception_small": InceptionSmall}

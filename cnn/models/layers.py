@@ -1,10 +1,17 @@
-"""Building blocks shared by every model family.
+"""Building blocks shared by every model family, and the one place that
+decides how they compute.
 
-Models never construct `nn.Conv`/`nn.BatchNorm` with their own defaults: they
-receive `conv`, `norm` and `act` from `make_layers`, so one block class serves
-fp32 and bf16, training and evaluation (the google/flax ImageNet example's
-pattern).
+A model declares its architecture only. How its layers compute (the compute
+dtype, per-device BatchNorm, the convolutions' padding and CPU algorithm, the
+CPU fusion barrier) is a `LayerSpec`, one field of every model (`spec`):
+`spec.layers(train)` gives the `conv`, `norm` and `act` factories the blocks
+are built from, so one block class serves fp32 and bf16, training and
+evaluation (the google/flax ImageNet example's pattern, where the model
+receives `conv: ModuleDef` partials), and a new model needs no CPU-specific
+fields. Parameters' names, shapes and initial values do not depend on the
+spec (but for `norm_groups`, see `LayerSpec`), so checkpoints load under any.
 """
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -76,8 +83,8 @@ class BatchNorm(nn.Module):
   bf16 compute it makes the ResNet-20 step 1.3x faster (760 vs 582 images/s,
   2-core AMD EPYC); in fp32 the two are within noise (benchmarks/README.md). The same
   parameters, statistics, names and momentum as `nn.BatchNorm`, so
-  checkpoints are interchangeable; `make_layers` uses it only where oneDNN is
-  available, for training (evaluation keeps `nn.BatchNorm`)."""
+  checkpoints are interchangeable; `LayerSpec.layers` uses it only where oneDNN
+  is available, for training (evaluation keeps `nn.BatchNorm`)."""
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -130,6 +137,13 @@ def symmetric_padding(kernel_size: Sequence[int]) -> str | list[tuple[int, int]]
   return [(k // 2, k // 2) for k in kernel_size]
 
 
+def check_choice(option: str, value: str, valid: Sequence[str]) -> str:
+  """`value`, or the one-line UserError that names the valid ones."""
+  if value not in valid:
+    raise UserError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
+  return value
+
+
 def conv_factory(padding: str, dtype: Any, algorithm: str = "auto") -> ModuleDef:
   """nn.Conv without bias, He-initialised, padded as `padding` says
   ("symmetric": the papers' (1, 1) for 3x3; "same": TensorFlow's, (0, 1) at
@@ -138,11 +152,8 @@ def conv_factory(padding: str, dtype: Any, algorithm: str = "auto") -> ModuleDef
   convolution elsewhere); "xla" uses XLA's everywhere. Parameters are the
   same either way. "builtin" is "auto" without oneDNN's convolutions (the
   rule of the project's own algorithms)."""
-  if padding not in CONV_PADDINGS:
-    raise UserError(f"unknown conv_padding {padding!r}; valid: {', '.join(CONV_PADDINGS)}")
-  choices = conv_algorithms.CONV_ALGORITHM_CHOICES
-  if algorithm not in choices:
-    raise UserError(f"unknown conv_algorithm {algorithm!r}; valid: {', '.join(choices)}")
+  check_choice("conv_padding", padding, CONV_PADDINGS)
+  check_choice("conv_algorithm", algorithm, conv_algorithms.CONV_ALGORITHM_CHOICES)
   base = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype)
   if algorithm != "xla":
     base = functools.partial(base, conv_general_dilated=functools.partial(
@@ -156,30 +167,6 @@ def conv_factory(padding: str, dtype: Any, algorithm: str = "auto") -> ModuleDef
       kwargs.setdefault("padding", symmetric_padding(kernel_size))
     return base(features, kernel_size, *args, **kwargs)
   return conv
-
-
-def make_layers(train: bool, dtype: Any, norm_groups: int = 1, conv_padding: str = "symmetric",
-                conv_algorithm: str = "auto") -> tuple[ModuleDef, ModuleDef, Callable]:
-  """Returns (conv, norm, act) factories for a forward pass.
-
-  BatchNorm uses PyTorch's defaults (momentum 0.1 == flax momentum 0.9,
-  eps 1e-5), which the published CIFAR recipes were tuned with. With
-  `norm_groups` > 1 its training statistics are per group (per device).
-  Convolutions pad as `conv_padding` says and compute with `conv_algorithm`
-  (see `conv_factory`); with "auto" and oneDNN available, BatchNorm trains
-  through oneDNN too (`BatchNorm`).
-  """
-  conv = conv_factory(conv_padding, dtype, conv_algorithm)
-  if norm_groups == 1 and train and conv_algorithm == "auto" and onednn.available() and (
-      onednn.supports(dtype)):
-    norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype)
-  elif norm_groups == 1:
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
-  else:
-    norm = functools.partial(
-        GroupedBatchNorm, use_running_average=not train, num_groups=norm_groups, dtype=dtype)
-  return conv, norm, nn.relu
 
 
 def fusion_barrier(x: jnp.ndarray) -> jnp.ndarray:
@@ -201,6 +188,65 @@ def fusion_barrier(x: jnp.ndarray) -> jnp.ndarray:
     return x
   first = x.reshape(-1)[0]
   return jax.lax.cond(first == first, lambda t: t, lambda t: t * 1, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """How a model's layers compute, as opposed to what the model is.
+
+  Every model family has one field of this type, `spec`, and builds its
+  layers from it; architecture (depths, widths, shortcuts, SE, dropout,
+  `zero_init_last`) stays on the model. Frozen and hashable, so a model stays
+  a valid flax module and a static jit argument; `dataclasses.replace` makes
+  variants (the export's XLA-only spec, a benchmark's). Parameters' names,
+  shapes and initial values are the same under any spec, so checkpoints load
+  under any; the exception is `norm_groups` > 1, whose `GroupedBatchNorm`s
+  are auto-named `GroupedBatchNorm_<i>` where a block leaves its BatchNorm
+  unnamed (`BatchNorm_<i>` otherwise). Bad `conv_padding`/`conv_algorithm`
+  values fail here, when the spec is made, with the one-line UserError that
+  lists the valid values.
+  """
+  dtype: Any = jnp.float32  # compute dtype; parameters are always float32
+  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (GroupedBatchNorm)
+  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (symmetric_padding)
+  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too
+  fusion_barrier: bool = True  # False: no barrier after each residual block (fusion_barrier)
+
+  def __post_init__(self):
+    # One dtype object per dtype (jnp.float32, "float32" and np.dtype("float32") alike),
+    # so that equal specs hash alike.
+    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+    check_choice("conv_padding", self.conv_padding, CONV_PADDINGS)
+    check_choice("conv_algorithm", self.conv_algorithm, conv_algorithms.CONV_ALGORITHM_CHOICES)
+
+  def layers(self, train: bool) -> tuple[ModuleDef, ModuleDef, Callable]:
+    """Returns (conv, norm, act) factories for a forward pass.
+
+    BatchNorm uses PyTorch's defaults (momentum 0.1 == flax momentum 0.9,
+    eps 1e-5), which the published CIFAR recipes were tuned with. With
+    `norm_groups` > 1 its training statistics are per group (per device).
+    Convolutions pad as `conv_padding` says and compute with `conv_algorithm`
+    (see `conv_factory`); with "auto" and oneDNN available, BatchNorm trains
+    through oneDNN too (`BatchNorm`).
+    """
+    dtype = self.dtype
+    conv = conv_factory(self.conv_padding, dtype, self.conv_algorithm)
+    if self.norm_groups == 1 and train and self.conv_algorithm == "auto" and (
+        onednn.available() and onednn.supports(dtype)):
+      norm = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    elif self.norm_groups == 1:
+      norm = functools.partial(
+          nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    else:
+      norm = functools.partial(GroupedBatchNorm, use_running_average=not train,
+                               num_groups=self.norm_groups, dtype=dtype)
+    return conv, norm, nn.relu
+
+  def barrier(self, x: jnp.ndarray) -> jnp.ndarray:
+    """`fusion_barrier(x)` if the spec has it, else `x`: what residual models put
+    after each block (`blocks.residual_stages`); models without chains of
+    residual blocks do not need it and ignore the option."""
+    return fusion_barrier(x) if self.fusion_barrier else x
 
 
 def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Sequence[int],

@@ -16,13 +16,13 @@ network has exactly the paper's 4.2M (Table 8: 4,231,976) minus its
 3,217,226. The paper reports no CIFAR result.
 """
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import classifier_head, make_layers, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 # (output channels, stride) of the 13 depthwise-separable blocks (Table 1).
 MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -48,24 +48,20 @@ class MobileNetV1(nn.Module):
   num_classes: int
   width_multiplier: float = 1.0
   stem_strides: int = 1  # 2 on 224x224 ImageNet
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
+    conv, norm, act = self.spec.layers(train)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
     width = lambda c: max(1, int(c * self.width_multiplier))
     x = conv(width(32), (3, 3), (self.stem_strides,) * 2, name="stem_conv")(
-        x.astype(self.dtype))
+        x.astype(self.spec.dtype))
     x = norm_act(norm, act, x, name="stem_bn")
     for i, (features, strides) in enumerate(MOBILENET_V1):
       x = DepthwiseSeparable(width(features), strides, unit, name=f"block{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 MODELS = {"mobilenet_v1": MobileNetV1}

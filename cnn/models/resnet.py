@@ -23,7 +23,6 @@ paper used for its CIFAR counts (ResNet-20: 0.27M) and is one config switch.
 The blocks live in blocks.py, shared with the wide ResNets and ResNeXt.
 """
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,7 +31,7 @@ from cnn.errors import UserError
 from cnn.models.blocks import (  # pylint: disable=unused-import (re-exported)
     SHORTCUTS, BasicBlockV1, BasicBlockV2, BottleneckV2, Shortcut, residual_stages,
     zero_pad_shortcut)
-from cnn.models.layers import classifier_head, make_layers, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 
 def blocks_per_stage(depth: int, block_cls: type) -> int:
@@ -55,31 +54,26 @@ class CifarResNet(nn.Module):
   widths: tuple[int, ...] = (16, 32, 64)
   shortcut: str = "projection"
   se_reduction: int = 0  # > 0: squeeze-and-excitation with this reduction ratio
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
-  fusion_barrier: bool = True  # False: no barrier after each block (layers.fusion_barrier)
   zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     if self.shortcut not in SHORTCUTS:
       raise UserError(f"unknown shortcut {self.shortcut!r}; valid: {', '.join(SHORTCUTS)}")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
+    conv, norm, act = self.spec.layers(train)
     n = blocks_per_stage(self.depth, self.block_cls)
-    x = conv(self.widths[0], (3, 3), name="stem_conv")(x.astype(self.dtype))
+    x = conv(self.widths[0], (3, 3), name="stem_conv")(x.astype(self.spec.dtype))
     if not self.preactivation:
       x = norm_act(norm, act, x, name="stem_bn")
     block = functools.partial(self.block_cls, shortcut=self.shortcut, conv=conv, norm=norm,
                               act=act, se_reduction=self.se_reduction,
                               zero_init_last=self.zero_init_last)
-    x = residual_stages(x, block, self.widths, n, self.fusion_barrier)
+    x = residual_stages(x, block, self.widths, n, self.spec.barrier)
     if self.preactivation:
       x = norm_act(norm, act, x, name="final_bn")
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 ResNetV1 = functools.partial(CifarResNet, block_cls=BasicBlockV1, preactivation=False)

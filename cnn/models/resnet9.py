@@ -7,38 +7,33 @@ convs 512 -> global max-pool -> linear 10 without bias, logits scaled by 1/8.
 Every conv is 3x3 conv-BN-ReLU (`blocks.ConvNormAct`); 6,573,120 parameters.
 """
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import make_layers, max_pool
+from cnn.models.layers import LayerSpec, max_pool
 
 
 class ResNet9(nn.Module):
   num_classes: int
   widths: tuple[int, int, int, int] = (64, 128, 256, 512)
   logit_scale: float = 0.125  # Page's output multiplier: keeps early softmax soft
-  dtype: Any = jnp.float32
-  norm_groups: int = 1
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
+    conv, norm, act = self.spec.layers(train)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
     pool = functools.partial(max_pool, window_shape=(2, 2), strides=(2, 2), padding="SAME")
     prep, w1, w2, w3 = self.widths
-    x = unit(prep, name="prep")(x.astype(self.dtype))
+    x = unit(prep, name="prep")(x.astype(self.spec.dtype))
     for i, (width, residual) in enumerate(((w1, True), (w2, False), (w3, True)), start=1):
       x = pool(unit(width, name=f"layer{i}")(x))
       if residual:
         x = x + unit(width, name=f"layer{i}_res2")(unit(width, name=f"layer{i}_res1")(x))
     x = jnp.max(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, name="head")(x)
+    logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.spec.dtype, name="head")(x)
     return logits.astype(jnp.float32) * self.logit_scale
 
 

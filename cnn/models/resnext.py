@@ -13,14 +13,13 @@ ResNeXt-29 8x64d has 34.4M parameters and 3.65% CIFAR-10 error, 16x64d 68.1M
 and 3.58%, against the 4.17% that Table 7 quotes for the 36.5M WRN-28-10.
 """
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models.blocks import BottleneckV1, residual_stages
-from cnn.models.layers import classifier_head, make_layers, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 
 class ResNeXt(nn.Module):
@@ -30,29 +29,24 @@ class ResNeXt(nn.Module):
   num_classes: int
   depth: int = 29
   se_reduction: int = 0  # > 0: squeeze-and-excitation with this reduction ratio
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
-  fusion_barrier: bool = True  # False: no barrier after each block (layers.fusion_barrier)
   zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     n, rest = divmod(self.depth - 2, 9)
     if rest or n < 1:
       raise UserError(f"ResNeXt depth {self.depth} is not 9n+2; use e.g. 29")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
-    x = conv(64, (3, 3), name="stem_conv")(x.astype(self.dtype))
+    conv, norm, act = self.spec.layers(train)
+    x = conv(64, (3, 3), name="stem_conv")(x.astype(self.spec.dtype))
     x = norm_act(norm, act, x, name="stem_bn")
     block = functools.partial(
         BottleneckV1, shortcut="projection", conv=conv, norm=norm, act=act,
         cardinality=self.cardinality, base_width=self.bottleneck_width,
         se_reduction=self.se_reduction, zero_init_last=self.zero_init_last)
-    x = residual_stages(x, block, (64, 128, 256), n, self.fusion_barrier)
+    x = residual_stages(x, block, (64, 128, 256), n, self.spec.barrier)
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 MODELS = {

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn.models.layers import classifier_head, make_layers, max_pool, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, max_pool, norm_act
 
 # "M" is a 2x2 max-pool. Column A, B, D, E of the paper's Table 1.
 VGG_LAYERS = {
@@ -31,16 +31,12 @@ class VGG(nn.Module):
   num_classes: int
   classifier_widths: Sequence[int] = (512, 512)
   dropout_rate: float = 0.5
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
-    x = x.astype(self.dtype)
+    conv, norm, act = self.spec.layers(train)
+    x = x.astype(self.spec.dtype)
     for width in self.layers:
       if width == "M":
         x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
@@ -49,8 +45,8 @@ class VGG(nn.Module):
     x = x.reshape((x.shape[0], -1))
     for width in self.classifier_widths:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = act(nn.Dense(width, dtype=self.dtype)(x))
-    return classifier_head(x, self.num_classes, self.dtype)
+      x = act(nn.Dense(width, dtype=self.spec.dtype)(x))
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 MODELS = {f"vgg{depth}": functools.partial(VGG, layers=layers)

@@ -16,14 +16,13 @@ Dropout between a block's convolutions (Sec. 2.4, Fig. 1d; 0.3 on CIFAR) is
 `dropout_rate`; SE (Hu et al. 2018) is `se_reduction`, as on every ResNet.
 """
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models.blocks import BasicBlockV2, make_dropout, residual_stages
-from cnn.models.layers import classifier_head, make_layers, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 
 class WideResNet(nn.Module):
@@ -33,30 +32,25 @@ class WideResNet(nn.Module):
   num_classes: int
   dropout_rate: float = 0.0
   se_reduction: int = 0  # > 0: squeeze-and-excitation with this reduction ratio
-  dtype: Any = jnp.float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (see layers.py)
-  conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (layers.py)
-  conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too (layers.py)
-  fusion_barrier: bool = True  # False: no barrier after each block (layers.fusion_barrier)
   zero_init_last: bool = False  # blocks start as the identity (blocks.last_norm/last_conv)
+  spec: LayerSpec = LayerSpec()  # how the layers compute (layers.py), not architecture
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     n, rest = divmod(self.depth - 4, 6)
     if rest or n < 1:
       raise UserError(f"wide ResNet depth {self.depth} is not 6N+4; use e.g. 16, 22, 28 or 40")
-    conv, norm, act = make_layers(train, self.dtype, self.norm_groups, self.conv_padding,
-                                  self.conv_algorithm)
-    x = conv(16, (3, 3), name="stem_conv")(x.astype(self.dtype))
+    conv, norm, act = self.spec.layers(train)
+    x = conv(16, (3, 3), name="stem_conv")(x.astype(self.spec.dtype))
     block = functools.partial(
         BasicBlockV2, shortcut="projection", conv=conv, norm=norm, act=act,
         se_reduction=self.se_reduction, dropout=make_dropout(self.dropout_rate, train),
         zero_init_last=self.zero_init_last)
     widths = tuple(w * self.widen_factor for w in (16, 32, 64))
-    x = residual_stages(x, block, widths, n, self.fusion_barrier)
+    x = residual_stages(x, block, widths, n, self.spec.barrier)
     x = norm_act(norm, act, x, name="final_bn")
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(x, self.num_classes, self.dtype)
+    return classifier_head(x, self.num_classes, self.spec.dtype)
 
 
 MODELS = {
