@@ -170,12 +170,26 @@ def config_load_message(path: str, error: BaseException) -> str:
   return f"config file {path} could not be loaded ({type(error).__name__}: {text}); fix the file"
 
 
+def renamed_override_message(argv: list[str]) -> str | None:
+  """One line for a `--config.KEY` of an older, flat config (`--config.optim.momentum`
+  is `--config.optim.momentum` now), or None."""
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if not keys:
+    return None
+  from cnn import settings  # pylint: disable=import-outside-toplevel
+  return next((m for m in map(settings.renamed_message, keys) if m), None)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but every mistake in `--config` (a missing or broken file,
   an unknown `--config.KEY`, a value of the wrong type) is one line, exit 2."""
   path = config_path(argv)
   if path is not None and not os.path.isfile(path):
     print(f"error: {missing_config_message(path)}", file=sys.stderr)
+    sys.exit(2)
+  moved = renamed_override_message(argv)
+  if moved:
+    print(f"error: {moved}", file=sys.stderr)
     sys.exit(2)
   try:
     return FLAGS(argv)

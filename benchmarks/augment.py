@@ -17,7 +17,7 @@ the feed, as main.py's loop does (compile excluded; each timing ends with
               batches to its jitted step
   tfdata      now: tf.data feeds uint8 batches; pad-crop-flip and the
               normalisation run inside the jitted step (cnn/augment/)
-  device      now: the split kept on the device (config.data_on_device)
+  device      now: the split kept on the device (config.data.on_device)
   randaugment now, device feed: RandAugment (N=2, M=9) + pad-crop-flip
   trivial     now, device feed: TrivialAugmentWide + pad-crop-flip
 
@@ -86,10 +86,17 @@ PIPELINE_BATCHES = 100  # per timing of the old tf.data pipeline alone
 
 def experiment_config(overrides: dict):
   """configs/resnet20v1_cifar10.py of the tree first on sys.path, with
-  COMMON and `overrides`."""
+  COMMON and `overrides` (flat keys, as OLD_COMMIT's config has them; this
+  tree's config has them in sections: cnn/settings.py)."""
   from configs import resnet20v1_cifar10  # pylint: disable=import-outside-toplevel
   config = resnet20v1_cifar10.get_config()
-  config.update({**COMMON, **overrides})
+  try:
+    from cnn import settings  # pylint: disable=import-outside-toplevel
+  except ImportError:  # OLD_COMMIT
+    config.update({**COMMON, **overrides})
+    return config
+  config.update_from_flattened_dict(
+      {settings.renames().get(k, k): v for k, v in {**COMMON, **overrides}.items()})
   return config
 
 
@@ -149,7 +156,7 @@ class TrainLoop:
 
   def timers(self) -> dict:
     timers = {"step": self.step_images_per_s}
-    if not self.exp.config.data_on_device:
+    if not self.exp.config.data.on_device:
       timers["pipeline"] = self.pipeline_images_per_s
     return timers
 

@@ -4,7 +4,7 @@ statistics? Side by side on simulated devices, alternating, medians.
   CNN_ARCHIVE_DIR=../shared/datasets XLA_FLAGS=--xla_force_host_platform_device_count=8 \
       python benchmarks/batchnorm.py [--config=configs/resnet20v1_cifar10.py]
 
-`config.batchnorm="global"` normalises over the whole batch (an all-reduce of
+`config.layers.batchnorm="global"` normalises over the whole batch (an all-reduce of
 each layer's mean and variance across devices, forward and backward);
 "per_device" normalises each device's sub-batch, like pmap without an axis
 name, with no communication. Times the real train step of both on the same
@@ -44,7 +44,10 @@ def main() -> None:
   runs = {}
   for mode in ("global", "per_device"):
     config = load_config(args.config)
-    config.update(batchnorm=mode, train_split=f"train[:{(args.steps + 1) * config.batch_size}]")
+    config.update_from_flattened_dict({
+        "layers.batchnorm": mode,
+        "data.train_split": f"train[:{(args.steps + 1) * config.batch_size}]"
+    })
     exp = train.Experiment(config)
     batches = list(train.prefetch_to_device(exp.train_batches(0, 0), exp.batch_sharding, 0))
     state, sums, _ = exp.train_step(exp.initial_state, exp.zero_sums(), batches[-1])  # compile

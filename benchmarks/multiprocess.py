@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--config=configs/tiny_mnist.py", "--config.train_split=train[:4096]",
+ARGS = ["--config=configs/tiny_mnist.py", "--config.data.train_split=train[:4096]",
         "--config.num_epochs=2"]
 
 
@@ -46,10 +46,17 @@ def run(processes: int, devices: int, log_every: int, workdir: Path) -> float:
   port = free_port()
   flags = lambda i: ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                       f"--process_id={i}"] if processes > 1 else [])
-  procs = [subprocess.Popen([sys.executable, "main.py", *ARGS, f"--config.log_every_steps={log_every}",
-                             f"--workdir={workdir}", *flags(i)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True) for i in range(processes)]
+  procs = [
+      subprocess.Popen([
+          sys.executable, "main.py", *ARGS, f"--config.log.every_steps={log_every}",
+          f"--workdir={workdir}", *flags(i)
+      ],
+                       cwd=REPO,
+                       env=env,
+                       stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE,
+                       text=True) for i in range(processes)
+  ]
   errors = [p.communicate(timeout=1200)[1] for p in procs]
   if any(p.returncode for p in procs):
     raise SystemExit(f"main.py failed:\n{errors[0][-2000:]}")

@@ -50,7 +50,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   config = load_config(args.config)
-  config.train_split = f"train[:{(args.steps + 2) * config.batch_size}]"
+  config.data.train_split = f"train[:{(args.steps + 2) * config.batch_size}]"
   exp = train.Experiment(config)
   state, sums = exp.initial_state, exp.zero_sums()
   state, sums, _ = exp.train_step(state, sums, next(  # compile once, outside the timing

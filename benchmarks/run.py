@@ -91,7 +91,7 @@ class JaxStepper:
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
-    config.nesterov, config.weight_decay = True, 5e-4
+    config.optim.nesterov, config.optim.weight_decay = True, 5e-4
     model = create_model(model_name, num_classes=10,
                          spec=LayerSpec(dtype=jnp.dtype(dtype), **layer_options))
     tx = optim.make_optimizer(config, steps_per_epoch=100)
@@ -100,7 +100,7 @@ class JaxStepper:
     rng = np.random.default_rng(0)
     self.batch = {"image": jnp.asarray(rng.integers(0, 256, (batch_size, 32, 32, 3)), jnp.uint8),
                   "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
-    config.augment = "none"  # the twin trains on a fixed batch: normalised only
+    config.augment.geometry = "none"  # the twin trains on a fixed batch: normalised only
     step = functools.partial(train.train_step, augment=augment.make_augment(
         config, datasets.get_spec("cifar10")), seed=0, steps_per_epoch=100,
                              dropout_key=jax.random.key(1), label_smoothing=0.0)
@@ -302,9 +302,10 @@ def run_main(config: str, overrides: list[str], workdir: Path, log: Path | None 
 
 def bench_cifar_epoch(train_split: str) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
-    results, wall, rss = run_main("configs/resnet20v1_cifar10.py",
-                                  ["--config.num_epochs=1", f"--config.train_split={train_split}"],
-                                  Path(tmp) / "w")
+    results, wall, rss = run_main(
+        "configs/resnet20v1_cifar10.py",
+        ["--config.num_epochs=1", f"--config.data.train_split={train_split}"],
+        Path(tmp) / "w")
     timing = [json.loads(line) for line in (Path(tmp) / "w/timing.jsonl").read_text().splitlines()]
   return {"config": "configs/resnet20v1_cifar10.py", "train_split": train_split,
           "epoch_time_s": round(timing[0]["epoch_time_s"], 1),
@@ -314,8 +315,10 @@ def bench_cifar_epoch(train_split: str) -> dict:
 
 
 def bench_time_to_accuracy(threshold: float) -> dict:
-  overrides = ["--config.train_split=train[:16384]", "--config.validation_split=train[55000:]",
-               "--config.num_epochs=4", "--config.batch_size=128"]
+  overrides = [
+      "--config.data.train_split=train[:16384]", "--config.data.validation_split=train[55000:]",
+      "--config.num_epochs=4", "--config.batch_size=128"
+  ]
   with tempfile.TemporaryDirectory() as tmp:
     results, wall, _ = run_main("configs/tiny_mnist.py", overrides, Path(tmp) / "w")
     read = lambda name: [json.loads(line) for line in  # noqa: E731

@@ -14,8 +14,8 @@ its end. Extra arguments after `--` are passed to main.py, e.g. a reduced CPU
 run:
 
   python benchmarks/speedrun.py -- --config.num_epochs=2 \
-      --config.warmup_epochs=0.4 --config.train_split=train[:4096] \
-      --config.test_split=test[:2000]
+      --config.schedule.warmup_epochs=0.4 --config.data.train_split=train[:4096] \
+      --config.data.test_split=test[:2000]
 
 `--render FILE... --readme docs/experiments.md` rewrites the speedrun block
 of that file from saved JSON files (`--check`: fail if it is out of date).
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # As a package module, so that tools/accelerator_kit.py, which imports both,
 # catches the same run_main exceptions this module raises.
 from benchmarks.run import machine, publish, run_main  # noqa: E402
+from cnn import settings  # noqa: E402
 
 CONFIG = "configs/speedrun_cifar10.py"
 BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
@@ -61,11 +62,12 @@ def one_run(seed: int, overrides: list[str], target: float, workdir: Path | None
 def render(result: dict) -> str:
   target = f"{result['target']:.0%}"
   m = result["machine"]
+  overrides = [settings.upgrade_override(f) for f in result["overrides"]]  # older records: flat
   where = (f"{m['cpu']} ({m['cores']} cores)" if m["backend"] == "cpu" else
            f"{len(m['devices'])}x {m['devices'][0]} ({m['cores']} host cores)")
   lines = [f"Measured {result['date']} on {where}, backend {m['backend']}: "
            f"`python benchmarks/speedrun.py"
-           f"{' -- ' + ' '.join(result['overrides']) if result['overrides'] else ''}`", "",
+           f"{' -- ' + ' '.join(overrides) if overrides else ''}`", "",
            f"| seed | test accuracy | training s | time to {target} | compile s | images/s |",
            "|---:|---:|---:|---:|---:|---:|"]
   for r in result["runs"]:

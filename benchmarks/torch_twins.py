@@ -8,7 +8,7 @@ the fast layout of PyTorch's convolutions (CPU and cuDNN alike), with the refere
 SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4. On a CUDA GPU when torch sees one (cuDNN's
 autotuner on, as JAX's XLA autotunes its convolutions), else on the CPU. "bfloat16" runs the
 forward pass and the loss under `torch.autocast` (parameters and optimizer stay fp32, as our
-`config.dtype` does).
+`config.layers.dtype` does).
 
 Worker protocol (one process, so PyTorch's threads never run beside JAX's):
 each stdin line `model batch_size steps [dtype]` (dtype "float32", the default, or "bfloat16")

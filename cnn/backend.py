@@ -3,7 +3,7 @@
 XLA reads `XLA_FLAGS` once, when the first device is touched, so `main.py`
 calls `configure` before anything else uses JAX.
 
-`config.gpu_deterministic_ops` adds `--xla_gpu_deterministic_ops=true`: GPU
+`config.backend.gpu_deterministic_ops` adds `--xla_gpu_deterministic_ops=true`: GPU
 kernels that are otherwise free to accumulate in any order (scatter-adds,
 some cuDNN convolution algorithms, autotuning picks) become deterministic,
 so the same seed on the same GPU model and device count gives the same
@@ -29,13 +29,21 @@ from typing import Iterable, Mapping, MutableMapping
 
 import ml_collections
 
+from cnn.settings import Section, Setting
+
 DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+
+CONFIG = Section("backend", "how XLA runs", {
+    "gpu_deterministic_ops": Setting(False, "True: --xla_gpu_deterministic_ops (same numbers "
+                                     "every run on a GPU, somewhat slower; CPU and TPU are "
+                                     "deterministic anyway)", example=True),
+}, renamed={"gpu_deterministic_ops": "gpu_deterministic_ops"})
 
 
 def xla_flags(config: ml_collections.ConfigDict, current: str) -> str:
   """`current` XLA_FLAGS plus what `config` asks for (never a flag twice)."""
   flags = current.split()
-  if config.get("gpu_deterministic_ops", False) and not any(
+  if config.backend.gpu_deterministic_ops and not any(
       f.startswith("--xla_gpu_deterministic_ops") for f in flags):
     flags.append(DETERMINISM_FLAG)
   return " ".join(flags)

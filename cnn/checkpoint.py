@@ -32,9 +32,19 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from cnn import workdir as workdirs
 from cnn.errors import UserError
+from cnn import settings
+from cnn.settings import Section, Setting, at_least
 
 STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step metadata file (its commit time)
 METRICS = "metrics"  # the item (and file) holding an end-of-epoch checkpoint's val_accuracy
+
+
+CONFIG = Section("checkpoint", "when a run saves itself and what it keeps", {
+    "every_steps": Setting(0, "save every this many steps too; 0 = only at the end of each "
+                           "epoch", at_least(0), ">= 0 (0 = each epoch's end)", example=1000),
+    "keep": Setting(2, "latest checkpoints kept, besides the best by validation", at_least(1),
+                    ">= 1"),
+}, renamed={"checkpoint_every_steps": "every_steps", "keep_checkpoints": "keep"})
 
 
 def _val_accuracy(metrics: dict) -> float:
@@ -113,7 +123,9 @@ def finalized_steps(workdir: str) -> list[int]:
 
 def check_compatible(meta: dict, fingerprint: dict, workdir: str) -> None:
   """Refuses to resume a checkpoint of another model, dataset or shape."""
-  stored = meta.get("fingerprint", {})
+  stored = dict(meta.get("fingerprint", {}))
+  if "model_kwargs" in stored:  # older runs kept layer settings there (settings.upgrade)
+    stored["model_kwargs"] = settings.architecture_kwargs(stored["model_kwargs"])
   diff = {k: (stored.get(k), v) for k, v in fingerprint.items() if stored.get(k) != v}
   if diff:
     what = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())

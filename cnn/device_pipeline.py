@@ -4,7 +4,7 @@ For small datasets (CIFAR-10 is 150 MB of uint8 pixels) the whole training
 split is copied to every device once; each step then sends only the batch's
 example indices, and a jitted gather picks the uint8 batch where the model
 runs. This is what the fastest CIFAR-10 recipes do: no host pipeline, no
-host-to-device image copies, no input stalls. (`config.data_on_device`; the
+host-to-device image copies, no input stalls. (`config.data.on_device`; the
 tf.data feed in input_pipeline.py is the default and the one for datasets
 that do not fit.)
 
@@ -32,9 +32,9 @@ def check_fits(num_bytes: int, devices: list) -> None:
     limit = (device.memory_stats() or {}).get("bytes_limit")
     if limit and num_bytes > MAX_MEMORY_FRACTION * limit:
       raise UserError(
-          f"config.data_on_device: the training split takes {num_bytes / 2**30:.2f} GiB, more "
+          f"config.data.on_device: the training split takes {num_bytes / 2**30:.2f} GiB, more "
           f"than {MAX_MEMORY_FRACTION:.0%} of {device.device_kind}'s {limit / 2**30:.1f} GiB; "
-          "set --config.data_on_device=False to feed it from the host with tf.data")
+          "set --config.data.on_device=False to feed it from the host with tf.data")
 
 
 def gather(images: jnp.ndarray, labels: jnp.ndarray, order: jnp.ndarray, step: jnp.ndarray
@@ -59,7 +59,8 @@ class DeviceData:
 
   def put(self, array: np.ndarray) -> jax.Array:
     """A copy on every device; every process holds the same `array`."""
-    return jax.make_array_from_callback(array.shape, self.replicated, lambda i: np.asarray(array[i]))
+    return jax.make_array_from_callback(array.shape, self.replicated,
+                                        lambda i: np.asarray(array[i]))
 
   def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
     """The global batches of one epoch from `start_step` on, already sharded

@@ -1,5 +1,5 @@
 """Training batches fed from the host with tf.data (the default feed;
-`config.data_on_device=True` keeps the split on the accelerator instead,
+`config.data.on_device=True` keeps the split on the accelerator instead,
 device_pipeline.py, and needs no TensorFlow).
 
 This pipeline only orders, shards and prefetches: it yields this process's

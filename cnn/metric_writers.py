@@ -13,6 +13,12 @@ from typing import Sequence
 from etils import epath
 
 from cnn import workdir as workdirs
+from cnn.settings import Section, Setting, positive
+
+CONFIG = Section("log", "progress lines", {
+    "every_steps": Setting(100, "a progress line (loss, accuracy, images/s, ETA) every this "
+                           "many steps", positive, "> 0"),
+}, renamed={"log_every_steps": "every_steps"})
 
 
 def write_jsonl(path: epath.Path, records: list[dict]) -> None:

@@ -2,8 +2,9 @@
 weights files and exports all mean by it.
 
 - `build(config, num_classes)`: the flax module a config names, with its
-  `model_kwargs` (the architecture) and a `LayerSpec` (how its layers
-  compute: `config.dtype`, per-device BatchNorm, conv padding and algorithm).
+  `model_kwargs` (the architecture) and a `LayerSpec` from `config.layers`
+  (how its layers compute: dtype, per-device BatchNorm, conv padding and
+  algorithm, fusion barrier).
 - `logits(apply_fn, variables, images, mean, std, flip)`: uint8 images to
   evaluation logits: normalised with the training split's statistics, as in
   training, and with `flip` (test-time augmentation) the mean of the logits of
@@ -14,7 +15,7 @@ weights files and exports all mean by it.
 
 Nothing here knows about training loops, checkpoints or files.
 """
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import jax.numpy as jnp
 import ml_collections
@@ -23,30 +24,29 @@ from flax import linen as nn
 from cnn.augment import normalize
 from cnn.models import create_model
 from cnn.models.layers import LayerSpec
-
-
-# LayerSpec fields that configs still set in `config.model_kwargs`
-# (configs/_he2016.py's conv_padding, users' conv_algorithm / fusion_barrier),
-# although they say how layers compute, not what the model is.
-LAYER_OPTIONS_IN_MODEL_KWARGS = ("conv_padding", "conv_algorithm", "fusion_barrier")
-
-
-def split_layer_options(model_kwargs: Mapping[str, Any]) -> tuple[dict, dict]:
-  """(LayerSpec options, architecture kwargs) of `config.model_kwargs`.
-
-  Transitional: the one place that knows these options still live among the
-  architecture's; when they get a config section of their own, this goes."""
-  architecture = {k: model_kwargs[k] for k in model_kwargs}
-  options = {k: architecture.pop(k) for k in LAYER_OPTIONS_IN_MODEL_KWARGS if k in architecture}
-  return options, architecture
+from cnn.settings import Section, Setting, at_least, positive
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, norm_groups: int = 1
           ) -> nn.Module:
-  """The config's model; `norm_groups` > 1: per-device BatchNorm statistics in training."""
-  options, architecture = split_layer_options(config.model_kwargs)
-  spec = LayerSpec(dtype=config.dtype, norm_groups=norm_groups, **options)
-  return create_model(config.model, num_classes=num_classes, spec=spec, **architecture)
+  """The config's model: `config.model_kwargs` its architecture, `config.layers`
+  its LayerSpec; `norm_groups` > 1: per-device BatchNorm statistics in training."""
+  layers = config.layers
+  spec = LayerSpec(dtype=layers.dtype, norm_groups=norm_groups,
+                   conv_padding=layers.conv_padding, conv_algorithm=layers.conv_algorithm,
+                   fusion_barrier=layers.fusion_barrier)
+  return create_model(config.model, num_classes=num_classes, spec=spec, **config.model_kwargs)
+
+
+CONFIG = Section("eval", "evaluation: the test accuracy, the predictor and the report", {
+    "flip": Setting(False, "test-time augmentation: average the logits of each image and its "
+                    "mirror image (evaluation, predictor, report)", example=True),
+    "batch_size": Setting(500, "images per evaluation batch (the last one padded)", positive,
+                          "> 0"),
+    "report_image_index": Setting(0, "--mode=evaluate: the test image whose activations the "
+                                  "report draws", at_least(0), ">= 0"),
+}, renamed={"eval_flip": "flip", "eval_batch_size": "batch_size",
+            "report_image_index": "report_image_index"})
 
 
 def logits(apply_fn: Callable[..., Any], variables: dict, images: jnp.ndarray,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cnn.errors import unknown_name
+from cnn.settings import Section, Setting, at_least, between, unknown_value
 
 Builder = Callable[[ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation]
 
@@ -34,18 +34,18 @@ def _sgd(config, schedule):
   """SGD with coupled weight decay (PyTorch, the ResNet papers) and optional
   momentum/Nesterov."""
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
+      optax.add_decayed_weights(config.optim.weight_decay),
+      optax.sgd(schedule, momentum=config.optim.momentum or None, nesterov=config.optim.nesterov))
 
 
 def _adam(config, schedule):
   """Adam with coupled L2: the decay goes through the adaptive scaling."""
-  return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(schedule))
+  return optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(schedule))
 
 
 def _adamw(config, schedule):
   """AdamW: decay decoupled from the adaptive scaling, on every parameter."""
-  return optax.adamw(schedule, weight_decay=config.weight_decay)
+  return optax.adamw(schedule, weight_decay=config.optim.weight_decay)
 
 
 def _lars(config, schedule):
@@ -53,9 +53,9 @@ def _lars(config, schedule):
   momentum/Nesterov from the config; kernels only are decayed and adapted
   (`decay_mask`). `learning_rate` is the global rate, so it is much larger
   than SGD's (e.g. several units for big batches)."""
-  return optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=decay_mask,
-                    trust_ratio_mask=decay_mask, momentum=config.momentum,
-                    nesterov=config.nesterov)
+  return optax.lars(schedule, weight_decay=config.optim.weight_decay, weight_decay_mask=decay_mask,
+                    trust_ratio_mask=decay_mask, momentum=config.optim.momentum,
+                    nesterov=config.optim.nesterov)
 
 
 def _lamb(config, schedule):
@@ -64,7 +64,7 @@ def _lamb(config, schedule):
   optax.lamb can only mask the decay."""
   return optax.chain(
       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(config.optim.weight_decay, mask=decay_mask),
       optax.masked(optax.scale_by_trust_ratio(), decay_mask),
       optax.scale_by_learning_rate(schedule))
 
@@ -73,7 +73,7 @@ def _lion(config, schedule):
   """Lion (Chen et al. 2023) with decoupled decay on every parameter, like
   AdamW. Its sign updates want a rate ~3-10x smaller and a decay as much
   larger than AdamW's."""
-  return optax.lion(schedule, weight_decay=config.weight_decay)
+  return optax.lion(schedule, weight_decay=config.optim.weight_decay)
 
 
 OPTIMIZERS: dict[str, Builder] = {
@@ -83,9 +83,9 @@ OPTIMIZERS: dict[str, Builder] = {
 
 def _step(config, total, warmup):
   factors: dict[int, float] = {}  # boundaries that round to one step compound
-  for boundary in config.lr_boundaries:
+  for boundary in config.schedule.boundaries:
     step = int(boundary * total) - warmup
-    factors[step] = factors.get(step, 1.0) * config.lr_decay_factor
+    factors[step] = factors.get(step, 1.0) * config.schedule.decay_factor
   return optax.piecewise_constant_schedule(config.learning_rate, factors)
 
 
@@ -114,8 +114,72 @@ SCHEDULES = {
 WARMUP_SHAPES = {
     "linear": lambda config, warmup: optax.linear_schedule(0.0, config.learning_rate, warmup),
     "constant": lambda config, warmup: optax.constant_schedule(
-        config.learning_rate * config.warmup_factor),
+        config.learning_rate * config.schedule.warmup_factor),
 }
+
+
+def _increasing_fractions(v) -> bool:
+  return all(0.0 < b < 1.0 for b in v) and all(a < b for a, b in zip(v, v[1:]))
+
+
+CONFIG = (
+    Section("optim", "the optimiser and the loss (He et al. 2016's CIFAR recipe by default)", {
+        "name": Setting("sgd", "a key of OPTIMIZERS",
+                        choices=OPTIMIZERS),
+        "momentum": Setting(0.9, "sgd, lars: momentum; 0 = plain SGD", between(0, 1),
+                            "in [0, 1)"),
+        "nesterov": Setting(False, "Nesterov momentum (sgd, lars)", example=True),
+        "weight_decay": Setting(1e-4, "L2, coupled for sgd/adam, decoupled for "
+                                "adamw/lars/lamb/lion", at_least(0), ">= 0"),
+        "grad_clip_norm": Setting(0.0, "> 0: clip the gradient's global norm to this; 0 = off",
+                                  at_least(0), ">= 0 (0 = off)", example=1.0),
+        "grad_accum_steps": Setting(1, "k > 1: each global batch is k micro-batches whose "
+                                    "gradients are averaged (optax.MultiSteps) before one "
+                                    "update", at_least(1), ">= 1 (1 = off)", example=2),
+        "sam_rho": Setting(0.0, "> 0: sharpness-aware minimisation (Foret et al. 2021) with "
+                           "this radius (0.05 for CIFAR WRN), optax.contrib.sam; two "
+                           "gradients per step; 0 = off", at_least(0), ">= 0 (0 = off)",
+                           example=0.05),
+        "label_smoothing": Setting(0.0, "the loss's label smoothing", between(0, 1),
+                                   "in [0, 1)", example=0.1),
+        "ema_decay": Setting(0.0, "> 0: evaluate an exponential moving average of the "
+                             "parameters, updated every step with this decay (e.g. 0.99); "
+                             "0 = off", between(0, 1), "in [0, 1) (0 = off)", example=0.999),
+    }, renamed={"optimizer": "name", "momentum": "momentum", "nesterov": "nesterov",
+                "weight_decay": "weight_decay", "grad_clip_norm": "grad_clip_norm",
+                "grad_accum_steps": "grad_accum_steps", "sam_rho": "sam_rho",
+                "label_smoothing": "label_smoothing", "ema_decay": "ema_decay"}),
+    Section("schedule", "the learning rate over the run (fractions of the run, warm phase "
+            "included)", {
+        "name": Setting("step", "a key of SCHEDULES ('linear' decays to 0 at the end: with "
+                        "warmup, one-cycle)",
+                        choices=SCHEDULES),
+        "boundaries": Setting((0.5, 0.75), "'step': fractions of the run where lr *= "
+                              "decay_factor", _increasing_fractions,
+                              "increasing fractions of the run in (0, 1)"),
+        "decay_factor": Setting(0.1, "'step': the factor at each boundary",
+                                lambda v: 0 < v <= 1, "in (0, 1]"),
+        "warmup_epochs": Setting(0.0, "a warm phase before the schedule (rounded to whole "
+                                 "steps)", at_least(0), ">= 0", example=1.0),
+        "warmup_shape": Setting("linear", "'linear': from 0 up to the peak; 'constant': the "
+                                "peak times warmup_factor (He et al.'s 0.01 for ResNet-110)",
+                                choices=WARMUP_SHAPES),
+        "warmup_factor": Setting(0.1, "'constant' warm phase only", lambda v: 0 < v <= 1,
+                                 "in (0, 1]"),
+        "plateau_factor": Setting(0.1, "'plateau': lr *= factor when the epoch's train loss",
+                                  lambda v: 0 < v < 1, "in (0, 1)"),
+        "plateau_patience": Setting(5, "has not improved for this many epochs,", at_least(0),
+                                    ">= 0"),
+        "plateau_cooldown": Setting(0, "then wait this many epochs,", at_least(0), ">= 0"),
+        "plateau_min_scale": Setting(1e-3, "never going below lr * min_scale",
+                                     lambda v: 0 < v <= 1, "in (0, 1]"),
+    }, renamed={"lr_schedule": "name", "lr_boundaries": "boundaries",
+                "lr_decay_factor": "decay_factor", "warmup_epochs": "warmup_epochs",
+                "warmup_shape": "warmup_shape", "warmup_factor": "warmup_factor",
+                "plateau_factor": "plateau_factor", "plateau_patience": "plateau_patience",
+                "plateau_cooldown": "plateau_cooldown",
+                "plateau_min_scale": "plateau_min_scale"}),
+)
 
 
 def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -126,22 +190,22 @@ def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) ->
   `warmup_shape="constant"`, the peak times `warmup_factor` (He et al.'s 0.01
   for ResNet-110). Boundaries stay fractions of the whole run, warm phase
   included."""
-  if config.lr_schedule not in SCHEDULES:
-    raise unknown_name("lr_schedule", config.lr_schedule, SCHEDULES)
-  if config.warmup_shape not in WARMUP_SHAPES:
-    raise unknown_name("warmup_shape", config.warmup_shape, WARMUP_SHAPES)
+  if config.schedule.name not in SCHEDULES:
+    raise unknown_value("schedule.name", config.schedule.name, SCHEDULES)
+  if config.schedule.warmup_shape not in WARMUP_SHAPES:
+    raise unknown_value("schedule.warmup_shape", config.schedule.warmup_shape, WARMUP_SHAPES)
   total = int(config.num_epochs * steps_per_epoch)
-  warmup = round(config.warmup_epochs * steps_per_epoch)
-  main = SCHEDULES[config.lr_schedule](config, total, warmup)
+  warmup = round(config.schedule.warmup_epochs * steps_per_epoch)
+  main = SCHEDULES[config.schedule.name](config, total, warmup)
   if warmup == 0:
     return main
-  warm = WARMUP_SHAPES[config.warmup_shape](config, warmup)
+  warm = WARMUP_SHAPES[config.schedule.warmup_shape](config, warmup)
   return optax.join_schedules([warm, main], [warmup])
 
 
 def uses_sam(config: ml_collections.ConfigDict) -> bool:
   """Whether `tx.update` needs SAM's `grad_fn` (see `make_optimizer`)."""
-  return config.sam_rho > 0
+  return config.optim.sam_rho > 0
 
 
 def _sam(optimizer: optax.GradientTransformationExtraArgs, rho: float
@@ -178,7 +242,7 @@ def _accumulate(tx: optax.GradientTransformationExtraArgs, k: int
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
                    ) -> optax.GradientTransformationExtraArgs:
-  """The optimiser named by `config.optimizer` (see OPTIMIZERS), composed as
+  """The optimiser named by `config.optim.name` (see OPTIMIZERS), composed as
 
     clip_by_global_norm (grad_clip_norm > 0) -> optimiser -> reduce-on-plateau
     (lr_schedule="plateau") -> SAM (sam_rho > 0) -> MultiSteps (grad_accum_steps > 1)
@@ -200,22 +264,22 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
       so the schedule and the plateau count global batches. The plateau sees
       the `value` passed with the k-th micro-batch.
   `plateau_scale(state)` finds the plateau inside any of these wrappers."""
-  if config.optimizer not in OPTIMIZERS:
-    raise unknown_name("optimizer", config.optimizer, OPTIMIZERS)
+  if config.optim.name not in OPTIMIZERS:
+    raise unknown_value("optim.name", config.optim.name, OPTIMIZERS)
   schedule = make_lr_schedule(config, steps_per_epoch)
-  tx = OPTIMIZERS[config.optimizer](config, schedule)
-  if config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  if config.lr_schedule == "plateau":
+  tx = OPTIMIZERS[config.optim.name](config, schedule)
+  if config.optim.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), tx)
+  if config.schedule.name == "plateau":
     tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
-        factor=config.plateau_factor, patience=config.plateau_patience,
-        cooldown=config.plateau_cooldown, min_scale=config.plateau_min_scale,
+        factor=config.schedule.plateau_factor, patience=config.schedule.plateau_patience,
+        cooldown=config.schedule.plateau_cooldown, min_scale=config.schedule.plateau_min_scale,
         accumulation_size=steps_per_epoch))
   tx = optax.with_extra_args_support(tx)
   if uses_sam(config):
-    tx = _sam(tx, config.sam_rho)
-  if config.grad_accum_steps > 1:
-    tx = _accumulate(tx, config.grad_accum_steps)
+    tx = _sam(tx, config.optim.sam_rho)
+  if config.optim.grad_accum_steps > 1:
+    tx = _accumulate(tx, config.optim.grad_accum_steps)
   return tx
 
 

@@ -230,8 +230,8 @@ def host_pipeline():
   try:
     from cnn import input_pipeline  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise UserError("config.data_on_device=False feeds batches with tf.data, which needs "
-                    "tensorflow; install it or set --config.data_on_device=True") from None
+    raise UserError("config.data.on_device=False feeds batches with tf.data, which needs "
+                    "tensorflow; install it or set --config.data.on_device=True") from None
   return input_pipeline
 
 
@@ -271,26 +271,26 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict):
     validate_config(config)
     self.config = config
-    self.spec = datasets.get_spec(config.dataset)
-    if not config.data_on_device:
+    self.spec = datasets.get_spec(config.data.name)
+    if not config.data.on_device:
       host_pipeline()  # without TensorFlow, fail before loading anything
     self.mesh = make_mesh()
     batching.check_batch_size(config.batch_size, jax.device_count())
-    if config.grad_accum_steps > 1:
-      batching.check_batch_size(config.batch_size // config.grad_accum_steps,
-                                jax.device_count(), "batch_size / config.grad_accum_steps")
-    self.eval_batch_size = fit_eval_batch_size(config.eval_batch_size, jax.device_count())
-    norm_groups = jax.device_count() if config.batchnorm == "per_device" else 1
+    if config.optim.grad_accum_steps > 1:
+      batching.check_batch_size(config.batch_size // config.optim.grad_accum_steps,
+                                jax.device_count(), "batch_size / config.optim.grad_accum_steps")
+    self.eval_batch_size = fit_eval_batch_size(config.eval.batch_size, jax.device_count())
+    norm_groups = jax.device_count() if config.layers.batchnorm == "per_device" else 1
     self.model = model_fn.build(config, self.spec.num_classes, norm_groups)
     source = datasets.open_data(config)
     self.class_names = source.class_names()
     self.splits = {name: source.load_split(split) for name, split in (
-        ("train", config.train_split), ("validation", config.validation_split),
-        ("test", config.test_split)) if split}
+        ("train", config.data.train_split), ("validation", config.data.validation_split),
+        ("test", config.data.test_split)) if split}
     self.steps_per_epoch = batching.steps_per_epoch(
         len(self.splits["train"][0]), config.batch_size)
     if self.steps_per_epoch == 0:
-      raise UserError(f"train split {config.train_split!r} has fewer examples than "
+      raise UserError(f"train split {config.data.train_split!r} has fewer examples than "
                       f"batch_size={config.batch_size}")
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.schedule = optim.make_lr_schedule(config, self.steps_per_epoch)
@@ -304,15 +304,22 @@ class Experiment:
     init_key, self.dropout_key = jax.random.split(jax.random.key(config.seed))
     self.initial_state = replicate(
         create_train_state(self.model, self.tx, init_key, self.spec.image_shape,
-                           ema=config.ema_decay > 0), replicated)
+                           ema=config.optim.ema_decay > 0), replicated)
     self.train_step = jax.jit(
-        functools.partial(train_step, augment=make_augment(config, self.spec), seed=config.seed,
-                          steps_per_epoch=self.steps_per_epoch, dropout_key=self.dropout_key,
-                          label_smoothing=config.label_smoothing, ema_decay=config.ema_decay,
-                          accum_steps=config.grad_accum_steps, sam=config.sam_rho > 0),
+        functools.partial(
+            train_step,
+            augment=make_augment(config, self.spec),
+            seed=config.seed,
+            steps_per_epoch=self.steps_per_epoch,
+            dropout_key=self.dropout_key,
+            label_smoothing=config.optim.label_smoothing,
+            ema_decay=config.optim.ema_decay,
+            accum_steps=config.optim.grad_accum_steps,
+            sam=config.optim.sam_rho > 0),
         in_shardings=(replicated, replicated, self.batch_sharding),
-        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
-    self.eval_step = jax.jit(functools.partial(eval_step, spec=self.spec, flip=config.eval_flip),
+        out_shardings=(replicated, replicated, replicated),
+        donate_argnums=(0, 1))
+    self.eval_step = jax.jit(functools.partial(eval_step, spec=self.spec, flip=config.eval.flip),
                              in_shardings=(replicated, self.batch_sharding),
                              out_shardings=replicated)
     self.zero_sums = lambda: replicate(zero_sums(), replicated)
@@ -320,13 +327,13 @@ class Experiment:
   @functools.cached_property
   def fingerprint(self) -> dict:
     """What a checkpoint must match to be resumed by this config."""
-    return {"model": self.config.model, "dataset": self.config.dataset,
+    return {"model": self.config.model, "dataset": self.config.data.name,
             "model_kwargs": self.config.model_kwargs.to_dict(),
             "num_params": count_params(self.initial_state.params)}
 
   @functools.cached_property
   def device_data(self) -> device_pipeline.DeviceData:
-    """The training split copied to the devices (config.data_on_device)."""
+    """The training split copied to the devices (config.data.on_device)."""
     images, labels = self.splits["train"]
     c = self.config
     return device_pipeline.DeviceData(
@@ -335,11 +342,11 @@ class Experiment:
 
   def device_batches(self, epoch: int, start_step: int) -> Iterator[dict[str, jax.Array]]:
     """The epoch's global training batches from `start_step` on, on the devices:
-    made there (config.data_on_device) or by tf.data and copied ahead."""
-    if self.config.data_on_device:
+    made there (config.data.on_device) or by tf.data and copied ahead."""
+    if self.config.data.on_device:
       return self.device_data.batches(epoch, start_step)
     return prefetch_to_device(self.train_batches(epoch, start_step), self.batch_sharding,
-                              self.config.prefetch_batches)
+                              self.config.data.prefetch_batches)
 
   def train_batches(self, epoch: int, start_step: int) -> Iterator[dict]:
     """This process's host-side (tf.data) part of each training batch."""
@@ -400,7 +407,7 @@ class Run:
     self.state, self.sums = exp.initial_state, exp.zero_sums()
     self.history, self.timing, self.steps, self.window = [], [], [], []
     self.manager, restored = checkpoint.open_for_training(
-        workdir, exp.config.keep_checkpoints, exp.fingerprint, self.state, self.sums,
+        workdir, exp.config.checkpoint.keep, exp.fingerprint, self.state, self.sums,
         is_primary=jax.process_index() == 0, barrier=_barrier)
     if restored is not None:
       self.state, self.sums, meta, step = restored
@@ -523,8 +530,8 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         progress.reset_clock(step)
       else:
         timed_steps += 1
-      at_sync_point = step % config.log_every_steps == 0 or step % exp.steps_per_epoch == 0
-      if step % config.log_every_steps == 0 or step == exp.total_steps:
+      at_sync_point = step % config.log.every_steps == 0 or step % exp.steps_per_epoch == 0
+      if step % config.log.every_steps == 0 or step == exp.total_steps:
         partial = jax.device_get(run.sums)
         check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
@@ -534,7 +541,7 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
               or run.manager.reached_preemption(step))
       if step % exp.steps_per_epoch == 0:
         break  # the end of the epoch saves anyway
-      if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
+      if stop or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0):
         run.save()
       if stop:
         raise _preempted(run, step)
@@ -569,7 +576,7 @@ def final_results(run: Run, compile_time: float | None) -> dict:
       "images_per_s": float(np.median([t["train_images_per_s"] for t in run.timing])),
       "compile_time_s": compile_time, "devices": jax.device_count(), "seed": config.seed,
       "protocol": config.protocol,
-      "model": config.model, "dataset": config.dataset, "config": config.to_dict(),
+      "model": config.model, "dataset": config.data.name, "config": config.to_dict(),
   }
 
 
@@ -590,7 +597,7 @@ def _train_and_evaluate(exp: Experiment, workdir: workdirs.Workdir) -> dict:
   logging.info("%s; mesh %s", distributed.describe(), dict(exp.mesh.shape))
   backend.warn_if_accelerator_unused(jax.default_backend())
   logging.info("%s on %s: %d params, %d steps/epoch, global batch %d (%d per device)",
-               config.model, config.dataset, count_params(run.state.params),
+               config.model, config.data.name, count_params(run.state.params),
                exp.steps_per_epoch, config.batch_size, config.batch_size // jax.device_count())
   try:
     with preemption.sigterm_flag() as stop_requested:

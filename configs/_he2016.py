@@ -33,7 +33,7 @@ is known; none is a free parameter we tuned):
   black pixels before normalisation (as torchvision's RandomCrop does); in
   the paper's order (mean subtraction first) the border is the mean colour.
 - BatchNorm statistics over the whole batch of 128; the paper trained on two
-  GPUs (statistics over each GPU's 64: `--config.batchnorm=per_device` on
+  GPUs (statistics over each GPU's 64: `--config.layers.batchnorm=per_device` on
   2 devices reproduces that).
 - The classifier's weights start from flax's LeCun-normal, Torch's from a
   uniform of the same fan-in scale; its bias starts at 0 in both.
@@ -61,17 +61,17 @@ def get_config(model: str = "resnet20_v1", protocol: str = "paper") -> ml_collec
   config.protocol = protocol
   if model.endswith("_v1"):
     config.model_kwargs.shortcut = "zero_pad"  # option A
-  config.model_kwargs.conv_padding = "symmetric"  # Torch's (1, 1) for every 3x3 conv
+  config.layers.conv_padding = "symmetric"  # Torch's (1, 1) for every 3x3 conv
   train_images = CIFAR10_TRAIN if protocol == "paper" else 45_000
   if protocol == "paper":
-    config.train_split = "train"
-    config.validation_split = ""
+    config.data.train_split = "train"
+    config.data.validation_split = ""
   else:
-    config.train_split = "train[:45000]"
-    config.validation_split = "train[45000:]"
+    config.data.train_split = "train[:45000]"
+    config.data.validation_split = "train[45000:]"
   config.num_epochs = round(ITERATIONS / steps_per_epoch(train_images, config.batch_size))
-  config.lr_boundaries = (0.5, 0.75)  # 32k and 48k of 64k
-  config.gpu_deterministic_ops = True  # a seeded paper row gives the same numbers on a GPU
+  config.schedule.boundaries = (0.5, 0.75)  # 32k and 48k of 64k
+  config.backend.gpu_deterministic_ops = True  # a seeded paper row gives the same numbers on a GPU
   return config
 
 
@@ -84,7 +84,7 @@ def warm_phase(config: ml_collections.ConfigDict, iterations: int = 400,
   (we do not watch the training error: a fixed count keeps the run
   reproducible)."""
   train_images = CIFAR10_TRAIN if config.protocol == "paper" else 45_000
-  config.warmup_epochs = iterations / steps_per_epoch(train_images, config.batch_size)
-  config.warmup_shape = "constant"
-  config.warmup_factor = factor
+  config.schedule.warmup_epochs = iterations / steps_per_epoch(train_images, config.batch_size)
+  config.schedule.warmup_shape = "constant"
+  config.schedule.warmup_factor = factor
   return config

@@ -6,14 +6,14 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.dataset = "mnist"
-  config.train_split = "train[:55000]"
-  config.validation_split = "train[55000:]"
-  config.augment = "pad_crop"
-  config.crop_padding = 2
-  config.weight_decay = 5e-4
-  config.lr_schedule = "cosine"
+  config.data.name = "mnist"
+  config.data.train_split = "train[:55000]"
+  config.data.validation_split = "train[55000:]"
+  config.augment.geometry = "pad_crop"
+  config.augment.crop_padding = 2
+  config.optim.weight_decay = 5e-4
+  config.schedule.name = "cosine"
   config.num_epochs = 30
   # Besides 2/255 and 8/255 (the comparison table's columns), MNIST's usual radii 0.1 and 0.3.
-  config.attack_eps = (2, 8, 25.5, 76.5)
+  config.robustness.attack_eps = (2, 8, 25.5, 76.5)
   return config

@@ -9,9 +9,9 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.nesterov = True
-  config.weight_decay = 5e-4
+  config.optim.nesterov = True
+  config.optim.weight_decay = 5e-4
   config.num_epochs = 200
-  config.lr_boundaries = (0.3, 0.6, 0.8)  # epochs 60, 120, 160 of 200
-  config.lr_decay_factor = 0.2
+  config.schedule.boundaries = (0.3, 0.6, 0.8)  # epochs 60, 120, 160 of 200
+  config.schedule.decay_factor = 0.2
   return config

@@ -16,7 +16,7 @@ def get_config():
   config = default.get_config()
   config.model = "densenet_bc100_k12"
   config.model_kwargs.dropout_rate = 0.0
-  config.nesterov = True
+  config.optim.nesterov = True
   config.batch_size = 64
   config.num_epochs = 300
   return config

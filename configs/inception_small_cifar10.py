@@ -21,8 +21,8 @@ EPOCHS = 100
 def get_config():
   config = default.get_config()
   config.model = "inception_small"
-  config.weight_decay = 5e-4
+  config.optim.weight_decay = 5e-4
   config.num_epochs = EPOCHS
-  config.lr_boundaries = tuple(epoch / EPOCHS for epoch in range(1, EPOCHS))
-  config.lr_decay_factor = 0.95
+  config.schedule.boundaries = tuple(epoch / EPOCHS for epoch in range(1, EPOCHS))
+  config.schedule.decay_factor = 0.95
   return config

@@ -18,6 +18,6 @@ def get_config():
   config = default.get_config()
   config.model = "mobilenet_v1"
   config.model_kwargs.width_multiplier = 1.0
-  config.lr_schedule = "cosine"
+  config.schedule.name = "cosine"
   config.num_epochs = 200
   return config

@@ -17,8 +17,8 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model = "resnet20_v1"
-  config.lr_schedule = "cosine"
-  config.warmup_epochs = 1.0
-  config.weight_decay = 5e-4
+  config.schedule.name = "cosine"
+  config.schedule.warmup_epochs = 1.0
+  config.optim.weight_decay = 5e-4
   config.num_epochs = 30
   return config

@@ -26,7 +26,7 @@ checks on 256-2048-image subsets saw the training loss rise to 5-19 at lr
 0.1 (a PyTorch twin with the reference init spikes the same way): the
 pooled 1024-channel post-activation features have ~20x the squared norm of
 a WRN's, so the first classifier steps overshoot. `--config.model_kwargs.
-zero_init_last=False --config.warmup_epochs=0` is the reference recipe.
+zero_init_last=False --config.schedule.warmup_epochs=0` is the reference recipe.
 """
 from configs import default
 
@@ -34,10 +34,10 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model = "resnext29_8x64d"
-  config.nesterov = True
-  config.grad_accum_steps = 8  # BatchNorm over 16 images, as on the paper's 8 GPUs
-  config.weight_decay = 5e-4
+  config.optim.nesterov = True
+  config.optim.grad_accum_steps = 8  # BatchNorm over 16 images, as on the paper's 8 GPUs
+  config.optim.weight_decay = 5e-4
   config.num_epochs = 300
   config.model_kwargs.zero_init_last = True  # deviation: see the docstring
-  config.warmup_epochs = 1.0  # deviation: see the docstring
+  config.schedule.warmup_epochs = 1.0  # deviation: see the docstring
   return config

@@ -17,8 +17,8 @@ seconds are the time-to-94% when it lands at >= 94%.
 Time-to-94% over seeds: `python benchmarks/speedrun.py --seeds 0,1,2`.
 For a quick look on a CPU (ResNet-9 trains at about 15 images/s there), keep
 the schedule's shape and shorten it:
-`--config.num_epochs=2 --config.warmup_epochs=0.4 --config.train_split=train[:4096]
---config.test_split=test[:2000]`.
+`--config.num_epochs=2 --config.schedule.warmup_epochs=0.4 --config.data.train_split=train[:4096]
+--config.data.test_split=test[:2000]`.
 """
 from configs import default
 
@@ -27,22 +27,22 @@ def get_config():
   config = default.get_config()
   config.model = "resnet9"
   config.protocol = "paper"  # all 50k images, the final model (airbench's protocol too)
-  config.train_split = "train"
-  config.validation_split = ""
+  config.data.train_split = "train"
+  config.data.validation_split = ""
   config.batch_size = 512
-  config.eval_batch_size = 1000
-  config.dtype = "bfloat16"
-  config.optimizer = "sgd"
+  config.eval.batch_size = 1000
+  config.layers.dtype = "bfloat16"
+  config.optim.name = "sgd"
   config.learning_rate = 0.4
-  config.nesterov = True
-  config.weight_decay = 5e-4
-  config.lr_schedule = "linear"
-  config.warmup_epochs = 5.0
+  config.optim.nesterov = True
+  config.optim.weight_decay = 5e-4
+  config.schedule.name = "linear"
+  config.schedule.warmup_epochs = 5.0
   config.num_epochs = 24
-  config.label_smoothing = 0.2
-  config.cutout = 8
-  config.ema_decay = 0.99
-  config.eval_flip = True
-  config.data_on_device = True
-  config.log_every_steps = 20
+  config.optim.label_smoothing = 0.2
+  config.augment.cutout = 8
+  config.optim.ema_decay = 0.99
+  config.eval.flip = True
+  config.data.on_device = True
+  config.log.every_steps = 20
   return config

@@ -13,13 +13,13 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model = "resnet8_v1"
-  config.train_split = "train[:2048]"
-  config.validation_split = "train[49000:50000]"
+  config.data.train_split = "train[:2048]"
+  config.data.validation_split = "train[49000:50000]"
   config.batch_size = 64
-  config.eval_batch_size = 1000
+  config.eval.batch_size = 1000
   config.num_epochs = 2
   # --mode=evaluate: calibration only (seconds); see tests/test_robustness.py for the rest.
-  config.robustness = "calibration"
-  config.eval_flip = True
-  config.log_every_steps = 8
+  config.robustness.sections = "calibration"
+  config.eval.flip = True
+  config.log.every_steps = 8
   return config

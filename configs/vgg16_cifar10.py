@@ -13,7 +13,7 @@ def get_config():
   config = default.get_config()
   config.model = "vgg16"
   config.learning_rate = 0.05
-  config.weight_decay = 5e-4
-  config.lr_schedule = "cosine"
+  config.optim.weight_decay = 5e-4
+  config.schedule.name = "cosine"
   config.num_epochs = 200
   return config

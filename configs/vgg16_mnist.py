@@ -4,7 +4,7 @@
 
 SGD 0.05, momentum 0.9, wd 5e-4, batch 128, cosine over 30 epochs, +-2 pixel
 shifts. Target: >= 99.6%. (The seed used Adam with reduce-on-plateau:
-`--config.optimizer=adam --config.learning_rate=1e-3 --config.lr_schedule=plateau`.)
+`--config.optim.name=adam --config.learning_rate=1e-3 --config.schedule.name=plateau`.)
 """
 from configs import _mnist as mnist
 

@@ -18,7 +18,7 @@ test_augment_ops.py) with torchvision's TrivialAugmentWide space, which is
 the paper's wide space. Paper protocol: all 50k training images, final
 model. About a day on one V100-class GPU; on this 2-core CPU one epoch takes
 hours (the config's 1-epoch check runs on a 512-image subset, tests/
-test_configs.py). Adding `--config.sam_rho=0.05` gives SAM (Foret et al.
+test_configs.py). Adding `--config.optim.sam_rho=0.05` gives SAM (Foret et al.
 2021), which they report helps WRN-28-10 further with AutoAugment.
 """
 from configs import _wide_resnet
@@ -29,9 +29,9 @@ def get_config():
   config.model = "wrn28_10"
   config.model_kwargs.dropout_rate = 0.0
   config.protocol = "paper"
-  config.train_split = "train"
-  config.validation_split = ""
-  config.auto_augment = "trivialaugment_wide"
-  config.cutout = 16
-  config.lr_schedule = "cosine"
+  config.data.train_split = "train"
+  config.data.validation_split = ""
+  config.augment.policy = "trivialaugment_wide"
+  config.augment.cutout = 16
+  config.schedule.name = "cosine"
   return config

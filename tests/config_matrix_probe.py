@@ -28,10 +28,10 @@ def load(path: Path):
 def probe(path: Path) -> dict:
   config = load(path)
   # Small splits keep the probe fast; batch sizes and everything else are the config's.
-  config.train_split = f"train[:{2 * config.batch_size}]"
-  if config.validation_split:
-    config.validation_split = "train[-600:]"
-  config.test_split = "test[:700]"
+  config.data.train_split = f"train[:{2 * config.batch_size}]"
+  if config.data.validation_split:
+    config.data.validation_split = "train[-600:]"
+  config.data.test_split = "test[:700]"
   exp = train.Experiment(config)
   batch = next(iter(exp.device_batches(0, 0)))
   assert batch["image"].shape[0] == config.batch_size

@@ -78,7 +78,7 @@ def mnist_train_step(**overrides):
   import jax  # pylint: disable=import-outside-toplevel
   from cnn import augment, datasets, train  # pylint: disable=import-outside-toplevel
   args = dict(augment=functools.partial(augment.augment_batch, spec=datasets.get_spec("mnist"),
-                                        geometry="none"),
+                                        settings=augment.settings(geometry="none")),
               seed=0, steps_per_epoch=1000, dropout_key=jax.random.key(1), label_smoothing=0.0)
   return functools.partial(train.train_step, **{**args, **overrides})
 

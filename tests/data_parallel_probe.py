@@ -15,9 +15,15 @@ from configs import tiny_mnist  # noqa: E402
 
 def main(learning_rate: float, batchnorm: str, data_on_device: bool, overrides: dict) -> None:
   config = tiny_mnist.get_config()
-  config.update(train_split="train[:384]", num_epochs=1, learning_rate=learning_rate,
-                eval_batch_size=1000, batchnorm=batchnorm, data_on_device=data_on_device,
-                **overrides)
+  config.update_from_flattened_dict({
+      "data.train_split": "train[:384]",
+      "num_epochs": 1,
+      "learning_rate": learning_rate,
+      "eval.batch_size": 1000,
+      "layers.batchnorm": batchnorm,
+      "data.on_device": data_on_device,
+      **overrides
+  })
   exp = train.Experiment(config)
   state, sums, losses = exp.initial_state, exp.zero_sums(), []
   for batch in exp.device_batches(0, 0):

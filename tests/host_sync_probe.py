@@ -19,7 +19,11 @@ def main(address: str, processes: int, process_id: int, workdir: str) -> None:
   if processes > 1:
     distributed.initialize(address, processes, process_id)
   config = tiny_mnist.get_config()
-  config.update(train_split="train[:1024]", num_epochs=2, log_every_steps=5)
+  config.update_from_flattened_dict({
+      "data.train_split": "train[:1024]",
+      "num_epochs": 2,
+      "log.every_steps": 5
+  })
   exp = train.Experiment(config)
   run = train.Run(exp, workdir)
   progress, asked_at = {"step": 0}, []

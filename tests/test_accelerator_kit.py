@@ -158,7 +158,7 @@ def test_a_small_budget_stops_the_row_and_reruns_finish_it_bitwise_equal(flow, r
   entry = json.loads(Path(done["record"]).read_text())
   assert entry["resumes"] == done["attempts"] - 1
   assert entry["test_accuracy"] == theirs["test_accuracy"]
-  assert entry["command"] == done["command"] and "--config.keep_checkpoints=1" in entry["command"]
+  assert entry["command"] == done["command"] and "--config.checkpoint.keep=1" in entry["command"]
 
 
 @pytest.mark.slow

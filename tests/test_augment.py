@@ -104,7 +104,8 @@ def test_random_erasing_follows_torchvisions_parameters():
 
 
 def test_erasing_boxes_take_the_first_attempt_that_fits():
-  top, left, h, w, found = (np.asarray(a) for a in basic.erasing_boxes(jax.random.key(1), 4000, 8, 8))
+  top, left, h, w, found = (
+      np.asarray(a) for a in basic.erasing_boxes(jax.random.key(1), 4000, 8, 8))
   assert found.all()  # at 8x8 some of 10 attempts always fit (p(no fit) is tiny)
   assert (h < 8).all() and (w < 8).all() and (top + h <= 8).all() and (left + w <= 8).all()
   assert (top >= 0).all() and (left >= 0).all()
@@ -158,18 +159,19 @@ def test_with_mixup_and_cutmix_each_batch_uses_one_of_them():
   assert 15 < kinds.count("cutmix") < 45
 
 
-def make_config(**overrides):
+def make_config(overrides=None):
   config = default.get_config()
-  config.update(overrides)
+  config.update_from_flattened_dict(overrides or {})
   return config
 
 
 @pytest.mark.parametrize("overrides", [
-    {}, {"cutout": 16}, {"random_erasing": 0.5}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+    {}, {"augment.cutout": 16}, {"augment.random_erasing": 0.5},
+    {"augment.mixup_alpha": 0.2, "augment.cutmix_alpha": 1.0},
 ])
 def test_the_batch_is_a_pure_function_of_the_key(overrides, cifar10):
   images, labels = cifar10.load_split("train[:64]")
-  fn = jax.jit(augment.make_augment(make_config(**overrides), CIFAR))
+  fn = jax.jit(augment.make_augment(make_config(overrides), CIFAR))
   key = augment.step_key(0, 3, 7)
   a, b = fn(images, labels, key), fn(images, labels, key)
   np.testing.assert_array_equal(a["image"], b["image"])
@@ -183,7 +185,7 @@ def test_the_batch_is_a_pure_function_of_the_key(overrides, cifar10):
 
 def test_without_augmentation_the_batch_is_the_normalised_images(cifar10):
   images, labels = cifar10.load_split("train[:16]")
-  out = augment.make_augment(make_config(augment="none"), CIFAR)(images, labels,
+  out = augment.make_augment(make_config({"augment.geometry": "none"}), CIFAR)(images, labels,
                                                                  jax.random.key(0))
   np.testing.assert_array_equal(out["image"], augment.normalize(images, CIFAR.mean, CIFAR.std))
   np.testing.assert_array_equal(out["target"], jax.nn.one_hot(labels, 10))
@@ -194,7 +196,9 @@ def test_stages_draw_from_their_own_keys(cifar10):
   images, labels = cifar10.load_split("train[:64]")
   key = augment.step_key(1, 0, 0)
   plain = np.asarray(augment.make_augment(make_config(), CIFAR)(images, labels, key)["image"])
-  cut = np.asarray(augment.make_augment(make_config(cutout=16), CIFAR)(images, labels, key)["image"])
+  cut = np.asarray(
+      augment.make_augment(make_config({"augment.cutout": 16}), CIFAR)(images, labels,
+                                                                       key)["image"])
   same = np.all(plain == cut, axis=-1)
   assert np.all(cut[~same] == 0)  # changed pixels are zero: the mean after normalising
   assert 0.05 < 1 - same.mean() < 0.3  # a 16x16 hole is a quarter of the image at most
@@ -202,6 +206,6 @@ def test_stages_draw_from_their_own_keys(cifar10):
 
 def test_unknown_names_list_the_valid_ones():
   with pytest.raises(UserError, match="none, pad_crop, pad_crop_flip"):
-    augment.make_augment(make_config(augment="crop"), CIFAR)
+    augment.make_augment(make_config({"augment.geometry": "crop"}), CIFAR)
   with pytest.raises(UserError, match="randaugment"):
-    augment.make_augment(make_config(auto_augment="randaug"), CIFAR)
+    augment.make_augment(make_config({"augment.policy": "randaug"}), CIFAR)

@@ -24,8 +24,8 @@ import pytest
 from cnn import backend, distributed, train
 from conftest import REPO, run_main
 
-SMALL = ["--config=configs/tiny_mnist.py", "--config.train_split=train[:1024]",
-         "--config.learning_rate=0.001", "--config.log_every_steps=5"]
+SMALL = ["--config=configs/tiny_mnist.py", "--config.data.train_split=train[:1024]",
+         "--config.learning_rate=0.001", "--config.log.every_steps=5"]
 
 
 def with_devices(env: dict, n: int) -> dict:
@@ -84,7 +84,7 @@ def test_explicit_flags_win_and_nothing_detected_means_jax_detection():
 
 
 def test_gpu_determinism_flag_is_added_once_and_only_when_asked():
-  config = train.ml_collections.ConfigDict({"gpu_deterministic_ops": True})
+  config = train.ml_collections.ConfigDict({"backend": {"gpu_deterministic_ops": True}})
   assert backend.xla_flags(config, "") == "--xla_gpu_deterministic_ops=true"
   assert backend.xla_flags(config, "--xla_gpu_deterministic_ops=false") == (
       "--xla_gpu_deterministic_ops=false")  # the user's own setting wins
@@ -92,7 +92,7 @@ def test_gpu_determinism_flag_is_added_once_and_only_when_asked():
   backend.configure(config, env)
   assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 "
                               "--xla_gpu_deterministic_ops=true")
-  config.gpu_deterministic_ops = False
+  config.backend.gpu_deterministic_ops = False
   assert backend.xla_flags(config, "") == ""
 
 
@@ -108,8 +108,8 @@ def test_a_gpu_box_running_the_cpu_jaxlib_is_told_the_install_line():
 
 def test_he_paper_configs_ask_for_deterministic_gpu_ops():
   from configs import resnet20v1_cifar10, default
-  assert resnet20v1_cifar10.get_config().gpu_deterministic_ops
-  assert not default.get_config().gpu_deterministic_ops
+  assert resnet20v1_cifar10.get_config().backend.gpu_deterministic_ops
+  assert not default.get_config().backend.gpu_deterministic_ops
 
 
 # --- batch sizes and the step loop ------------------------------------------------------------
@@ -150,8 +150,8 @@ def test_several_processes_agree_on_stopping_only_at_sync_points(data_env, mnist
 @pytest.mark.cluster
 def test_unset_eval_batch_is_fitted_to_eight_devices_with_one_log_line(data_env, tmp_path):
   result = run_main(with_devices(data_env, 8), *SMALL, f"--workdir={tmp_path}",
-                    "--config.num_epochs=1", "--config.eval_batch_size=500",
-                    "--config.train_split=train[:512]", "--config.test_split=test[:3001]")
+                    "--config.num_epochs=1", "--config.eval.batch_size=500",
+                    "--config.data.train_split=train[:512]", "--config.data.test_split=test[:3001]")
   lines = [l for l in result.stderr.splitlines() if "eval_batch_size 500 -> 504" in l]
   assert len(lines) == 1
   startup = [l for l in result.stderr.splitlines() if "backend cpu" in l]
@@ -230,7 +230,7 @@ def metrics(workdir: Path, name: str = "metrics.jsonl") -> list[dict]:
 @pytest.fixture(scope="module")
 def one_process_eight_devices(data_env, mnist, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("single")
-  run_main(with_devices(data_env, 8), *SMALL, "--config.train_split=train[:512]",
+  run_main(with_devices(data_env, 8), *SMALL, "--config.data.train_split=train[:512]",
            "--config.num_epochs=3", f"--workdir={workdir}")
   return workdir
 
@@ -257,7 +257,7 @@ def test_multiprocess_sigterm_and_kill9_resume_to_the_single_process_answer(
     processes, devices_each, data_env, one_process_eight_devices, tmp_path):
   # 3 epochs of 8 steps: rounding differences between layouts stay within the tolerance
   # of the other multi-device tests (they grow with the number of steps).
-  args = (*SMALL, "--config.train_split=train[:512]", "--config.num_epochs=3")
+  args = (*SMALL, "--config.data.train_split=train[:512]", "--config.num_epochs=3")
   # 1. SIGTERM to every process (a scheduler's preemption): all stop at one step, exit 0.
   stopped = tmp_path / "sigterm"
   procs = start_processes(data_env, processes, devices_each, stopped, *args)

@@ -36,7 +36,7 @@ def test_config_loads_and_is_valid(path):
   config = load(path)
   validate_config(config)
   assert config.model in registry()
-  datasets.get_spec(config.dataset)
+  datasets.get_spec(config.data.name)
   optim.make_optimizer(config, steps_per_epoch=10)
   if not path.stem.startswith("_") and path.stem != "default":
     assert "python main.py --config=configs/" + path.name in open(path).read()
@@ -60,9 +60,9 @@ def test_wrn28_10_trivialaugment_trains_an_epoch_on_the_cpu(data_env, cifar10, t
   flip + Cutout in the step, the cosine schedule; one epoch of a 512-image
   subset (4 steps of 128; a whole 50k epoch takes hours on 2 cores)."""
   run_main(data_env, "--config=configs/wrn28_10_cifar10_trivialaugment.py",
-           f"--workdir={tmp_path}", "--config.train_split=train[:512]",
-           "--config.test_split=test[:500]", "--config.num_epochs=1",
-           "--config.log_every_steps=1")
+           f"--workdir={tmp_path}", "--config.data.train_split=train[:512]",
+           "--config.data.test_split=test[:500]", "--config.num_epochs=1",
+           "--config.log.every_steps=1")
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["num_params"] == 36_479_194 and results["steps"] == 4
   assert math.isfinite(results["train_loss"]) and results["train_loss"] < 5.0

@@ -233,14 +233,18 @@ def test_models_give_the_same_logits_and_gradients_with_either_setting():
 
 
 def test_unknown_algorithm_is_a_user_error():
-  """As a user sets it (`config.model_kwargs.conv_algorithm`): one line, when the model is
+  """As a user sets it (`config.layers.conv_algorithm`): one line, when the model is
   built, before anything is traced."""
   from cnn import model_fn  # pylint: disable=import-outside-toplevel
+  from cnn.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config()
-  config.model, config.model_kwargs = "resnet20_v1", {"conv_algorithm": "fast"}
+  config.layers.conv_algorithm = "fast"
   with pytest.raises(UserError, match="^unknown conv_algorithm 'fast'; valid: auto, builtin, xla$"):
     model_fn.build(config, num_classes=10)
+  with pytest.raises(UserError, match="^unknown config.layers.conv_algorithm 'fast'; valid: "
+                     "auto, builtin, xla$"):
+    validate_config(config)  # main.py says so first, before anything is built
 
 
 @pytest.mark.skipif(not TABLE.exists(), reason="no measured table")

@@ -17,8 +17,8 @@ from conftest import only_error_line, REPO, run_main
 
 PROBE = str(REPO / "tests" / "data_parallel_probe.py")
 SMALL = ["--config=configs/tiny_mnist.py", "--config.num_epochs=1",
-         "--config.train_split=train[:384]", "--config.learning_rate=0.001",
-         "--config.eval_batch_size=1000"]
+         "--config.data.train_split=train[:384]", "--config.learning_rate=0.001",
+         "--config.eval.batch_size=1000"]
 
 
 def with_devices(env: dict, n: int) -> dict:
@@ -112,8 +112,9 @@ def test_two_processes_match_one_process_with_four_devices(data_env, mnist, tmp_
   assert multi["devices"] == single["devices"] == 4
   assert multi["test_count"] == single["test_count"] == 10_000
   assert multi["test_accuracy"] == single["test_accuracy"]
-  (s,), (m,) = ([json.loads(line) for line in (tmp_path / w / "metrics.jsonl").read_text().splitlines()]
-                for w in ("single", "multi"))
+  (s,), (m,) = ([
+      json.loads(line) for line in (tmp_path / w / "metrics.jsonl").read_text().splitlines()
+  ] for w in ("single", "multi"))
   np.testing.assert_allclose([m["train_loss"], m["val_loss"]], [s["train_loss"], s["val_loss"]],
                              rtol=0, atol=1e-5)
   assert m["val_accuracy"] == s["val_accuracy"]

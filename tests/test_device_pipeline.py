@@ -1,4 +1,4 @@
-"""The on-device feed (config.data_on_device) against the tf.data one: the
+"""The on-device feed (config.data.on_device) against the tf.data one: the
 same uint8 batches in the same order, exact resume; and a run trained from it."""
 import json
 
@@ -64,14 +64,14 @@ def test_a_split_too_large_for_the_device_is_refused_with_the_fix():
   device_pipeline.check_fits(cifar10_train, [FakeGpu()])
   device_pipeline.check_fits(10**12, jax.devices("cpu"))  # no memory figure: not checked
   with pytest.raises(UserError, match="takes 25.00 GiB, more than 25% of NVIDIA H100's 80.0 GiB; "
-                     "set --config.data_on_device=False"):
+                     "set --config.data.on_device=False"):
     device_pipeline.check_fits(25 * 2**30, [FakeGpu()])
 
 
 @pytest.mark.slow
 def test_a_run_with_data_on_device_learns(data_env, mnist, tmp_path):
   run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path}",
-           "--config.data_on_device=True")
+           "--config.data.on_device=True")
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["config"]["data_on_device"] is True
   assert results["test_accuracy"] > 0.6  # chance is 0.1

@@ -13,11 +13,14 @@ ROWS = {
         "test_config_validation.py::test_command_line_mistakes_are_one_line_with_exit_2",
     "config file broken":
         "test_config_validation.py::test_broken_config_files_are_one_line_with_exit_2",
-    "unknown config key": "test_main.py::test_bad_config_is_one_clear_line",
-    "wrong type": "test_main.py::test_bad_config_is_one_clear_line",
+    "unknown config key":
+        "test_main.py::test_bad_config_is_one_clear_line",
+    "wrong type":
+        "test_main.py::test_bad_config_is_one_clear_line",
     "value out of range":
         "test_config_validation.py::test_command_line_mistakes_are_one_line_with_exit_2",
-    "unknown name": "test_main.py::test_bad_config_is_one_clear_line",
+    "unknown name":
+        "test_main.py::test_bad_config_is_one_clear_line",
     "unknown model option value":
         "test_conv_algorithms.py::test_unknown_algorithm_is_a_user_error",
     "batch size not divisible by the devices":
@@ -30,8 +33,10 @@ ROWS = {
         "test_errors.py::test_a_dataset_not_on_disk_offline_is_the_only_line",
     "diverged loss, split too big for `data_on_device`":
         "test_resume.py::test_divergence_stops_and_keeps_the_last_good_checkpoint",
-    "workdir's disk full": "test_disk_full.py::test_a_full_disk_is_one_line_and_keeps_the_checkpoint",
-    "every checkpoint damaged": "test_damaged_checkpoint.py::test_no_readable_checkpoint_is_one_line",
+    "workdir's disk full":
+        "test_disk_full.py::test_a_full_disk_is_one_line_and_keeps_the_checkpoint",
+    "every checkpoint damaged":
+        "test_damaged_checkpoint.py::test_no_readable_checkpoint_is_one_line",
     "a damaged checkpoint read by predict or evaluate":
         "test_damaged_checkpoint.py::test_readers_name_a_damaged_checkpoint_in_one_line",
     "predict: a bad input file":
@@ -63,7 +68,7 @@ def test_a_dataset_not_on_disk_offline_is_the_only_line(data_env, tmp_path):
   the second run meets that folder)."""
   env = {**data_env, "TFDS_DATA_DIR": str(tmp_path / "tfds")}
   for _ in range(2):
-    result = run_main(env, "--config=configs/tiny_mnist.py", "--config.dataset=cifar100",
+    result = run_main(env, "--config=configs/tiny_mnist.py", "--config.data.name=cifar100",
                       f"--workdir={tmp_path / 'w'}", check=False)
     assert only_error_line(result).startswith(
         "error: no offline archives for 'cifar100' in ")

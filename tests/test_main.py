@@ -18,7 +18,8 @@ def test_tiny_config_trains_and_writes_results(tiny_run):
     assert results[key] is not None, key
   history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in history] == [1, 2]
-  assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history[0])
+  assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy",
+          "learning_rate"} <= set(history[0])
   assert history[1]["train_loss"] < history[0]["train_loss"]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert "img/s" in first.stderr and "ETA" in first.stderr
@@ -58,13 +59,14 @@ def test_checkpoint_of_another_model_is_refused(tiny_run, data_env):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.model=resnet21", "error: unknown model 'resnet21'; valid models: "),
-    ("--config.dataset=imagenet", "error: unknown dataset 'imagenet'; valid datasets: cifar10, "),
+    ("--config.model=resnet21", "error: unknown config.model 'resnet21'; valid: "),
+    ("--config.data.name=imagenet", "error: unknown config.data.name 'imagenet'; valid: cifar10, "),
     ("--config.learning_rat=0.1", "error: unknown config key 'learning_rat'; did you mean"),
     ("--config.num_epochs=0", "error: config.num_epochs=0 must be > 0"),
     ("--config.num_epochs=ten", "error: flag --config.num_epochs=ten: invalid literal for int()"),
-    ("--config.optimizer=sgdd", "error: unknown optimizer 'sgdd'; valid optimizers: adam, adamw, lamb, lars, lion, sgd"),
-    ("--config.lr_schedule=triangle", "error: unknown lr_schedule 'triangle'; valid lr_schedules: "),
+    ("--config.optim.name=sgdd",
+     "error: unknown config.optim.name 'sgdd'; valid: adam, adamw, lamb, lars, lion, sgd"),
+    ("--config.schedule.name=triangle", "error: unknown config.schedule.name 'triangle'; valid: "),
 ])
 def test_bad_config_is_one_clear_line(data_env, tmp_path, override, message):
   result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path}",

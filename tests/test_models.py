@@ -13,6 +13,7 @@ from cnn import model_fn
 from cnn.models import create_model, registry
 from cnn.models.layers import LayerSpec, fusion_barrier
 from cnn.models.resnet import zero_pad_shortcut
+from configs import default
 from cnn.models.vgg import VGG_LAYERS
 
 
@@ -157,19 +158,17 @@ def test_the_spec_changes_how_layers_compute_not_the_parameters_or_the_numbers()
     np.testing.assert_array_equal(evals["xla"], evals["default"])
 
 
-def test_build_takes_layer_options_out_of_model_kwargs():
-  """Configs set conv_padding / conv_algorithm / fusion_barrier in `model_kwargs`
-  (configs/_he2016.py): they reach the spec, the rest the architecture; an unknown
-  kwarg is still the one-line model_kwargs error."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  model_kwargs = {"conv_padding": "same", "fusion_barrier": False, "shortcut": "zero_pad"}
-  config = ml_collections.ConfigDict(
-      {"model": "resnet8_v1", "dtype": "bfloat16", "model_kwargs": model_kwargs})
+def test_build_makes_the_spec_from_config_layers_and_the_architecture_from_model_kwargs():
+  """`config.layers` reaches the spec, `config.model_kwargs` the architecture; an
+  unknown kwarg is the one-line model_kwargs error."""
+  config = default.get_config()
+  config.model = "resnet8_v1"
+  config.layers.update({"dtype": "bfloat16", "conv_padding": "same", "fusion_barrier": False})
+  config.model_kwargs = {"shortcut": "zero_pad"}
   model = model_fn.build(config, num_classes=10, norm_groups=2)
   assert model.spec == LayerSpec(dtype=jnp.bfloat16, norm_groups=2, conv_padding="same",
                                  fusion_barrier=False)
   assert model.shortcut == "zero_pad"
-  assert config.model_kwargs.to_dict() == model_kwargs  # the config is left as it was
   config.model_kwargs.nonsense = 1
   with pytest.raises(UserError, match="^bad config.model_kwargs for 'resnet8_v1': .*nonsense"):
     model_fn.build(config, num_classes=10)

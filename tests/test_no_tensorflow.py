@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--config=configs/tiny_mnist.py", "--config.data_on_device=True",
-        "--config.train_split=train[:1024]", "--config.test_split=test[:2000]",
-        "--config.log_every_steps=4"]
+FAST = ["--config=configs/tiny_mnist.py", "--config.data.on_device=True",
+        "--config.data.train_split=train[:1024]", "--config.data.test_split=test[:2000]",
+        "--config.log.every_steps=4"]
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_train_resume_evaluate_and_report_without_tensorflow(tmp_path, no_tf_env
   assert (workdir / "report" / "index.html").exists()
   # The same run through tfds (TensorFlow importable), uninterrupted: the same numbers.
   reference = tmp_path / "tfds"
-  with_tf = _main([*FAST, f"--workdir={reference}", "--config.data_source=tfds"], data_env)
+  with_tf = _main([*FAST, f"--workdir={reference}", "--config.data.source=tfds"], data_env)
   assert with_tf.returncode == 0, with_tf.stderr[-3000:]
   assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
   ours, theirs = (json.loads((w / "results.json").read_text()) for w in (workdir, reference))
@@ -76,10 +76,10 @@ def test_train_resume_evaluate_and_report_without_tensorflow(tmp_path, no_tf_env
     assert ours[key] == theirs[key], key
 
 
-@pytest.mark.parametrize("flag,fix", [("--config.data_on_device=False",
-                                       "--config.data_on_device=True"),
-                                      ("--config.data_source=tfds",
-                                       "--config.data_source=archives")])
+@pytest.mark.parametrize("flag,fix", [("--config.data.on_device=False",
+                                       "--config.data.on_device=True"),
+                                      ("--config.data.source=tfds",
+                                       "--config.data.source=archives")])
 def test_what_needs_tensorflow_says_so_in_one_line(tmp_path, no_tf_env, flag, fix):
   result = _main([*FAST, flag, f"--workdir={tmp_path / 'w'}"], no_tf_env)
   assert result.returncode == 2

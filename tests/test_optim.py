@@ -14,9 +14,10 @@ from cnn.errors import UserError
 from configs import default
 
 
-def make_config(**overrides) -> ml_collections.ConfigDict:
+def make_config(overrides=None) -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.update({"lr_schedule": "constant", "num_epochs": 1, **overrides})
+  config.update_from_flattened_dict({"schedule.name": "constant", "num_epochs": 1,
+                                     **(overrides or {})})
   return config
 
 
@@ -55,7 +56,7 @@ def test_every_optimizer_has_a_test_rate():
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_every_optimizer_reduces_a_least_squares_loss(name):
   params, loss, _, _ = least_squares()
-  tx = optim.make_optimizer(make_config(optimizer=name, learning_rate=RATES[name]), 10)
+  tx = optim.make_optimizer(make_config({"optim.name": name, "learning_rate": RATES[name]}), 10)
   assert float(loss(run(tx, params, loss, 20))) < 0.9 * float(loss(params))
 
 
@@ -66,7 +67,11 @@ def test_lars_and_lamb_leave_1d_params_undecayed_and_unadapted(name):
   grads = jax.grad(loss)(params)
 
   def first_update(weight_decay):
-    tx = optim.make_optimizer(make_config(optimizer=name, weight_decay=weight_decay), 10)
+    tx = optim.make_optimizer(
+        make_config({
+            "optim.name": name,
+            "optim.weight_decay": weight_decay
+        }), 10)
     return tx.update(grads, tx.init(params), params, value=0.0)[0]
   plain, decayed = first_update(0.0), first_update(0.5)
   np.testing.assert_array_equal(decayed["b"], plain["b"])
@@ -80,7 +85,7 @@ def test_lamb_is_optax_lamb_on_kernels():
   params, loss, _, _ = least_squares()
   kernels = {"w": params["w"]}
   loss_w = lambda p: loss({**p, "b": params["b"]})
-  ours = optim.make_optimizer(make_config(optimizer="lamb", weight_decay=0.3), 10)
+  ours = optim.make_optimizer(make_config({"optim.name": "lamb", "optim.weight_decay": 0.3}), 10)
   reference = optax.lamb(0.1, weight_decay=0.3)
   np.testing.assert_allclose(run(ours, kernels, loss_w, 3)["w"],
                              run(reference, kernels, loss_w, 3)["w"], rtol=1e-6)
@@ -89,11 +94,20 @@ def test_lamb_is_optax_lamb_on_kernels():
 def test_clipping_bounds_the_first_sgd_step():
   params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e6), params)
-  tx = optim.make_optimizer(make_config(momentum=0.0, weight_decay=0.0, learning_rate=0.1,
-                                        grad_clip_norm=2.0), 10)
+  tx = optim.make_optimizer(
+      make_config({
+          "optim.momentum": 0.0,
+          "optim.weight_decay": 0.0,
+          "learning_rate": 0.1,
+          "optim.grad_clip_norm": 2.0
+      }), 10)
   updates, _ = tx.update(grads, tx.init(params), params, value=0.0)
   assert float(optax.tree.norm(updates)) == pytest.approx(0.1 * 2.0, rel=1e-5)
-  unclipped = optim.make_optimizer(make_config(momentum=0.0, weight_decay=0.0), 10)
+  unclipped = optim.make_optimizer(
+      make_config({
+          "optim.momentum": 0.0,
+          "optim.weight_decay": 0.0
+      }), 10)
   updates, _ = unclipped.update(grads, unclipped.init(params), params)
   assert float(optax.tree.norm(updates)) > 1e4
 
@@ -109,7 +123,12 @@ def test_sam_step_is_the_gradient_at_the_ascent_point():
   """w - lr (grad(w + rho g / |g|) + wd w): ascent, then SGD's step (with its
   coupled decay) taken from the original weights."""
   lr, rho, wd = 0.1, 0.05, 0.01
-  config = make_config(learning_rate=lr, sam_rho=rho, weight_decay=wd, momentum=0.9)
+  config = make_config({
+      "learning_rate": lr,
+      "optim.sam_rho": rho,
+      "optim.weight_decay": wd,
+      "optim.momentum": 0.9
+  })
   assert optim.uses_sam(config) and not optim.uses_sam(make_config())
   tx = optim.make_optimizer(config, 10)
   params = {"w": jnp.array([1.0, -2.0, 0.5])}
@@ -127,7 +146,7 @@ def test_sam_step_is_the_gradient_at_the_ascent_point():
 
 
 def test_sam_works_under_jit_and_needs_grad_fn():
-  tx = optim.make_optimizer(make_config(sam_rho=0.05, optimizer="adamw"), 10)
+  tx = optim.make_optimizer(make_config({"optim.sam_rho": 0.05, "optim.name": "adamw"}), 10)
   params = {"w": jnp.array([1.0, -2.0, 0.5])}
 
   @jax.jit
@@ -145,14 +164,14 @@ def test_sam_works_under_jit_and_needs_grad_fn():
 
 
 @pytest.mark.parametrize("table,field,builder", [
-    (optim.OPTIMIZERS, "optimizer", lambda c: optim.make_optimizer(c, 10)),
-    (optim.SCHEDULES, "lr_schedule", lambda c: optim.make_lr_schedule(c, 10)),
-    (optim.WARMUP_SHAPES, "warmup_shape", lambda c: optim.make_lr_schedule(c, 10)),
+    (optim.OPTIMIZERS, "optim.name", lambda c: optim.make_optimizer(c, 10)),
+    (optim.SCHEDULES, "schedule.name", lambda c: optim.make_lr_schedule(c, 10)),
+    (optim.WARMUP_SHAPES, "schedule.warmup_shape", lambda c: optim.make_lr_schedule(c, 10)),
 ])
 def test_unknown_names_list_exactly_the_table(table, field, builder):
-  with pytest.raises(UserError, match=f"unknown {field} 'nope'") as error:
-    builder(make_config(**{field: "nope"}))
-  listed = str(error.value).split(f"valid {field}s: ")[1].split(", ")
+  with pytest.raises(UserError, match=f"unknown config.{field} 'nope'") as error:
+    builder(make_config({field: "nope"}))
+  listed = str(error.value).split("valid: ")[1].split(", ")
   assert listed == sorted(table)
 
 
@@ -162,9 +181,17 @@ def test_accumulated_micro_batches_equal_the_mean_gradient(name):
   whole batch's gradient, over two global batches."""
   k = 4
   params, loss, x, y = least_squares(n=8)
-  micro_config = make_config(optimizer=name, grad_accum_steps=k, learning_rate=0.05)
+  micro_config = make_config({
+      "optim.name": name,
+      "optim.grad_accum_steps": k,
+      "learning_rate": 0.05
+  })
   micro, whole = (optim.make_optimizer(micro_config, 10),
-                  optim.make_optimizer(make_config(optimizer=name, learning_rate=0.05), 10))
+                  optim.make_optimizer(
+                      make_config({
+                          "optim.name": name,
+                          "learning_rate": 0.05
+                      }), 10))
   micro_update = jax.jit(lambda g, s, p, v: micro.update(g, s, p, value=v))
   p_micro, s_micro = params, micro.init(params)
   p_whole, s_whole = params, whole.init(params)
@@ -182,8 +209,13 @@ def test_accumulated_micro_batches_equal_the_mean_gradient(name):
 
 def test_the_schedule_counts_global_batches():
   k, lr = 2, 0.1
-  config = make_config(lr_schedule="linear", learning_rate=lr, momentum=0.0, weight_decay=0.0,
-                       grad_accum_steps=k)
+  config = make_config({
+      "schedule.name": "linear",
+      "learning_rate": lr,
+      "optim.momentum": 0.0,
+      "optim.weight_decay": 0.0,
+      "optim.grad_accum_steps": k
+  })
   schedule = optim.make_lr_schedule(config, steps_per_epoch=4)
   tx = optim.make_optimizer(config, steps_per_epoch=4)
   params = {"w": jnp.zeros(2)}
@@ -209,10 +241,11 @@ def flat_plateau_scales(config, calls_per_update: int, extra: dict) -> list[floa
 
 
 def test_plateau_scale_is_found_inside_sam_and_multisteps():
-  plateau = {"lr_schedule": "plateau", "plateau_patience": 2, "plateau_factor": 0.5}
-  plain = flat_plateau_scales(make_config(**plateau), 1, {})
+  plateau = {"schedule.name": "plateau", "schedule.plateau_patience": 2,
+             "schedule.plateau_factor": 0.5}
+  plain = flat_plateau_scales(make_config(plateau), 1, {})
   assert plain[0] == 1.0 and plain[-1] < 1.0
-  sam = flat_plateau_scales(make_config(sam_rho=0.05, **plateau), 1,
+  sam = flat_plateau_scales(make_config({"optim.sam_rho": 0.05, **plateau}), 1,
                             {"grad_fn": lambda p, _: {"w": jnp.ones(3)}})
-  accumulated = flat_plateau_scales(make_config(grad_accum_steps=2, **plateau), 2, {})
+  accumulated = flat_plateau_scales(make_config({"optim.grad_accum_steps": 2, **plateau}), 2, {})
   assert sam == plain and accumulated == plain

@@ -41,24 +41,25 @@ def test_he_v2_configs_use_projections_like_the_authors_code(name):
 def test_he_configs_pad_symmetrically_and_follow_the_paper_protocol(name):
   config = load(name)
   validate_config(config)
-  assert config.model_kwargs.conv_padding == "symmetric"
-  assert (config.protocol, config.train_split, config.validation_split) == ("paper", "train", "")
+  assert config.layers.conv_padding == "symmetric"
+  assert (config.protocol, config.data.train_split, config.data.validation_split) == ("paper",
+                                                                                      "train", "")
   steps = config.num_epochs * (50_000 // config.batch_size)
   assert abs(steps - 64_000) <= 64_000 * 0.001  # 63,960: whole epochs of full batches
-  assert (config.optimizer, config.learning_rate, config.momentum, config.nesterov,
-          config.weight_decay, config.batch_size, config.lr_schedule,
-          tuple(config.lr_boundaries), config.lr_decay_factor, config.augment,
-          config.crop_padding) == ("sgd", 0.1, 0.9, False, 1e-4, 128, "step", (0.5, 0.75),
+  assert (config.optim.name, config.learning_rate, config.optim.momentum, config.optim.nesterov,
+          config.optim.weight_decay, config.batch_size, config.schedule.name,
+          tuple(config.schedule.boundaries), config.schedule.decay_factor, config.augment.geometry,
+          config.augment.crop_padding) == ("sgd", 0.1, 0.9, False, 1e-4, 128, "step", (0.5, 0.75),
                                    0.1, "pad_crop_flip", 4)
-  assert (config.cutout, config.mixup_alpha, config.label_smoothing, config.ema_decay) == (
-      0, 0.0, 0.0, 0.0)
+  assert (config.augment.cutout, config.augment.mixup_alpha, config.optim.label_smoothing,
+          config.optim.ema_decay) == (0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("name", HE_V1 + HE_V2)
 def test_he_configs_validation_protocol_holds_out_5k_for_64k_iterations(name):
   config = load(name, "validation")
   validate_config(config)
-  assert (config.protocol, config.train_split, config.validation_split) == (
+  assert (config.protocol, config.data.train_split, config.data.validation_split) == (
       "validation", "train[:45000]", "train[45000:]")
   assert config.num_epochs * (45_000 // 128) == 63_882
 
@@ -160,16 +161,16 @@ def test_zero_init_last_starts_every_block_as_the_identity(model, kwargs, end):
 
 def test_resnext_config_zero_inits_and_warms_up_wrn_configs_do_not():
   resnext = load("resnext29_8x64d_cifar10")
-  assert resnext.model_kwargs.zero_init_last and resnext.warmup_epochs == 1.0
+  assert resnext.model_kwargs.zero_init_last and resnext.schedule.warmup_epochs == 1.0
   # BatchNorm over 16 images, as on the authors' 8 GPUs at batch 128.
-  assert resnext.batch_size // resnext.grad_accum_steps == 16
+  assert resnext.batch_size // resnext.optim.grad_accum_steps == 16
   for name in ("wrn16_4_cifar10", "wrn28_10_cifar10"):
     assert not load(name).model_kwargs.get("zero_init_last", False)
 
 
 def test_paper_protocol_refuses_a_validation_split():
   config = load("resnet20v1_cifar10")
-  config.validation_split = "train[45000:]"
+  config.data.validation_split = "train[45000:]"
   with pytest.raises(UserError, match="protocol='paper' reports the final model"):
     validate_config(config)
 
@@ -180,11 +181,12 @@ def test_wrn28_10_trivialaugment_follows_muller_and_hutter():
   c = load("wrn28_10_cifar10_trivialaugment")
   validate_config(c)
   assert (c.model, c.model_kwargs.dropout_rate) == ("wrn28_10", 0.0)
-  assert (c.auto_augment, c.augment, c.crop_padding, c.cutout) == (
+  assert (c.augment.policy, c.augment.geometry, c.augment.crop_padding, c.augment.cutout) == (
       "trivialaugment_wide", "pad_crop_flip", 4, 16)
-  assert (c.optimizer, c.nesterov, c.momentum, c.learning_rate, c.weight_decay) == (
-      "sgd", True, 0.9, 0.1, 5e-4)
-  assert (c.lr_schedule, c.warmup_epochs, c.batch_size, c.num_epochs) == ("cosine", 0.0, 128, 200)
-  assert (c.protocol, c.train_split, c.validation_split) == ("paper", "train", "")
-  assert (c.random_erasing, c.mixup_alpha, c.cutmix_alpha, c.sam_rho, c.label_smoothing) == (
-      0.0, 0.0, 0.0, 0.0, 0.0)
+  assert (c.optim.name, c.optim.nesterov, c.optim.momentum, c.learning_rate,
+          c.optim.weight_decay) == ("sgd", True, 0.9, 0.1, 5e-4)
+  assert (c.schedule.name, c.schedule.warmup_epochs, c.batch_size, c.num_epochs) == ("cosine", 0.0,
+                                                                                     128, 200)
+  assert (c.protocol, c.data.train_split, c.data.validation_split) == ("paper", "train", "")
+  assert (c.augment.random_erasing, c.augment.mixup_alpha, c.augment.cutmix_alpha, c.optim.sam_rho,
+          c.optim.label_smoothing) == (0.0, 0.0, 0.0, 0.0, 0.0)

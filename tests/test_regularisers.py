@@ -19,9 +19,9 @@ from conftest import mnist_train_step
 from configs import default
 
 
-def make_config(**overrides) -> ml_collections.ConfigDict:
+def make_config(overrides=None) -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.update(overrides)
+  config.update_from_flattened_dict(overrides or {})
   return config
 
 
@@ -30,15 +30,15 @@ def test_mixup_in_the_train_step_is_the_mixed_loss_of_the_paper():
   """The step's loss with mixup equals lam * CE(own label) + (1 - lam) *
   CE(partner's label) on the mixed images, from the keys the step derives."""
   model = create_model("resnet8_v1", num_classes=10)
-  tx = optim.make_optimizer(make_config(lr_schedule="constant"), steps_per_epoch=10)
+  tx = optim.make_optimizer(make_config({"schedule.name": "constant"}), steps_per_epoch=10)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
   batch = {"image": np.random.default_rng(1).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
            "label": np.arange(8, dtype=np.int32)}
   mnist = datasets.get_spec("mnist")
-  mixing_augment = functools.partial(augment.augment_batch, spec=mnist, geometry="none",
-                                     mixup_alpha=0.4)
+  mixing_augment = functools.partial(augment.augment_batch, spec=mnist,
+                                     settings=augment.settings(geometry="none", mixup_alpha=0.4))
   _, _, loss = mnist_train_step(augment=mixing_augment)(state, train.zero_sums(), batch)
-  key = jax.random.fold_in(augment.step_key(0, 0, 0), augment.STAGES.index("mixing"))
+  key = jax.random.fold_in(augment.step_key(0, 0, 0), augment.STAGES["mixing"].stream)
   _, mixup_key, _ = jax.random.split(key, 3)
   lam = jax.random.beta(mixup_key, 0.4, 0.4)
   x = augment.normalize(batch["image"], mnist.mean, mnist.std)
@@ -46,7 +46,8 @@ def test_mixup_in_the_train_step_is_the_mixed_loss_of_the_paper():
   logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
                           train=True, mutable=["batch_stats"])
   ce = optax.softmax_cross_entropy_with_integer_labels
-  expected = jnp.mean(lam * ce(logits, batch["label"]) + (1 - lam) * ce(logits, batch["label"][::-1]))
+  expected = jnp.mean(lam * ce(logits, batch["label"]) +
+                      (1 - lam) * ce(logits, batch["label"][::-1]))
   np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
 
 
@@ -96,7 +97,12 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
 
 def test_linear_schedule_is_one_cycle_with_warmup():
   schedule = optim.make_lr_schedule(
-      make_config(lr_schedule="linear", learning_rate=0.4, warmup_epochs=5, num_epochs=24),
+      make_config({
+          "schedule.name": "linear",
+          "learning_rate": 0.4,
+          "schedule.warmup_epochs": 5,
+          "num_epochs": 24
+      }),
       steps_per_epoch=10)
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(50)), 0.4, rtol=1e-6)
@@ -105,10 +111,10 @@ def test_linear_schedule_is_one_cycle_with_warmup():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("cutout", -1, "cutout=-1 must be >= 0"),
-    ("mixup_alpha", -0.5, "mixup_alpha=-0.5 must be >= 0"),
-    ("ema_decay", 1.0, r"ema_decay=1.0 must be in \[0, 1\)"),
+    ("augment.cutout", -1, "augment.cutout=-1 must be >= 0"),
+    ("augment.mixup_alpha", -0.5, "augment.mixup_alpha=-0.5 must be >= 0"),
+    ("optim.ema_decay", 1.0, r"optim.ema_decay=1.0 must be in \[0, 1\)"),
 ])
 def test_bad_regulariser_values_are_refused(key, value, message):
   with pytest.raises(UserError, match=message):
-    validate_config(make_config(**{key: value}))
+    validate_config(make_config({key: value}))

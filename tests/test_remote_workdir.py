@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_main
 from gcs_emulator import gcs_emulator, list_objects
 
-TINY = ["--config=configs/tiny_mnist.py", "--config.train_split=train[:1024]"]
+TINY = ["--config=configs/tiny_mnist.py", "--config.data.train_split=train[:1024]"]
 
 
 @pytest.mark.cluster

@@ -199,7 +199,8 @@ def two_runs(data_env, tmp_path_factory, mnist):
   section on the first 60 test images."""
   root = tmp_path_factory.mktemp("report")
   workdirs = [root / "seed0", root / "seed1"]
-  extra = [[], ["--config.seed=1", "--config.num_epochs=1", "--config.train_split=train[:512]"]]
+  extra = [[],
+           ["--config.seed=1", "--config.num_epochs=1", "--config.data.train_split=train[:512]"]]
   procs = [subprocess.Popen(
       [sys.executable, "main.py", "--config=configs/tiny_mnist.py", f"--workdir={w}", *x],
       cwd=REPO, env=data_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -208,13 +209,13 @@ def two_runs(data_env, tmp_path_factory, mnist):
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
   run(data_env, "main.py", "--config=configs/tiny_mnist.py", f"--workdir={workdirs[0]}",
-      "--mode=evaluate", "--config.report_image_index=7", *ROBUSTNESS)
+      "--mode=evaluate", "--config.eval.report_image_index=7", *ROBUSTNESS)
   return workdirs
 
 
-ROBUSTNESS = ["--config.robustness=calibration,corruptions,adversarial",
-              "--config.robustness_examples=60", "--config.pgd_steps=2",
-              "--config.attack_eps=(0,2,76.5)"]
+ROBUSTNESS = ["--config.robustness.sections=calibration,corruptions,adversarial",
+              "--config.robustness.examples=60", "--config.robustness.pgd_steps=2",
+              "--config.robustness.attack_eps=(0,2,76.5)"]
 
 
 def test_evaluate_writes_the_classification_report(two_runs):
@@ -303,7 +304,8 @@ def test_index_html_renders_in_headless_chromium(two_runs, tmp_path):
 
 
 def test_compare_prints_and_writes_both_runs(two_runs, data_env, tmp_path):
-  result = run(data_env, "-m", "cnn.report.compare", *map(str, two_runs), "--out", str(tmp_path) + "/")
+  result = run(data_env, "-m", "cnn.report.compare", *map(str, two_runs), "--out",
+               str(tmp_path) + "/")
   lines = result.stdout.splitlines()
   assert lines[0].startswith("| workdir | model | dataset | epochs | batch size | params |")
   rows = [line.split(" | ") for line in lines[2:]]

@@ -88,7 +88,7 @@ def kill_during_save(env, workdir, after_step: int, *extra: str) -> str | None:
 def test_sigkill_while_a_checkpoint_is_written_then_resume_is_bitwise_equal(
     tiny_run, data_env, tmp_path):
   reference, _ = tiny_run
-  every = "--config.checkpoint_every_steps=5"
+  every = "--config.checkpoint.every_steps=5"
   for attempt in range(3):  # the kill must land while the save is unfinished
     workdir = tmp_path / f"killed{attempt}"
     unfinished = kill_during_save(data_env, workdir, 32, every)
@@ -146,7 +146,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(data_env, tmp_path)
   # the run stops before that window is written (no NaN in steps.jsonl).
   once = tmp_path / "once"
   result = run_main(data_env, TINY, f"--workdir={once}", "--config.learning_rate=1e6",
-                    "--config.num_epochs=1", "--config.log_every_steps=1000", check=False)
+                    "--config.num_epochs=1", "--config.log.every_steps=1000", check=False)
   assert result.returncode == 2 and "training diverged" in result.stderr
   assert not (once / "steps.jsonl").exists() and not (once / "checkpoints" / "32").exists()
 

@@ -15,9 +15,9 @@ from conftest import mnist_train_step
 from configs import default
 
 
-def make_config(**overrides) -> ml_collections.ConfigDict:
+def make_config(overrides=None) -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.update(overrides)
+  config.update_from_flattened_dict(overrides or {})
   return config
 
 
@@ -28,7 +28,7 @@ def real_mnist_batch(mnist, n: int) -> dict[str, np.ndarray]:
 
 def test_loss_falls_on_a_real_mnist_batch(mnist):
   batch = real_mnist_batch(mnist, 64)
-  config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
+  config = make_config({"learning_rate": 0.05, "schedule.name": "constant", "num_epochs": 1})
   model = create_model("resnet8_v1", num_classes=10)
   tx = optim.make_optimizer(config, steps_per_epoch=30)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
@@ -50,8 +50,11 @@ def test_eval_step_ignores_padding():
   x = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
   labels = np.arange(8, dtype=np.int32)
   mnist = datasets.get_spec("mnist")
-  real = train.eval_step(state, {"image": x[:5], "label": labels[:5], "mask": np.ones(5, np.float32)},
-                         mnist)
+  real = train.eval_step(state, {
+      "image": x[:5],
+      "label": labels[:5],
+      "mask": np.ones(5, np.float32)
+  }, mnist)
   padded = train.eval_step(state, {"image": x, "label": labels,
                                    "mask": np.array([1] * 5 + [0] * 3, np.float32)}, mnist)
   assert float(padded["count"]) == 5
@@ -60,7 +63,7 @@ def test_eval_step_ignores_padding():
 
 
 def test_step_schedule_follows_he_et_al():
-  schedule = optim.make_lr_schedule(make_config(num_epochs=4), steps_per_epoch=100)
+  schedule = optim.make_lr_schedule(make_config({"num_epochs": 4}), steps_per_epoch=100)
   assert [float(schedule(s)) for s in (0, 199, 200, 299, 300, 399)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
@@ -68,13 +71,18 @@ def test_step_schedule_follows_he_et_al():
 def test_step_boundaries_on_the_same_step_compound():
   """A run too short for its boundaries still gets every decay."""
   schedule = optim.make_lr_schedule(
-      make_config(num_epochs=1, lr_boundaries=(0.5, 0.51, 0.75)), steps_per_epoch=10)
+      make_config({"num_epochs": 1, "schedule.boundaries": (0.5, 0.51, 0.75)}), steps_per_epoch=10)
   assert float(schedule(9)) == pytest.approx(0.1 * 0.1 ** 3)
 
 
 def test_cosine_with_warmup():
   schedule = optim.make_lr_schedule(
-      make_config(lr_schedule="cosine", warmup_epochs=1.0, num_epochs=5), steps_per_epoch=10)
+      make_config({
+          "schedule.name": "cosine",
+          "schedule.warmup_epochs": 1.0,
+          "num_epochs": 5
+      }),
+      steps_per_epoch=10)
   assert float(schedule(0)) == 0.0
   assert float(schedule(5)) == pytest.approx(0.05)
   assert float(schedule(10)) == pytest.approx(0.1)
@@ -82,7 +90,11 @@ def test_cosine_with_warmup():
 
 
 def test_reduce_on_plateau_cuts_the_rate_after_patience_epochs():
-  config = make_config(lr_schedule="plateau", plateau_patience=2, plateau_factor=0.5)
+  config = make_config({
+      "schedule.name": "plateau",
+      "schedule.plateau_patience": 2,
+      "schedule.plateau_factor": 0.5
+  })
   tx = optim.make_optimizer(config, steps_per_epoch=3)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
@@ -95,10 +107,11 @@ def test_reduce_on_plateau_cuts_the_rate_after_patience_epochs():
 
 
 def test_unknown_optimizer_and_schedule_list_valid_names():
-  with pytest.raises(UserError, match="unknown optimizer 'sgdd'.*adam, adamw, lamb, lars, lion, sgd"):
-    optim.make_optimizer(make_config(optimizer="sgdd"), 10)
-  with pytest.raises(UserError, match="unknown lr_schedule 'triangle'.*cosine, linear"):
-    optim.make_lr_schedule(make_config(lr_schedule="triangle"), 10)
+  with pytest.raises(
+      UserError, match="unknown config.optim.name 'sgdd'.*adam, adamw, lamb, lars, lion, sgd"):
+    optim.make_optimizer(make_config({"optim.name": "sgdd"}), 10)
+  with pytest.raises(UserError, match="unknown config.schedule.name 'triangle'.*cosine, linear"):
+    optim.make_lr_schedule(make_config({"schedule.name": "triangle"}), 10)
 
 
 def test_best_epoch_selects_on_validation_not_test():
@@ -110,7 +123,7 @@ def test_best_epoch_selects_on_validation_not_test():
 
 def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
   batch = real_mnist_batch(mnist, 32)
-  config = make_config(learning_rate=0.05, lr_schedule="constant", num_epochs=1)
+  config = make_config({"learning_rate": 0.05, "schedule.name": "constant", "num_epochs": 1})
   model = create_model("resnet8_v1", num_classes=10, spec=LayerSpec(dtype=jnp.bfloat16))
   state = train.create_train_state(model, optim.make_optimizer(config, 10), jax.random.key(0),
                                    (28, 28, 1))
@@ -152,8 +165,13 @@ def test_accumulated_micro_batches_equal_the_large_batch(mnist):
   batch = real_mnist_batch(mnist, 64)
   states = {}
   for k in (1, 4):
-    config = make_config(grad_accum_steps=k, nesterov=True, weight_decay=5e-4,
-                         lr_schedule="cosine", num_epochs=1)
+    config = make_config({
+        "optim.grad_accum_steps": k,
+        "optim.nesterov": True,
+        "optim.weight_decay": 5e-4,
+        "schedule.name": "cosine",
+        "num_epochs": 1
+    })
     state, sums = _linear_state(config), train.zero_sums()
     step = jax.jit(mnist_train_step(accum_steps=k))
     for _ in range(3):
@@ -174,8 +192,12 @@ def test_accumulation_trains_a_batchnorm_resnet_like_the_whole_batch(mnist):
   batch = real_mnist_batch(mnist, 64)
   curves = {}
   for k in (1, 2):
-    config = make_config(grad_accum_steps=k, learning_rate=0.05, lr_schedule="constant",
-                         num_epochs=1)
+    config = make_config({
+        "optim.grad_accum_steps": k,
+        "learning_rate": 0.05,
+        "schedule.name": "constant",
+        "num_epochs": 1
+    })
     model = create_model("resnet8_v1", num_classes=10)
     state = train.create_train_state(model, optim.make_optimizer(config, 30),
                                      jax.random.key(0), (28, 28, 1))
@@ -191,8 +213,14 @@ def test_accumulation_trains_a_batchnorm_resnet_like_the_whole_batch(mnist):
 def test_sam_step_takes_the_gradient_at_the_ascent_point(mnist):
   """One SAM step (sam_rho=0.05, plain SGD) is w - lr * (g(w + rho g/|g|) + wd w)."""
   batch = real_mnist_batch(mnist, 32)
-  config = make_config(sam_rho=0.05, momentum=0.0, weight_decay=1e-3, learning_rate=0.1,
-                       lr_schedule="constant", num_epochs=1)
+  config = make_config({
+      "optim.sam_rho": 0.05,
+      "optim.momentum": 0.0,
+      "optim.weight_decay": 1e-3,
+      "learning_rate": 0.1,
+      "schedule.name": "constant",
+      "num_epochs": 1
+  })
   state = _linear_state(config)
   new, _, _ = jax.jit(mnist_train_step(sam=True))(state, train.zero_sums(), batch)
   mnist_spec = datasets.get_spec("mnist")

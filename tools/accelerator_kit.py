@@ -51,7 +51,7 @@ wheel: `pip download ml_collections==1.1.0 --no-deps -d wheels/` here,
 safetensors too if the recorded rows should ship their weights (without it
 they are recorded with their numbers only).
 Without TensorFlow the data path is TF-free: every training piece runs with
-`--config.data_on_device=True` and reads the original files, so set
+`--config.data.on_device=True` and reads the original files, so set
 CNN_ARCHIVE_DIR to a folder with cifar10/cifar-10-binary.tar.gz (or its
 data_batch_*.bin and test_batch.bin) and mnist/ for the tiny queue. Then,
 with the records kept in DIR so that they travel with it:
@@ -123,7 +123,7 @@ def speedrun_piece(seed: int, config: str, overrides: list[str], estimate_s: flo
   """One seed of the speedrun; one checkpoint kept while it runs (ResNet-9's,
   with momentum and EMA, is ~80 MB), none once it is done."""
   return {"name": f"speedrun_seed{seed}", "kind": "speedrun", "seed": seed, "config": config,
-          "overrides": ["--config.keep_checkpoints=1", *overrides], "target": TARGET,
+          "overrides": ["--config.checkpoint.keep=1", *overrides], "target": TARGET,
           "estimate_s": estimate_s}
 
 
@@ -131,7 +131,7 @@ def training_piece(config: str, overrides: tuple[str, ...] = ()) -> dict:
   """A row of the README's table: main.py until it finishes, one checkpoint
   kept (it is what travels), the TensorFlow-free data path."""
   return {"name": Path(config).stem, "kind": "train", "config": config,
-          "overrides": ["--config.keep_checkpoints=1", "--config.data_on_device=True",
+          "overrides": ["--config.checkpoint.keep=1", "--config.data.on_device=True",
                         *overrides]}
 
 
@@ -139,8 +139,8 @@ DTYPES = ("float32", "bfloat16")
 PAPER_ROWS = ("resnet20v1_cifar10", "resnet20v2_cifar10", "resnet56v1_cifar10",
               "resnet56v2_cifar10", "vgg16_cifar10", "resnet110v1_cifar10", "resnet110v2_cifar10")
 # configs whose own protocol is "validation": the paper protocol's splits
-PAPER_PROTOCOL = {"vgg16_cifar10": ("--config.protocol=paper", "--config.train_split=train",
-                                    "--config.validation_split=")}
+PAPER_PROTOCOL = {"vgg16_cifar10": ("--config.protocol=paper", "--config.data.train_split=train",
+                                    "--config.data.validation_split=")}
 
 
 def full_queue() -> list[dict]:
@@ -154,19 +154,22 @@ def full_queue() -> list[dict]:
             for name in PAPER_ROWS)]
 
 
-TINY_DATA = ("--config.data_on_device=True", "--config.validation_split=",
+TINY_DATA = ("--config.data.on_device=True", "--config.data.validation_split=",
              "--config.protocol=paper")
 
 
 def tiny_queue() -> list[dict]:
   """The same three kinds at CPU size, for tests and a first look."""
-  return [throughput_piece("resnet20", "resnet20_v1", (8,), ("float32",), 2, 120, steps=2),
-          speedrun_piece(0, "configs/tiny_mnist.py",
-                         [*TINY_DATA, "--config.num_epochs=1", "--config.train_split=train[:512]",
-                          "--config.test_split=test[:500]"], 120),
-          training_piece("configs/tiny_mnist.py",
-                         (*TINY_DATA[1:], "--config.num_epochs=4",
-                          "--config.test_split=test[:1000]"))]
+  return [
+      throughput_piece("resnet20", "resnet20_v1", (8,), ("float32",), 2, 120, steps=2),
+      speedrun_piece(0, "configs/tiny_mnist.py", [
+          *TINY_DATA, "--config.num_epochs=1", "--config.data.train_split=train[:512]",
+          "--config.data.test_split=test[:500]"
+      ], 120),
+      training_piece(
+          "configs/tiny_mnist.py",
+          (*TINY_DATA[1:], "--config.num_epochs=4", "--config.data.test_split=test[:1000]"))
+  ]
 
 
 QUEUES: dict[str, Callable[[], list[dict]]] = {"full": full_queue, "tiny": tiny_queue}

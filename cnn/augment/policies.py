@@ -267,10 +267,10 @@ def _none(num_ops: int = 2, magnitude: int = 9) -> PolicyFn:
 
 def _randaugment(num_ops: int = 2, magnitude: int = 9) -> PolicyFn:
   if not 0 <= magnitude < RANDAUGMENT_BINS:
-    raise UserError(f"config.randaugment_magnitude={magnitude} is not one of torchvision's "
+    raise UserError(f"config.augment.randaugment_magnitude={magnitude} is not one of torchvision's "
                     f"{RANDAUGMENT_BINS} bins; use 0..{RANDAUGMENT_BINS - 1} (default 9)")
   if num_ops < 0:
-    raise UserError(f"config.randaugment_num_ops={num_ops} must be 0 or more (default 2)")
+    raise UserError(f"config.augment.randaugment_num_ops={num_ops} must be 0 or more (default 2)")
   return Policy(functools.partial(randaugment_choices, magnitude),
                 functools.partial(draw_randaugment, num_ops=num_ops))
 

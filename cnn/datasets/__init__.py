@@ -1,14 +1,14 @@
 """Where images come from: the table of supported datasets and the readers
 that turn a split string into arrays.
 
-Two readers (`config.data_source`), the same arrays (tested image for image):
+Two readers (`config.data.source`), the same arrays (tested image for image):
   * "tfds": tfds's own builders, prepared once online or from the original
     archives (tfds_source.py). The default where TensorFlow is installed.
   * "archives": the original files read with numpy, no TensorFlow
     (archives.py). For accelerator images without TensorFlow.
   * "auto" (default): "tfds" if tensorflow_datasets imports, else "archives".
 
-Offline, point `CNN_ARCHIVE_DIR` (or `config.archive_dir`) at a directory that
+Offline, point `CNN_ARCHIVE_DIR` (or `config.data.archive_dir`) at a directory that
 holds the original files, one sub-directory per dataset:
 
     $CNN_ARCHIVE_DIR/mnist/train-images-idx3-ubyte.gz  (+ the 3 other .gz)
@@ -28,6 +28,7 @@ import numpy as np
 
 from cnn.datasets import archives, splits
 from cnn.errors import UserError, unknown_name
+from cnn.settings import Section, Setting, at_least
 
 ARCHIVE_DIR_ENV = "CNN_ARCHIVE_DIR"
 
@@ -56,14 +57,17 @@ _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Sh
             "Sneaker", "Bag", "Ankle boot")  # tfds's names
 
 DATASETS = {
-    "mnist": DatasetSpec("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), (_MNIST_FILES,),
-                         _DIGITS),
-    "fashion_mnist": DatasetSpec("fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,),
-                                 (_MNIST_FILES,), _FASHION),
-    "cifar10": DatasetSpec("cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465),
-                           (0.2470, 0.2435, 0.2616), (("cifar-10-binary.tar.gz",), _CIFAR10_BINS)),
-    "cifar100": DatasetSpec("cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409),
-                            (0.2673, 0.2564, 0.2762), (("cifar-100-binary.tar.gz",), _CIFAR100_BINS)),
+    "mnist":
+        DatasetSpec("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), (_MNIST_FILES,), _DIGITS),
+    "fashion_mnist":
+        DatasetSpec("fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), (_MNIST_FILES,),
+                    _FASHION),
+    "cifar10":
+        DatasetSpec("cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                    (("cifar-10-binary.tar.gz",), _CIFAR10_BINS)),
+    "cifar100":
+        DatasetSpec("cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409),
+                    (0.2673, 0.2564, 0.2762), (("cifar-100-binary.tar.gz",), _CIFAR100_BINS)),
 }
 
 
@@ -84,7 +88,7 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def resolve_archive_dir(config_value: str) -> str:
-  """`config.archive_dir` if set, else `$CNN_ARCHIVE_DIR`, else ''."""
+  """`config.data.archive_dir` if set, else `$CNN_ARCHIVE_DIR`, else ''."""
   return config_value or os.environ.get(ARCHIVE_DIR_ENV, "")
 
 
@@ -149,6 +153,29 @@ def _open_archives(spec: DatasetSpec, data_dir: str | None, archive_dir: str) ->
 SOURCES = {"tfds": _open_tfds, "archives": _open_archives}
 DATA_SOURCES = ("auto", *SOURCES)
 
+CONFIG = Section("data", "where the images come from and how they reach the devices", {
+    "name": Setting("cifar10", "a dataset of DATASETS", choices=DATASETS),
+    "train_split": Setting("train[:45000]", "tfds split string", bool,
+                           "a tfds split, e.g. train[:45000]"),
+    "validation_split": Setting("train[45000:]", "held out of train for model selection; "
+                                "'' = none"),
+    "test_split": Setting("test", "tfds split string", bool, "a tfds split, e.g. test"),
+    "source": Setting("auto", "the reader: 'tfds', 'archives' (numpy, no TensorFlow) or "
+                      "'auto' (tfds if installed); the arrays are the same", choices=DATA_SOURCES,
+                      example="archives"),
+    "archive_dir": Setting("", "the original archives for offline use; '' = "
+                           f"${ARCHIVE_DIR_ENV}"),
+    "tfds_dir": Setting("", "where tfds keeps prepared data; '' = $TFDS_DATA_DIR or "
+                        "~/tensorflow_datasets"),
+    "prefetch_batches": Setting(2, "batches copied to the devices ahead of the step",
+                                at_least(0), ">= 0"),
+    "on_device": Setting(False, "keep the training split in accelerator memory and augment "
+                         "there (cnn/device_pipeline.py; small datasets)", example=True),
+}, renamed={"dataset": "name", "train_split": "train_split",
+            "validation_split": "validation_split", "test_split": "test_split",
+            "data_source": "source", "archive_dir": "archive_dir", "data_dir": "tfds_dir",
+            "prefetch_batches": "prefetch_batches", "data_on_device": "on_device"})
+
 
 def open_source(spec: DatasetSpec, data_dir: str | None, archive_dir: str,
                 source: str = "auto") -> Source:
@@ -159,17 +186,16 @@ def open_source(spec: DatasetSpec, data_dir: str | None, archive_dir: str,
   if source not in SOURCES:
     raise unknown_name("data source", source, DATA_SOURCES)
   if source == "tfds" and not tfds_installed():
-    raise UserError("config.data_source='tfds' needs tensorflow-datasets; install it "
-                    "(requirements.txt) or set --config.data_source=archives")
+    raise UserError("config.data.source='tfds' needs tensorflow-datasets; install it "
+                    "(requirements.txt) or set --config.data.source=archives")
   return SOURCES[source](spec, data_dir, archive_dir)
 
 
 def open_from_config(config) -> Source:
-  """The dataset a config names, through its data_source (configs saved
-  before that field existed mean "auto")."""
-  return open_source(get_spec(config.dataset), config.get("data_dir") or None,
-                     resolve_archive_dir(config.get("archive_dir", "")),
-                     config.get("data_source", "auto"))
+  """The dataset a config names, through the reader `config.data.source` names."""
+  data = config.data
+  return open_source(get_spec(data.name), data.tfds_dir or None,
+                     resolve_archive_dir(data.archive_dir), data.source)
 
 
 def open_data(config) -> Source:

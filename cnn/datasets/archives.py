@@ -1,7 +1,7 @@
 """The original dataset files read with numpy alone: no TensorFlow, no tfds.
 
 For accelerator images that ship JAX without TensorFlow
-(`config.data_source="archives"`, chosen automatically when tfds is not
+(`config.data.source="archives"`, chosen automatically when tfds is not
 installed). Reads the files `CNN_ARCHIVE_DIR` holds for tfds (MNIST-style idx
 `.gz`, CIFAR binary batches extracted or as the official tarball), checks each
 against its published checksum, and returns the splits in **tfds's order**:
@@ -122,10 +122,12 @@ class CifarLayout:
 
 
 CIFAR = {
-    "cifar10": CifarLayout("cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
-                           ("test_batch.bin",), 1, "batches.meta.txt", "cifar-10-binary.tar.gz"),
-    "cifar100": CifarLayout("cifar-100-binary", ("train.bin",), ("test.bin",), 2,
-                            "fine_label_names.txt", "cifar-100-binary.tar.gz"),
+    "cifar10":
+        CifarLayout("cifar-10-batches-bin", tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                    ("test_batch.bin",), 1, "batches.meta.txt", "cifar-10-binary.tar.gz"),
+    "cifar100":
+        CifarLayout("cifar-100-binary", ("train.bin",), ("test.bin",), 2, "fine_label_names.txt",
+                    "cifar-100-binary.tar.gz"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Datasets through tfds's own builders (`config.data_source="tfds"`),
+"""Datasets through tfds's own builders (`config.data.source="tfds"`),
 prepared online or offline from the original archives.
 
 tfds's download manager picks an original file up from its `manual_dir` under

@@ -185,7 +185,7 @@ def export(p: predictor.Predictor, out: Path, formats: Sequence[str],
     written[name] = {"path": path.name}
     if reference is not None:
       written[name].update(parity(reference, np.asarray(run(path, check), np.float32)))
-  summary = {"source": p.source, "model": p.config.model, "dataset": p.config.dataset,
+  summary = {"source": p.source, "model": p.config.model, "dataset": p.config.data.name,
              "input": {"dtype": "uint8", "shape": ["N", *p.image_shape]},
              "output": {"name": "logits", "shape": ["N", len(p.class_names)]},
              "class_names": list(p.class_names), "flip": p.flip, "exports": written}

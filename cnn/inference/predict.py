@@ -34,7 +34,7 @@ CSV_NAME, JSON_NAME = "predictions.csv", "predictions.json"
 def classify(p: predictor.Predictor, patterns: list[str], top_k: int) -> list[dict]:
   """One row per input, in input order: its top-k or its problem."""
   rows, arrays = [], []
-  dataset = p.config.dataset
+  dataset = p.config.data.name
   for path, problem in images.find(patterns):
     row = {"path": path, "error": problem}
     if problem is None:
@@ -78,9 +78,9 @@ def to_csv(rows: list[dict], top_k: int) -> str:
 
 
 def to_json(rows: list[dict], p: predictor.Predictor) -> str:
-  name = images.conversion_of(p.config.dataset, p.image_shape[-1])
+  name = images.conversion_of(p.config.data.name, p.image_shape[-1])
   return json.dumps({
-      "source": p.source, "model": p.config.model, "dataset": p.config.dataset,
+      "source": p.source, "model": p.config.model, "dataset": p.config.data.name,
       "class_names": list(p.class_names),
       "conversion": {"name": name,
                      "does": " ".join(images.CONVERSIONS[name].__doc__.split())},

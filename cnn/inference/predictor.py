@@ -8,13 +8,13 @@
 A predictor holds what inference needs and nothing else: the model, its
 evaluation variables (the moving averages when the run kept them), the
 dataset's input shape and normalisation, the class names and whether the
-logits average the image with its mirror image (`config.eval_flip`). Only
+logits average the image with its mirror image (`config.eval.flip`). Only
 those arrays are read from the checkpoint (an orbax partial restore): no
 optimizer state, no training split, no input pipeline.
 
 Its logits equal evaluation's (`train.Experiment.predict`): the same
 normalisation arithmetic in float32 and the same batch size
-(`config.eval_batch_size`), padded the same way.
+(`config.eval.batch_size`), padded the same way.
 """
 import dataclasses
 import functools
@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
-from cnn import augment, batching, checkpoint, datasets, model_fn
+from cnn import augment, batching, checkpoint, datasets, model_fn, settings
 from cnn import workdir as workdirs
 from cnn.errors import UserError, unknown_name
 from cnn.robustness import calibration
@@ -62,10 +62,10 @@ class Predictor:
 
   def check_config(self, config: ml_collections.ConfigDict) -> None:
     """Refuses a config of another model or dataset than the checkpoint's."""
-    keys = ("model", "dataset", "model_kwargs")
-    ours = {k: (config[k].to_dict() if k == "model_kwargs" else config[k]) for k in keys}
-    theirs = {k: (self.config[k].to_dict() if k == "model_kwargs" else self.config[k])
-              for k in keys}
+    what = lambda c: {"model": c.model, "dataset": c.data.name,
+                      "model_kwargs": c.model_kwargs.to_dict()}
+    ours, theirs = what(config), what(self.config)
+    keys = tuple(ours)
     diff = "; ".join(f"{k}: checkpoint has {theirs[k]!r}, config has {ours[k]!r}"
                      for k in keys if ours[k] != theirs[k])
     if diff:
@@ -108,10 +108,10 @@ def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:
   """The run's config: stored in each checkpoint; for checkpoints written
   before that, the one `results.json` records."""
   if "config" in meta:
-    return ml_collections.ConfigDict(meta["config"])
+    return settings.upgrade(meta["config"])
   results = workdirs.Workdir.of(workdir).results
   if results.exists():
-    return ml_collections.ConfigDict(json.loads(results.read_text())["config"])
+    return settings.upgrade(json.loads(results.read_text())["config"])
   raise UserError(f"the checkpoints in {workdir} do not record their config (written by an "
                   "older version, and there is no results.json); finish the run or rerun it "
                   "with this version")
@@ -155,15 +155,15 @@ def load(workdir: str, which: str = "best") -> Predictor:
                     f"--config=... --workdir={workdir}")
   meta = checkpoint.read_for_reader(workdir, max(steps), meta=True)["meta"]
   config = _config_of(workdir, meta)
-  record = choose_step(meta, steps, which, config.get("protocol", "validation"))
-  spec = datasets.get_spec(config.dataset)
+  record = choose_step(meta, steps, which, config.protocol)
+  spec = datasets.get_spec(config.data.name)
   model = model_fn.build(config, spec.num_classes)
   # Onto this process's first device: on a multi-process job each process
   # reads its own copy, so prediction needs no other process.
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   wanted = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
                         abstract_variables(model, spec.image_shape))
-  ema = config.get("ema_decay", 0.0) > 0
+  ema = config.optim.ema_decay > 0
   item = {"ema": wanted} if ema else wanted
   state = checkpoint.read_for_reader(workdir, record["step"], state=ocp.args.PyTreeRestore(
       item=item, partial_restore=True,
@@ -174,8 +174,8 @@ def load(workdir: str, which: str = "best") -> Predictor:
       model=model, variables={"params": variables["params"],
                               "batch_stats": variables.get("batch_stats", {})},
       image_shape=tuple(spec.image_shape), mean=tuple(spec.mean), std=tuple(spec.std),
-      class_names=tuple(class_names), flip=bool(config.get("eval_flip", False)),
-      batch_size=int(config.eval_batch_size),
+      class_names=tuple(class_names), flip=bool(config.eval.flip),
+      batch_size=int(config.eval.batch_size),
       source={"workdir": str(workdir), "which": which, "step": record["step"],
               "epoch": record.get("epoch"), "val_accuracy": record.get("val_accuracy")},
       config=config, history=tuple(meta["history"]))

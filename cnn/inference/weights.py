@@ -31,6 +31,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from cnn import settings
 from cnn.errors import UserError
 
 FORMAT = "cnn-weights/1"
@@ -111,7 +112,7 @@ def load(path: str, sha256_expected: str | None = None):
   if meta.get("format") != FORMAT:
     raise UserError(f"{path} is not a weights file of this project (format "
                     f"{meta.get('format')!r}, expected {FORMAT!r})")
-  config = ml_collections.ConfigDict(json.loads(meta["config"]))
+  config = settings.upgrade(json.loads(meta["config"]))
   class_names = tuple(json.loads(meta["class_names"]))
   image_shape = tuple(json.loads(meta["image_shape"]))
   model = model_fn.build(config, len(class_names))
@@ -122,7 +123,7 @@ def load(path: str, sha256_expected: str | None = None):
                               "batch_stats": variables.get("batch_stats", {})},
       image_shape=image_shape, mean=tuple(json.loads(meta["mean"])),
       std=tuple(json.loads(meta["std"])), class_names=class_names,
-      flip=bool(json.loads(meta.get("flip", "false"))), batch_size=int(config.eval_batch_size),
+      flip=bool(json.loads(meta.get("flip", "false"))), batch_size=int(config.eval.batch_size),
       source={"weights": str(path), **json.loads(meta.get("source", "{}"))},
       config=config, history=())
 

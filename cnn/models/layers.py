@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from cnn.errors import UserError
 from cnn.models import conv_algorithms, onednn
+from cnn.settings import Section, Setting
 
 ModuleDef = Any
 
@@ -247,6 +248,30 @@ class LayerSpec:
     after each block (`blocks.residual_stages`); models without chains of
     residual blocks do not need it and ignore the option."""
     return fusion_barrier(x) if self.fusion_barrier else x
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+BATCHNORM_MODES = ("global", "per_device")
+CONFIG = Section("layers", "how every layer computes: each model's LayerSpec (model_fn.build)", {
+    "dtype": Setting("float32", "compute dtype ('bfloat16' for mixed precision); parameters "
+                     "and optimiser state stay float32", choices=DTYPES),
+    "batchnorm": Setting("global", "'global': statistics over the global batch (all devices); "
+                         "'per_device': each device's sub-batch, like pmap without axis_name",
+                         choices=BATCHNORM_MODES),
+    "conv_padding": Setting("symmetric", "'symmetric': the papers' Torch/PyTorch (1, 1) for "
+                            "3x3; 'same': TensorFlow's, (0, 1) at stride 2 (symmetric_padding)",
+                            choices=CONV_PADDINGS),
+    "conv_algorithm": Setting("auto", "'auto': each CPU convolution by the algorithm "
+                              "conv_algorithms.choose names for its shape (oneDNN where built); "
+                              "'builtin': the same rule without oneDNN; 'xla': XLA's own "
+                              "everywhere", choices=conv_algorithms.CONV_ALGORITHM_CHOICES),
+    "fusion_barrier": Setting(True, "CPU: keep each residual block's output in memory "
+                              "(fusion_barrier; 1.8x faster ResNet-56 v1 training); same values",
+                              example=False),
+}, renamed={"dtype": "dtype", "batchnorm": "batchnorm",
+            "model_kwargs.conv_padding": "conv_padding",
+            "model_kwargs.conv_algorithm": "conv_algorithm",
+            "model_kwargs.fusion_barrier": "fusion_barrier"})
 
 
 def max_pool(x: jnp.ndarray, window_shape: Sequence[int], strides: Sequence[int],

@@ -6,7 +6,7 @@ validation; the final one under the paper protocol) as a `cnn.inference.predicto
 writes `<workdir>/report/`: per-class metrics (JSON + markdown), the confusion
 matrix, training curves, the most confidently misclassified test images,
 feature maps for one test image, calibration, corruption and adversarial
-robustness (`cnn/robustness`, switched by `config.robustness*`; into
+robustness (`cnn/robustness`, switched by `config.robustness`; into
 `robustness.json`, `reliability.png`, `corruptions.png`), and an `index.html`
 that shows them all.
 
@@ -168,8 +168,8 @@ def read_results(workdir: str) -> dict:
 
 def check_image_index(index: int, num_images: int) -> int:
   if not 0 <= index < num_images:
-    raise UserError(f"config.report_image_index={index} is outside the test split "
-                    f"(0..{num_images - 1}); e.g. --config.report_image_index=0")
+    raise UserError(f"config.eval.report_image_index={index} is outside the test split "
+                    f"(0..{num_images - 1}); e.g. --config.eval.report_image_index=0")
   return index
 
 
@@ -178,28 +178,38 @@ def evaluation_splits(config: ml_collections.ConfigDict
   """The config's test split (uint8 images, labels) and its held-out validation
   split (None when there is none), for temperature scaling; no training split."""
   source = datasets.open_data(config)
-  held_out = (source.load_split(config.validation_split) if config.validation_split
+  held_out = (source.load_split(config.data.validation_split) if config.data.validation_split
               else None)
-  return source.load_split(config.test_split), held_out
+  return source.load_split(config.data.test_split), held_out
+
+
+def _reliability_figure(cal: dict):
+  panels = [("as trained", cal["reliability"])]
+  if cal.get("reliability_scaled"):
+    panels.append((f"temperature-scaled (T = {cal['temperature']:.3f})",
+                   cal["reliability_scaled"]))
+  return plots.reliability_figure(panels)
+
+
+def _corruptions_figure(corr: dict):
+  return plots.corruption_figure(
+      corr["per_corruption"], corr["clean_accuracy"], corr["mean"],
+      ("CIFAR-10-C" if not corr["generated"] else "generated corruptions")
+      + f", {corr['examples']} test images")
+
+
+# robustness section (cnn.robustness.SECTIONS) -> (file name, figure of its result); a
+# section without one is shown by its table alone (cnn/report/pages.py TABLES).
+FIGURES = {
+    "calibration": ("reliability.png", _reliability_figure),
+    "corruptions": ("corruptions.png", _corruptions_figure),
+}
 
 
 def robustness_figures(robust: dict) -> dict:
-  """The reliability diagrams and the corruption bar chart, where measured."""
-  figures = {}
-  cal = robust.get("calibration")
-  if cal:
-    panels = [("as trained", cal["reliability"])]
-    if cal.get("reliability_scaled"):
-      panels.append((f"temperature-scaled (T = {cal['temperature']:.3f})",
-                     cal["reliability_scaled"]))
-    figures["reliability.png"] = plots.reliability_figure(panels)
-  corr = robust.get("corruptions")
-  if corr:
-    figures["corruptions.png"] = plots.corruption_figure(
-        corr["per_corruption"], corr["clean_accuracy"], corr["mean"],
-        ("CIFAR-10-C" if not corr["generated"] else "generated corruptions")
-        + f", {corr['examples']} test images")
-  return figures
+  """The figure of each measured section that has one."""
+  return {filename: figure(robust[name]) for name, (filename, figure) in FIGURES.items()
+          if robust.get(name)}
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Workdir") -> dict:
@@ -212,7 +222,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Wor
   p = predictor.load(workdir, "best")
   p.check_config(config)
   (images, labels), held_out = evaluation_splits(config)
-  index = check_image_index(int(config.get("report_image_index", 0)), len(labels))
+  index = check_image_index(int(config.eval.report_image_index), len(labels))
   logits = p.logits(images)
   probabilities = predictor.softmax(logits)
   predictions = probabilities.argmax(axis=-1)
@@ -220,7 +230,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Wor
   cm = confusion_matrix(labels, predictions, len(names))
   checkpoint_history = list(p.history)
   report = {
-      "model": config.model, "dataset": config.dataset, "num_examples": int(len(labels)),
+      "model": config.model, "dataset": config.data.name, "num_examples": int(len(labels)),
       "checkpoint": {k: p.source.get(k) for k in ("epoch", "step", "val_accuracy")},
       **classification_report(cm, names),
       "most_confused": most_confused_pairs(cm, names),
@@ -229,7 +239,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Wor
                             "confidence": float(probabilities[index].max())},
   }
   robust = robustness.evaluate(p, config, (images, labels), held_out, test_logits=logits,
-                               archive_dir=datasets.resolve_archive_dir(config.archive_dir))
+                               archive_dir=datasets.resolve_archive_dir(config.data.archive_dir))
   layers = stage_outputs(capture_feature_maps(p, p.normalize(images[index:index + 1])[0]))
   if jax.process_index() != 0:
     return report

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from cnn import checkpoint, datasets, metric_writers
+from cnn import checkpoint, datasets, metric_writers, settings
 from cnn import workdir as workdirs
 from cnn.errors import UserError
 from cnn.report import plots
@@ -39,7 +39,8 @@ def dataset_of(workdir: str) -> str | None:
   steps = checkpoint.finalized_steps(workdir)
   if not steps:
     return None
-  return checkpoint.read_for_reader(workdir, max(steps), meta=True)["meta"]["config"]["dataset"]
+  saved = checkpoint.read_for_reader(workdir, max(steps), meta=True)["meta"]["config"]
+  return settings.upgrade(saved).data.name
 
 
 def read_run(workdir: str, label: str, classes: int | None) -> RunSteps:

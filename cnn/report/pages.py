@@ -33,7 +33,7 @@ CAPTIONS = {
                        "bins), before and after temperature scaling.",
     "corruptions.png": "Accuracy under each corruption, averaged over the 5 severities.",
     "activations.png": "Feature maps of the first convolution and of each stage's output "
-                       "(strongest channels) for {image} (config.report_image_index).",
+                       "(strongest channels) for {image} (config.eval.report_image_index).",
 }
 
 
@@ -164,38 +164,61 @@ CALIBRATION_ROWS = (("accuracy", "accuracy", _PERCENT), ("ece", "ECE (15 bins)",
                     ("brier", "Brier score", lambda v: f"{v:.4f}"))
 
 
-def robustness_tables(robustness: dict) -> list[tuple[str, str, list[str], list[list[str]], int]]:
-  """(heading, note, header, rows, text columns) of each measured section."""
-  tables = []
-  cal = robustness.get("calibration")
-  if cal:
-    scaled = cal.get("test_scaled")
-    header = ["metric (test split)", "as trained"] + (
-        [f"temperature-scaled (T = {cal['temperature']:.3f})"] if scaled else [])
-    rows = [[label, fmt(cal["test"][key])] + ([fmt(scaled[key])] if scaled else [])
-            for key, label, fmt in CALIBRATION_ROWS]
-    note = (f"Temperature fitted on {cal['fitted_on']} (never on test)." if scaled
-            else cal.get("temperature_note", ""))
-    tables.append(("Calibration", note, header, rows, 1))
-  corr = robustness.get("corruptions")
-  if corr:
-    header = ["corruption"] + [f"severity {s}" for s in corr["severities"]] + ["mean"]
-    rows = [[name.replace("_", " "), *(f"{100 * a:.2f}" for a in row),
-             f"{100 * corr['per_corruption'][name]:.2f}"]
-            for name, row in corr["accuracy"].items()]
-    rows.append(["mean", *[""] * len(corr["severities"]), f"{100 * corr['mean']:.2f}"])
-    note = (f"Accuracy % on {corr['examples']} test images; source: {corr['source']}. "
-            f"Clean accuracy on the same images: {100 * corr['clean_accuracy']:.2f}%.")
-    tables.append(("Corruption robustness", note, header, rows, 1))
-  adv = robustness.get("adversarial")
-  if adv:
-    header = ["eps (L-inf, pixels in [0, 1])", "FGSM acc %", f"PGD-{adv['pgd_steps']} acc %"]
-    rows = [[eps, f"{100 * adv['fgsm'][eps]:.2f}", f"{100 * adv['pgd'][eps]:.2f}"]
-            for eps in adv["fgsm"]]
-    note = (f"{adv['examples']} test images; PGD: random start, step {adv['pgd_step_size']}, "
-            "robust only if no iterate is misclassified.")
-    tables.append(("Adversarial robustness", note, header, rows, 1))
-  return tables
+Table = tuple[str, str, list[str], list[list[str]], int]  # heading, note, header, rows, text cols
+
+
+def _calibration_table(cal: dict) -> Table:
+  scaled = cal.get("test_scaled")
+  header = ["metric (test split)", "as trained"] + (
+      [f"temperature-scaled (T = {cal['temperature']:.3f})"] if scaled else [])
+  rows = [[label, fmt(cal["test"][key])] + ([fmt(scaled[key])] if scaled else [])
+          for key, label, fmt in CALIBRATION_ROWS]
+  note = (f"Temperature fitted on {cal['fitted_on']} (never on test)." if scaled
+          else cal.get("temperature_note", ""))
+  return "Calibration", note, header, rows, 1
+
+
+def _corruptions_table(corr: dict) -> Table:
+  header = ["corruption"] + [f"severity {s}" for s in corr["severities"]] + ["mean"]
+  rows = [[name.replace("_", " "), *(f"{100 * a:.2f}" for a in row),
+           f"{100 * corr['per_corruption'][name]:.2f}"]
+          for name, row in corr["accuracy"].items()]
+  rows.append(["mean", *[""] * len(corr["severities"]), f"{100 * corr['mean']:.2f}"])
+  note = (f"Accuracy % on {corr['examples']} test images; source: {corr['source']}. "
+          f"Clean accuracy on the same images: {100 * corr['clean_accuracy']:.2f}%.")
+  return "Corruption robustness", note, header, rows, 1
+
+
+def _adversarial_table(adv: dict) -> Table:
+  header = ["eps (L-inf, pixels in [0, 1])", "FGSM acc %", f"PGD-{adv['pgd_steps']} acc %"]
+  rows = [[eps, f"{100 * adv['fgsm'][eps]:.2f}", f"{100 * adv['pgd'][eps]:.2f}"]
+          for eps in adv["fgsm"]]
+  note = (f"{adv['examples']} test images; PGD: random start, step {adv['pgd_step_size']}, "
+          "robust only if no iterate is misclassified.")
+  return "Adversarial robustness", note, header, rows, 1
+
+
+def _generic_table(name: str, result: dict) -> Table:
+  """A section without its own table: its numbers and strings, key by key."""
+  rows = [[key, f"{value:.4f}" if isinstance(value, float) else str(value)]
+          for key, value in result.items() if isinstance(value, (int, float, str))]
+  return name.replace("_", " ").capitalize(), "", ["", "value"], rows, 1
+
+
+# robustness section (cnn.robustness.SECTIONS) -> its table; others get `_generic_table`.
+TABLES = {
+    "calibration": _calibration_table,
+    "corruptions": _corruptions_table,
+    "adversarial": _adversarial_table,
+}
+
+
+def robustness_tables(robustness: dict) -> list[Table]:
+  """The table of each measured section, in the order they were run."""
+  measured = [name for name, result in robustness.items()
+              if name not in ("sections", "seconds") and isinstance(result, dict) and result]
+  return [TABLES[name](robustness[name]) if name in TABLES
+          else _generic_table(name, robustness[name]) for name in measured]
 
 
 def robustness_markdown(robustness: dict) -> str:

@@ -26,15 +26,15 @@ def run(source: str, sections: str | None, examples: int | None, which: str) -> 
   config = p.config.copy_and_resolve_references()
   config.unlock()
   if sections is not None:
-    config.robustness = sections
+    config.robustness.sections = sections
   if examples is not None:
-    config.robustness_examples = examples
+    config.robustness.examples = examples
   data = datasets.open_from_config(config)
-  held_out = (data.load_split(config.validation_split) if config.get("validation_split")
+  held_out = (data.load_split(config.data.validation_split) if config.data.validation_split
               else None)
   report = robustness.evaluate(
-      p, config, data.load_split(config.get("test_split", "test")), held_out,
-      archive_dir=datasets.resolve_archive_dir(config.get("archive_dir", "")))
+      p, config, data.load_split(config.data.test_split), held_out,
+      archive_dir=datasets.resolve_archive_dir(config.data.archive_dir))
   report["evaluated"] = {"source": source, "which": which, **{
       k: p.source.get(k) for k in ("step", "epoch") if k in p.source}}
   return report

@@ -2,7 +2,7 @@
 
 Images live in pixel space [0, 1] (uint8 / 255); the attack perturbs pixels and the
 predictor's normalisation (and its flip averaging, when the run evaluates with
-`config.eval_flip`) is part of the attacked function, so the gradient is that of the
+`config.eval.flip`) is part of the attacked function, so the gradient is that of the
 logits evaluation reports. Cross-entropy loss, the model in inference mode (BatchNorm
 moving averages).
 

@@ -122,7 +122,7 @@ def report(test_logits: np.ndarray, test_labels: np.ndarray,
          "reliability": reliability_bins(softmax(test_logits), test_labels)}
   if held_out is None:
     out["temperature"] = None
-    out["temperature_note"] = ("no held-out split (config.validation_split is empty, e.g. the "
+    out["temperature_note"] = ("no held-out split (config.data.validation_split is empty, e.g. the "
                                "paper protocol): temperature scaling is never fitted on test")
     return out
   temperature = fit_temperature(*held_out)

@@ -69,7 +69,7 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
   except ImportError:
     raise UserError(f"generated corruptions need {PACKAGE}: pip install {PACKAGE}==1.1.5 "
                     "(requirements.txt), or leave them out: "
-                    "--config.robustness=calibration,adversarial") from None
+                    "--config.robustness.sections=calibration,adversarial") from None
   h, w, channels = image.shape
   top, left = max(0, (MIN_SIZE - h) // 2), max(0, (MIN_SIZE - w) // 2)
   padded = np.pad(image, ((top, max(0, MIN_SIZE - h) - top),
