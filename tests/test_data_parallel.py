@@ -76,6 +76,21 @@ def test_per_device_batchnorm_is_a_real_switch(data_env, mnist):
   assert abs(per_device["losses"][0] - global_bn["losses"][0]) > 1e-4
 
 
+def test_a_per_device_batchnorm_run_is_read_by_the_predictor(data_env, mnist, tmp_path):
+  """Per-device BatchNorm's modules are named as nn.BatchNorm's, so the
+  predictor (one device, one group) reads the run and gives its recorded test
+  accuracy (it once left them unread: `GroupedBatchNorm_<i>` names)."""
+  from cnn.inference import predictor  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "w"
+  run_main(with_devices(data_env, 2), *SMALL, "--config.layers.batchnorm=per_device",
+           f"--workdir={workdir}")
+  recorded = json.loads((workdir / "results.json").read_text())["test_accuracy"]
+  images, labels = mnist.load_split("test")
+  p = predictor.load(str(workdir))
+  assert float((p.logits(images).argmax(-1) == labels).mean()) == pytest.approx(recorded,
+                                                                              abs=2e-4)
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -41,51 +41,26 @@ def batchnorm_variables(module: nn.Module, features: int):
   return scale, bias, ra_mean, ra_var
 
 
-class GroupedBatchNorm(nn.Module):
-  """BatchNorm with statistics computed separately on `num_groups` equal,
-  contiguous slices of the batch, and running averages over the groups.
-
-  With one group per device this is the per-device BatchNorm of
-  `pmap` without `axis_name` (each device normalises its own sub-batch), yet
-  the batch stays one sharded array: every group lives on one device, so no
-  cross-device communication is needed. Parameter and statistic names match
-  `nn.BatchNorm`, so checkpoints are interchangeable.
-  """
-  use_running_average: bool
-  num_groups: int
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  dtype: Any = jnp.float32
-  scale_init: Callable = nn.initializers.ones
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    scale, bias, ra_mean, ra_var = batchnorm_variables(self, x.shape[-1])
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      groups = x.astype(jnp.float32).reshape(self.num_groups, -1, *x.shape[1:])
-      axes = tuple(range(1, groups.ndim - 1))
-      mean = jnp.mean(groups, axes, keepdims=True)
-      var = jnp.mean(jnp.square(groups), axes, keepdims=True) - jnp.square(mean)
-      if not self.is_initializing():
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, axis=0).reshape(-1)
-        ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, axis=0).reshape(-1)
-      y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon)
-      return (y.reshape(x.shape) * scale + bias).astype(self.dtype)
-    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (y * scale + bias).astype(self.dtype)
-
-
 class BatchNorm(nn.Module):
-  """`nn.BatchNorm` in training, for NHWC batches on the CPU: the statistics,
-  the normalisation and the gradient by oneDNN (cnn/models/onednn.py). With
-  bf16 compute it makes the ResNet-20 step 1.3x faster (760 vs 582 images/s,
-  2-core AMD EPYC); in fp32 the two are within noise (benchmarks/README.md). The same
-  parameters, statistics, names and momentum as `nn.BatchNorm`, so
-  checkpoints are interchangeable; `LayerSpec.layers` uses it only where oneDNN
-  is available, for training (evaluation keeps `nn.BatchNorm`)."""
+  """`nn.BatchNorm` computed by this project where flax's does not do what a
+  run needs; the same parameters, statistics, names (`BatchNorm_<i>` when a
+  block leaves it unnamed) and momentum as `nn.BatchNorm`, so checkpoints are
+  interchangeable whichever computed them. Two cases (`LayerSpec.layers`):
+
+  - `num_groups` > 1: statistics computed separately on `num_groups` equal,
+    contiguous slices of the batch, and running averages over the groups.
+    With one group per device this is the per-device BatchNorm of `pmap`
+    without `axis_name` (each device normalises its own sub-batch), yet the
+    batch stays one sharded array: every group lives on one device, so no
+    cross-device communication is needed.
+  - one group, training on the CPU with oneDNN: the statistics, the
+    normalisation and the gradient by oneDNN (cnn/models/onednn.py), with
+    the ReLU that follows fused where `norm_act` asks. With bf16 compute it
+    makes the ResNet-20 step 1.3x faster (760 vs 582 images/s, 2-core AMD
+    EPYC); in fp32 the two are within noise (benchmarks/README.md).
+  """
+  use_running_average: bool = False
+  num_groups: int = 1
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
@@ -93,9 +68,16 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, relu: bool = False) -> jnp.ndarray:
-    """BatchNorm of x; with `relu`, then a ReLU, in the same oneDNN pass (`norm_act`)."""
+    """BatchNorm of x; with `relu`, then a ReLU (in the same oneDNN pass there)."""
     scale, bias, ra_mean, ra_var = batchnorm_variables(self, x.shape[-1])
-    if x.ndim == 4:
+    if self.use_running_average:
+      y = (x.astype(jnp.float32) - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      y = (y * scale + bias).astype(self.dtype)
+      return nn.relu(y) if relu else y
+    if self.num_groups > 1:
+      y, mean, var = self._grouped(x, scale, bias)
+      y = nn.relu(y) if relu else y
+    elif x.ndim == 4:
       y, mean, var = onednn.batch_norm(x.astype(self.dtype), scale, bias, self.epsilon, relu)
     else:  # flax's computation (a BatchNorm on features, not images)
       t = x.astype(jnp.float32)
@@ -109,6 +91,16 @@ class BatchNorm(nn.Module):
       ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
       ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
     return y
+
+  def _grouped(self, x, scale, bias):
+    """(normalised x, the groups' mean statistics) with per-group statistics."""
+    groups = x.astype(jnp.float32).reshape(self.num_groups, -1, *x.shape[1:])
+    axes = tuple(range(1, groups.ndim - 1))
+    mean = jnp.mean(groups, axes, keepdims=True)
+    var = jnp.mean(jnp.square(groups), axes, keepdims=True) - jnp.square(mean)
+    y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon)
+    y = (y.reshape(x.shape) * scale + bias).astype(self.dtype)
+    return y, jnp.mean(mean, axis=0).reshape(-1), jnp.mean(var, axis=0).reshape(-1)
 
 
 def norm_act(norm: ModuleDef, act: Callable, x: jnp.ndarray, **norm_kwargs) -> jnp.ndarray:
@@ -201,14 +193,14 @@ class LayerSpec:
   a valid flax module and a static jit argument; `dataclasses.replace` makes
   variants (the export's XLA-only spec, a benchmark's). Parameters' names,
   shapes and initial values are the same under any spec, so checkpoints load
-  under any; the exception is `norm_groups` > 1, whose `GroupedBatchNorm`s
-  are auto-named `GroupedBatchNorm_<i>` where a block leaves its BatchNorm
-  unnamed (`BatchNorm_<i>` otherwise). Bad `conv_padding`/`conv_algorithm`
-  values fail here, when the spec is made, with the one-line UserError that
-  lists the valid values.
+  under any (per-device BatchNorm included: its modules are named as
+  `nn.BatchNorm`'s, so a `per_device` run's checkpoint is read by the
+  predictor, the report and the exports, which build with one group). Bad
+  `conv_padding`/`conv_algorithm` values fail here, when the spec is made,
+  with the one-line UserError that lists the valid values.
   """
   dtype: Any = jnp.float32  # compute dtype; parameters are always float32
-  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (GroupedBatchNorm)
+  norm_groups: int = 1  # > 1: per-device BatchNorm statistics (BatchNorm.num_groups)
   conv_padding: str = "symmetric"  # "same": TensorFlow's (0, 1) at stride 2 (symmetric_padding)
   conv_algorithm: str = "auto"  # "xla": XLA's convolution at every shape on CPU too
   fusion_barrier: bool = True  # False: no barrier after each residual block (fusion_barrier)
@@ -239,7 +231,7 @@ class LayerSpec:
       norm = functools.partial(
           nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
     else:
-      norm = functools.partial(GroupedBatchNorm, use_running_average=not train,
+      norm = functools.partial(BatchNorm, use_running_average=not train,
                                num_groups=self.norm_groups, dtype=dtype)
     return conv, norm, nn.relu
 
