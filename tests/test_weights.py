@@ -26,7 +26,7 @@ def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp
   assert shipped["file"] == "weights/tiny_mnist_seed0.safetensors"
   assert shipped["bytes"] == file.stat().st_size < weights.GIT_SIZE_LIMIT_BYTES
   assert shipped["sha256"] == weights.sha256(file)
-  from_file = weights.load(str(file), shipped["sha256"])
+  from_file = predictor.load(str(file), sha256=shipped["sha256"])
   from_workdir = predictor.load(str(workdir))
   assert shipped["step"] == from_workdir.source["step"]
   images, labels = mnist.load_split("test")
@@ -38,10 +38,10 @@ def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp
 
   file.write_bytes(file.read_bytes()[:-1] + b"\0")  # one byte changed
   with pytest.raises(UserError, match="does not match its recorded SHA-256"):
-    weights.load(str(file), shipped["sha256"])
+    predictor.load(str(file), sha256=shipped["sha256"])
   (tmp_path / "not.safetensors").write_text("{}")
   with pytest.raises(UserError, match="cannot be read"):
-    weights.load(str(tmp_path / "not.safetensors"))
+    predictor.load(str(tmp_path / "not.safetensors"))
 
 
 @pytest.mark.parametrize("results_file", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -50,8 +50,8 @@ def test_shipped_weights_reproduce_their_recorded_test_accuracy(results_file, ar
   """Up to one image of 10,000: XLA's CPU code differs slightly between
   processors (measured here: equal)."""
   entry = json.loads(results_file.read_text())
-  p = weights.load(str(results_table.RESULTS_DIR / entry["weights"]["file"]),
-                   entry["weights"]["sha256"])
+  p = predictor.load(str(results_table.RESULTS_DIR / entry["weights"]["file"]),
+                     sha256=entry["weights"]["sha256"])
   source = datasets.open_source(datasets.get_spec(entry["dataset"]), tfds_dir, archive_dir)
   images, labels = source.load_split("test")
   accuracy = float(np.mean(p.logits(images).argmax(-1) == labels))
@@ -64,3 +64,25 @@ def test_every_measured_row_ships_its_weights():
   for path in results_table.RESULTS_DIR.glob("*.json"):
     entry = json.loads(path.read_text())
     assert "weights" in entry or entry.get("weights_missing"), path.name
+
+
+def test_the_inference_and_report_layers_import_no_training_and_no_circle():
+  """`weights` reads files and knows no model; `predictor` builds models from
+  them (through cnn.model_fn); nothing in inference/ or report/ imports
+  cnn.train."""
+  import ast  # pylint: disable=import-outside-toplevel
+  root = results_table.RESULTS_DIR.parent / "cnn"
+
+  def imported(path):
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+      elif isinstance(node, ast.Import):
+        names |= {a.name for a in node.names}
+    return names
+
+  assert not imported(root / "inference" / "weights.py") & {
+      "cnn.inference.predictor", "cnn.model_fn", "cnn.train", "cnn.models"}
+  for path in [*(root / "inference").glob("*.py"), *(root / "report").glob("*.py")]:
+    assert "cnn.train" not in imported(path), path

@@ -100,11 +100,7 @@ def run(workdir: str | None, weights_file: str | None, patterns: list[str], whic
                     "--images='GLOB' (repeat the flag for more)")
   if top_k < 1:
     raise UserError(f"--top_k={top_k}; give 1 or more")
-  if weights_file:
-    from cnn.inference import weights  # pylint: disable=import-outside-toplevel
-    p = weights.load(weights_file)  # needs safetensors, which accelerator images may lack
-  else:
-    p = predictor.load(workdir, which)
+  p = predictor.from_weights(weights_file) if weights_file else predictor.load(workdir, which)
   k = min(top_k, len(p.class_names))
   rows = classify(p, patterns, k)
   bad = [r for r in rows if r["error"]]

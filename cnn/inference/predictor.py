@@ -140,12 +140,29 @@ def choose_step(meta: dict, steps: list[int], which: str, protocol: str) -> dict
   return model_fn.best_epoch(history)
 
 
-def load(workdir: str, which: str = "best") -> Predictor:
+def from_weights(path: str, sha256: str | None = None) -> Predictor:
+  """The predictor of a published weights file (`cnn.inference.weights`),
+  checked against its recorded `sha256` when given."""
+  from cnn.inference import weights  # pylint: disable=import-outside-toplevel (safetensors)
+  contents = weights.read(path, sha256)
+  model = model_fn.build(contents.config, len(contents.class_names))
+  variables = jax.tree.map(jnp.asarray, contents.variables)
+  weights.check_shapes(path, variables, abstract_variables(model, contents.image_shape))
+  return Predictor(
+      model=model, variables={"params": variables["params"],
+                              "batch_stats": variables.get("batch_stats", {})},
+      image_shape=contents.image_shape, mean=contents.mean, std=contents.std,
+      class_names=contents.class_names, flip=contents.flip,
+      batch_size=int(contents.config.eval.batch_size), source=contents.source,
+      config=contents.config, history=())
+
+
+def load(workdir: str, which: str = "best", sha256: str | None = None) -> Predictor:
   """The predictor of a trained (or training) workdir's `which` checkpoint,
-  or of a published weights file (`*.safetensors`, `cnn.inference.weights`)."""
+  or of a published weights file (`*.safetensors`: `from_weights`, with its
+  recorded `sha256` if given)."""
   if str(workdir).endswith(".safetensors"):  # weights.SUFFIX; needs the safetensors package
-    from cnn.inference import weights  # pylint: disable=import-outside-toplevel
-    return weights.load(workdir)
+    return from_weights(workdir, sha256)
   if which not in WHICH:
     raise unknown_name("checkpoint choice", which, WHICH)
   directory = workdirs.Workdir.of(workdir).checkpoints

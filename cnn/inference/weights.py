@@ -17,15 +17,15 @@ holds what inference needs besides the arrays:
   source        JSON: experiment name, step, epoch, validation and test accuracy
 
 `results/<name>_seed<seed>.json` records each shipped file's size and SHA-256
-(`python -m cnn.report.results_table record` writes both); `load(path, sha256=...)`
-refuses a file whose checksum differs.
+(`python -m cnn.report.results_table record` writes both);
+`predictor.load(path, sha256=...)` refuses a file whose checksum differs.
 """
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from safetensors import SafetensorError
@@ -95,10 +95,23 @@ def _metadata(path: str) -> dict[str, str]:
     return json.loads(f.read(size)).get("__metadata__") or {}
 
 
-def load(path: str, sha256_expected: str | None = None):
-  """The `Predictor` of a weights file, checked against `sha256_expected` when given."""
-  from cnn.inference import predictor  # pylint: disable=import-outside-toplevel
-  from cnn import model_fn  # pylint: disable=import-outside-toplevel
+@dataclasses.dataclass(frozen=True)
+class Contents:
+  """What a weights file holds: the run's config (today's form), the
+  variables (nested numpy arrays) and the preprocessing inference needs."""
+  config: ml_collections.ConfigDict
+  variables: dict
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, ...]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  flip: bool
+  source: dict
+
+
+def read(path: str, sha256_expected: str | None = None) -> Contents:
+  """The contents of a weights file, checked against `sha256_expected` when
+  given; `cnn.inference.predictor.load(path)` makes them a predictor."""
   if not Path(path).is_file():
     raise UserError(f"weights file {path} not found")
   if sha256_expected and sha256(path) != sha256_expected:
@@ -112,23 +125,16 @@ def load(path: str, sha256_expected: str | None = None):
   if meta.get("format") != FORMAT:
     raise UserError(f"{path} is not a weights file of this project (format "
                     f"{meta.get('format')!r}, expected {FORMAT!r})")
-  config = settings.upgrade(json.loads(meta["config"]))
-  class_names = tuple(json.loads(meta["class_names"]))
-  image_shape = tuple(json.loads(meta["image_shape"]))
-  model = model_fn.build(config, len(class_names))
-  variables = jax.tree.map(jnp.asarray, _nested(flat))
-  _check_shapes(path, variables, predictor.abstract_variables(model, image_shape))
-  return predictor.Predictor(
-      model=model, variables={"params": variables["params"],
-                              "batch_stats": variables.get("batch_stats", {})},
-      image_shape=image_shape, mean=tuple(json.loads(meta["mean"])),
-      std=tuple(json.loads(meta["std"])), class_names=class_names,
-      flip=bool(json.loads(meta.get("flip", "false"))), batch_size=int(config.eval.batch_size),
-      source={"weights": str(path), **json.loads(meta.get("source", "{}"))},
-      config=config, history=())
+  return Contents(
+      config=settings.upgrade(json.loads(meta["config"])), variables=_nested(flat),
+      class_names=tuple(json.loads(meta["class_names"])),
+      image_shape=tuple(json.loads(meta["image_shape"])), mean=tuple(json.loads(meta["mean"])),
+      std=tuple(json.loads(meta["std"])), flip=bool(json.loads(meta.get("flip", "false"))),
+      source={"weights": str(path), **json.loads(meta.get("source", "{}"))})
 
 
-def _check_shapes(path: str, variables: dict, wanted: dict) -> None:
+def check_shapes(path: str, variables: dict, wanted: dict) -> None:
+  """Refuses variables whose names or shapes are not the model's (one line)."""
   got = {k: tuple(v.shape) for k, v in _by_name(variables).items()}
   want = {k: tuple(v.shape) for k, v in _by_name(wanted).items()}
   if got != want:
