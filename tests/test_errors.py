@@ -21,6 +21,8 @@ ROWS = {
         "test_config_validation.py::test_command_line_mistakes_are_one_line_with_exit_2",
     "unknown name":
         "test_main.py::test_bad_config_is_one_clear_line",
+    "a flat key of an older config":
+        "test_config_validation.py::test_a_config_file_with_a_flat_key_names_its_new_place",
     "unknown model option value":
         "test_conv_algorithms.py::test_unknown_algorithm_is_a_user_error",
     "batch size not divisible by the devices":
@@ -31,8 +33,6 @@ ROWS = {
         "test_main.py::test_checkpoint_of_another_model_is_refused",
     "offline data missing or corrupt":
         "test_errors.py::test_a_dataset_not_on_disk_offline_is_the_only_line",
-    "a flat key of an older config":
-        "test_config_validation.py::test_a_config_file_with_a_flat_key_names_its_new_place",
     "diverged loss, split too big for `data.on_device`":
         "test_resume.py::test_divergence_stops_and_keeps_the_last_good_checkpoint",
     "workdir's disk full":
