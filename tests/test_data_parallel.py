@@ -58,8 +58,9 @@ def test_eight_devices_train_like_one_with_every_augmentation(data_env, mnist):
   """RandAugment, crop and flip, Cutout, random erasing, mixup or CutMix in the
   step, and gradient accumulation: every draw is made for the global batch,
   so 8 devices see the batches of one."""
-  toolbox = dict(auto_augment="randaugment", cutout=8, random_erasing=0.5, mixup_alpha=0.4,
-                 cutmix_alpha=1.0, grad_accum_steps=2)
+  toolbox = {"augment.policy": "randaugment", "augment.cutout": 8,
+             "augment.random_erasing": 0.5, "augment.mixup_alpha": 0.4,
+             "augment.cutmix_alpha": 1.0, "optim.grad_accum_steps": 2}
   one, eight = probe(data_env, 1, **toolbox), probe(data_env, 8, **toolbox)
   assert len(one["losses"]) == 6
   assert abs(one["losses"][0] - eight["losses"][0]) < 1e-6

@@ -73,6 +73,6 @@ def test_a_run_with_data_on_device_learns(data_env, mnist, tmp_path):
   run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path}",
            "--config.data.on_device=True")
   results = json.loads((tmp_path / "results.json").read_text())
-  assert results["config"]["data_on_device"] is True
+  assert results["config"]["data"]["on_device"] is True
   assert results["test_accuracy"] > 0.6  # chance is 0.1
   assert 0 < results["train_time_s"] < results["wall_time_s"]
