@@ -129,7 +129,8 @@ def sections() -> tuple[Section, ...]:
   return tuple(found)
 
 
-def _settings_of(section: Section) -> ml_collections.ConfigDict:
+def defaults(section: Section) -> ml_collections.ConfigDict:
+  """The section's settings at their defaults (a fresh copy)."""
   return ml_collections.ConfigDict(
       {k: (s.default.copy_and_resolve_references() if isinstance(
           s.default, ml_collections.ConfigDict) else s.default)
@@ -138,9 +139,9 @@ def _settings_of(section: Section) -> ml_collections.ConfigDict:
 
 def default_config() -> ml_collections.ConfigDict:
   """Every setting at its default: what `configs/default.py` returns."""
-  config = _settings_of(TOP)
+  config = defaults(TOP)
   for section in sections():
-    config[section.name] = _settings_of(section)
+    config[section.name] = defaults(section)
   return config
 
 

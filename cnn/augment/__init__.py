@@ -35,7 +35,7 @@ from cnn.augment import basic, mixing
 from cnn.augment.basic import normalize
 from cnn.augment.policies import POLICIES, make_policy
 from cnn.datasets import DatasetSpec
-from cnn.settings import Section, Setting, at_least, between, unknown_value
+from cnn.settings import Section, Setting, at_least, between, defaults, unknown_value
 
 __all__ = ["CONFIG", "GEOMETRY", "POLICIES", "STAGES", "augment_batch", "make_augment",
            "normalize", "settings", "step_key"]
@@ -86,7 +86,7 @@ CONFIG = Section("augment", "every augmentation, in STAGES order (cnn/augment/)"
 
 def settings(**overrides) -> ml_collections.ConfigDict:
   """`config.augment` at its defaults, with `overrides` (tests, benchmarks)."""
-  section = ml_collections.ConfigDict({k: s.default for k, s in CONFIG.settings.items()})
+  section = defaults(CONFIG)
   section.update(overrides)
   return section
 
