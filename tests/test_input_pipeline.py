@@ -1,5 +1,9 @@
 """Real data through tfds, the tf.data feed's order and sharding, and exact
 evaluation counts."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -34,6 +38,24 @@ def test_cifar10_from_extracted_batches_has_seed_splits(cifar10):
   # Official per-channel test mean (shared/datasets/README.md).
   np.testing.assert_allclose((test / 255.0).mean(axis=(0, 1, 2)),
                              [0.49421, 0.48513, 0.45041], atol=1e-4)
+
+
+def test_two_processes_preparing_one_dir_at_once_both_get_it(tmp_path, archive_dir):
+  """Two runs started together on one machine with an empty TFDS_DATA_DIR:
+  without a lock tfds lets the second fail renaming its copy onto the first's."""
+  code = ("import sys; from cnn import datasets; from cnn.datasets import tfds_source; "
+          "b = tfds_source.prepare(datasets.get_spec('mnist'), sys.argv[1], sys.argv[2]); "
+          "print(b.data_dir)")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), archive_dir],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+  assert [out.splitlines()[-1] for out, _ in outs] == [f"{tmp_path}/mnist/3.0.1"] * 2
+  assert [d.name for d in (tmp_path / "mnist").iterdir()] == ["3.0.1"]  # no incomplete copy
+  images, _ = tfds_source.TfdsSource(tfds_source.make_builder(MNIST, str(tmp_path))).load_split(
+      "test")
+  assert len(images) == 10_000
 
 
 def test_missing_archives_name_the_files(tmp_path):

@@ -7,7 +7,10 @@ same as a download. With no archive directory, tfds downloads as usual.
 This module imports TensorFlow; cnn/datasets/__init__.py imports it only when
 this reader is chosen.
 """
+import contextlib
+import fcntl
 import logging
+import os
 import re
 import socket
 import time
@@ -86,11 +89,40 @@ def make_builder(spec: DatasetSpec, data_dir: str | None) -> tfds.core.DatasetBu
   return tfds.builder(spec.tfds_name, data_dir=data_dir)
 
 
+@contextlib.contextmanager
+def _preparing_alone(spec: DatasetSpec, builder: tfds.core.DatasetBuilder):
+  """Holds an exclusive lock while one process prepares `spec` in a local data
+  dir, so runs started at once on one machine prepare it once (tfds alone
+  lets the second fail renaming its copy onto the first's). The kernel drops
+  the lock when its holder dies, even by kill -9. gs:// dirs are prepared by
+  process 0 of a job (`cnn.datasets.open_data`) and are not locked here."""
+  root = str(builder.data_dir_root)
+  if "://" in root:
+    yield
+    return
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{spec.tfds_name}.prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def prepare(spec: DatasetSpec, data_dir: str | None, archive_dir: str) -> tfds.core.DatasetBuilder:
   """Returns a prepared builder, preparing it from archives or online once."""
   builder = make_builder(spec, data_dir)
   if builder.is_prepared():
     return builder
+  with _preparing_alone(spec, builder):
+    builder = make_builder(spec, data_dir)  # another process may have prepared it meanwhile
+    if builder.is_prepared():
+      return builder
+    return _prepare_now(spec, builder, archive_dir)
+
+
+def _prepare_now(spec: DatasetSpec, builder: tfds.core.DatasetBuilder,
+                 archive_dir: str) -> tfds.core.DatasetBuilder:
   if archive_dir:
     manual_dir = find_archives(spec, archive_dir)
     if manual_dir is None:
