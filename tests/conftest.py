@@ -3,9 +3,12 @@
 Data comes from `$CNN_ARCHIVE_DIR` (default: ../shared/datasets next to the
 repo) and is prepared into `$TFDS_DATA_DIR` (default: a session temp dir).
 """
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,22 +86,35 @@ def mnist_train_step(**overrides):
   return functools.partial(train.train_step, **{**args, **overrides})
 
 
+def shared_run(tmp_path_factory, name: str, env: dict, *args: str):
+  """`main.py ARGS --workdir=<shared>/NAME` once per test run: under pytest-xdist the
+  first worker to ask trains it while the others wait on a lock, then all read the
+  same workdir (tests must not change it). Returns (workdir, its CompletedProcess)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's temp root, shared by the workers
+  workdir, log = root / name, root / f"{name}.stderr"
+  with open(root / f".{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not log.exists():
+      shutil.rmtree(workdir, ignore_errors=True)
+      result = run_main(env, *args, f"--workdir={workdir}")
+      log.write_text(result.stderr)
+  return workdir, subprocess.CompletedProcess(args, 0, "", log.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(data_env, tmp_path_factory, mnist):
   """One uninterrupted run of configs/tiny_mnist.py: the reference for the
   end-to-end, resume and determinism tests."""
-  workdir = tmp_path_factory.mktemp("tiny")
-  first = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
-  return workdir, first
+  return shared_run(tmp_path_factory, "tiny", data_env, "--config=configs/tiny_mnist.py")
 
 
 @pytest.fixture(scope="session")
 def tiny_cifar_run(data_env, tmp_path_factory, cifar10):
   """configs/tiny_cifar10.py (with test-time flips): a CIFAR-10 workdir for
   the inference tests."""
-  workdir = tmp_path_factory.mktemp("tiny_cifar")
-  run_main(data_env, "--config=configs/tiny_cifar10.py", f"--workdir={workdir}")
-  return workdir
+  return shared_run(tmp_path_factory, "tiny_cifar", data_env, "--config=configs/tiny_cifar10.py")[0]
 
 
 # Slow suites, each behind its own option (docs/accelerators.md: "Checking it without a
@@ -110,7 +126,8 @@ SLOW_SUITES = {
     "slow": ("end-to-end checks of 30 s or more each, beyond CI's 15 minutes (the damage matrix "
              "over every file of a checkpoint, the notebook, "
              "the accelerator kit's interrupted and carried row and its whole tiny queue, "
-             "reproducibility across runs, divergence, the workdir lock, the CPU conv algorithms "
+             "reproducibility across runs, kill -9 while a checkpoint is written, divergence, "
+             "the workdir lock, the CPU conv algorithms "
              "on whole models, SIGTERM, the exports, mixup, learning with the data on the "
              "device, the attack's eps-ball, one WRN-28-10 TrivialAugment epoch of 512 images): "
              "python -m pytest -q tests --slow -m slow"),
@@ -122,9 +139,26 @@ def pytest_addoption(parser):
     parser.addoption(f"--{name}", action="store_true", help=f"also run the {help_text}")
 
 
+# JAX's persistent compilation cache, shared by this run's tests, their main.py subprocesses
+# and pytest-xdist's workers (which inherit the environment): the same tiny models are compiled
+# by dozens of processes. A cached executable is the compiled program itself, so numbers are
+# unchanged; entries are keyed on the program, the options and the jax version.
+CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def pytest_configure(config):
   for name, help_text in SLOW_SUITES.items():
     config.addinivalue_line("markers", f"{name}: {help_text}")
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set by the controller for xdist workers
+    config.jax_cache_dir = tempfile.mkdtemp(prefix="cnn-tests-jax-cache-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=config.jax_cache_dir, **CACHE_ENV)
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "jax_cache_dir", None):
+    shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
+    del os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,6 +20,9 @@ from conftest import REPO
 from tools import accelerator_kit  # the queue table: the row's exact command
 from tools import carry
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_accelerator_kit")
+
 KIT = [sys.executable, "tools/accelerator_kit.py"]
 ROW = next(p for p in accelerator_kit.tiny_queue() if p["kind"] == "train")
 STEPS = 128  # 4 epochs of 32

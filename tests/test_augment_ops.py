@@ -22,6 +22,9 @@ from cnn.augment import ops, policies
 from cnn.datasets import archives
 from cnn.errors import UserError
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_augment_ops")
+
 
 def _read(name: str, archive_dir: str, count: int) -> np.ndarray:
   root = datasets.find_archives(datasets.get_spec(name), archive_dir)

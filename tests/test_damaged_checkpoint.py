@@ -19,6 +19,9 @@ import pytest
 from conftest import run_main
 from test_resume import assert_bitwise_equal, final_params
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_damaged_checkpoint")
+
 TINY = "--config=configs/tiny_mnist.py"
 FILE_DAMAGE = ("emptied", "truncated", "random", "deleted")
 FOLDER_DAMAGE = ("folder deleted", "renamed to unfinished", "commit_success.txt missing")

@@ -7,6 +7,9 @@ from PIL import Image
 from cnn import datasets
 from cnn.inference import images
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_images")
+
 
 @pytest.fixture(scope="module")
 def mnist_test(mnist):

@@ -23,6 +23,9 @@ from cnn.inference import predictor
 from cnn.errors import UserError
 from cnn.models import create_model
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 REPO = Path(__file__).resolve().parents[1]
 PNGS = ("confusion_matrix.png", "curves.png", "misclassified.png", "activations.png")
 

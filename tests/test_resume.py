@@ -85,6 +85,7 @@ def kill_during_save(env, workdir, after_step: int, *extra: str) -> str | None:
                        f"{after_step} was seen")
 
 
+@pytest.mark.slow
 def test_sigkill_while_a_checkpoint_is_written_then_resume_is_bitwise_equal(
     tiny_run, data_env, tmp_path):
   reference, _ = tiny_run

@@ -16,6 +16,9 @@ from cnn.inference import predictor
 from cnn.report import compare
 from cnn.robustness import adversarial, corruptions
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_robustness")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

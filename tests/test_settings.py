@@ -15,6 +15,9 @@ from cnn.inference import predictor
 from cnn.report import pages
 from configs import default
 
+# Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("test_settings")
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = sorted((REPO / "results").glob("*.json"))
 
