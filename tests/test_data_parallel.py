@@ -77,6 +77,7 @@ def test_per_device_batchnorm_is_a_real_switch(data_env, mnist):
   assert abs(per_device["losses"][0] - global_bn["losses"][0]) > 1e-4
 
 
+@pytest.mark.cluster
 def test_a_per_device_batchnorm_run_is_read_by_the_predictor(data_env, mnist, tmp_path):
   """Per-device BatchNorm's modules are named as nn.BatchNorm's, so the
   predictor (one device, one group) reads the run and gives its recorded test
@@ -98,6 +99,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.cluster
 def test_two_processes_match_one_process_with_four_devices(data_env, mnist, tmp_path):
   """Two processes x 2 devices started as SLURM's `srun` would (only its
   environment variables: JAX's own detection finds the job), sharing an empty

@@ -22,7 +22,7 @@ def _write_pngs(folder, images_uint8):
     Image.fromarray(image[..., 0] if mode == "L" else image, mode).save(folder / f"{i:05d}.png")
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+@pytest.mark.parametrize("dataset", ["mnist", pytest.param("cifar10", marks=pytest.mark.slow)])
 def test_test_split_as_png_files_predicts_what_evaluation_measured(
     dataset, request, data_env, tmp_path):
   """All 10,000 test images as PNG files: the predicted classes give exactly
