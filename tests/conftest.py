@@ -127,8 +127,8 @@ SLOW_SUITES = {
              "over every file of a checkpoint, the notebook, "
              "the accelerator kit's interrupted and carried row and its whole tiny queue, "
              "reproducibility across runs, kill -9 while a checkpoint is written, divergence, "
-             "the workdir lock, the CPU conv algorithms "
-             "on whole models, the CIFAR-10 test split as PNG files, SIGTERM, the exports, mixup, learning with the data on the "
+             "the workdir lock, the CPU conv algorithms on whole models, the CIFAR-10 test "
+             "split as PNG files, SIGTERM, the exports, mixup, learning with the data on the "
              "device, the attack's eps-ball, one WRN-28-10 TrivialAugment epoch of 512 images): "
              "python -m pytest -q tests --slow -m slow"),
 }

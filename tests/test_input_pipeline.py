@@ -2,11 +2,11 @@
 evaluation counts."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from cnn import batching, datasets, input_pipeline
 from cnn.batching import Shard
 from cnn.datasets import tfds_source
@@ -47,7 +47,7 @@ def test_two_processes_preparing_one_dir_at_once_both_get_it(tmp_path, archive_d
           "b = tfds_source.prepare(datasets.get_spec('mnist'), sys.argv[1], sys.argv[2]); "
           "print(b.data_dir)")
   procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), archive_dir],
-                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]

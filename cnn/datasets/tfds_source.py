@@ -102,11 +102,8 @@ def _preparing_alone(spec: DatasetSpec, builder: tfds.core.DatasetBuilder):
     return
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, f".{spec.tfds_name}.prepare.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    yield
 
 
 def prepare(spec: DatasetSpec, data_dir: str | None, archive_dir: str) -> tfds.core.DatasetBuilder:
