@@ -3,6 +3,7 @@
   python main.py --config=configs/resnet20v1_cifar10.py --workdir=runs/r20
   python main.py --config=configs/resnet20_mnist.py --workdir=W --config.num_epochs=1
   python main.py --mode=evaluate --config=configs/resnet20v1_cifar10.py --workdir=runs/r20
+  python main.py --config=configs/resnet20_mnist.py --workdir=runs/r20m --config.sweep.seeds=0-4
   python main.py --mode=predict --workdir=runs/r20 --images=photos/ --images='more/*.jpg'
 
 Rerunning the same training command resumes from the latest checkpoint in --workdir.
@@ -95,12 +96,16 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  from cnn import backend, distributed, train  # pylint: disable=import-outside-toplevel
+  from cnn import backend, distributed, sweep, train  # pylint: disable=import-outside-toplevel
   backend.configure(FLAGS.config)  # XLA flags: before the first device is touched
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
-    if FLAGS.mode == "train":
+    if FLAGS.mode == "train" and FLAGS.config.sweep.seeds:
+      sweep.train_seeds(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.config.sweep.seeds:
+      sweep.write_reports(FLAGS.config, FLAGS.workdir)
     else:
       from cnn.report import analysis  # pylint: disable=import-outside-toplevel
       analysis.write_report(FLAGS.config, FLAGS.workdir)
@@ -171,7 +176,7 @@ def config_load_message(path: str, error: BaseException) -> str:
 
 
 def renamed_override_message(argv: list[str]) -> str | None:
-  """One line for a `--config.KEY` of an older, flat config (`--config.optim.momentum`
+  """One line for a `--config.KEY` of an older, flat config (`--config.momentum`
   is `--config.optim.momentum` now), or None."""
   keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   if not keys:

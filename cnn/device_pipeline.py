@@ -12,6 +12,7 @@ Same contract as input_pipeline.train_batches: the same seeded order of
 (seed, epoch), uint8 images and int32 labels; augmentation happens in the
 train step for both feeds (cnn/augment/). Needs no TensorFlow.
 """
+import copy
 from typing import Iterator
 
 import jax
@@ -56,6 +57,12 @@ class DeviceData:
     self.images, self.labels = self.put(images), self.put(labels.astype(np.int32))
     self._gather = jax.jit(gather, in_shardings=(replicated,) * 4,
                            out_shardings=batch_sharding)
+
+  def reseeded(self, seed: int) -> "DeviceData":
+    """The same split on the same devices (not copied again), in `seed`'s order."""
+    other = copy.copy(self)
+    other.seed = seed
+    return other
 
   def put(self, array: np.ndarray) -> jax.Array:
     """A copy on every device; every process holds the same `array`."""

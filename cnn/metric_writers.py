@@ -10,6 +10,8 @@ import json
 import logging
 import time
 from typing import Sequence
+
+import numpy as np
 from etils import epath
 
 from cnn import workdir as workdirs
@@ -116,7 +118,9 @@ class Progress:
     """Call after compilation so its seconds do not count as training speed."""
     self._last_step, self._last_time = step, time.perf_counter()
 
-  def report(self, step: int, loss: float, accuracy: float) -> None:
+  def report(self, step: int, loss, accuracy) -> None:
+    """`loss` and `accuracy` of the epoch so far; a seed sweep's, one per seed, are averaged."""
+    loss, accuracy = float(np.mean(loss)), float(np.mean(accuracy))
     now = time.perf_counter()
     steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now

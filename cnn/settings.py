@@ -29,7 +29,7 @@ from cnn.errors import UserError
 
 # The modules that declare a section (a `CONFIG` Section or a tuple of them).
 OWNERS = ("cnn.datasets", "cnn.augment", "cnn.models.layers", "cnn.optim", "cnn.model_fn",
-          "cnn.robustness", "cnn.checkpoint", "cnn.metric_writers", "cnn.backend")
+          "cnn.robustness", "cnn.checkpoint", "cnn.metric_writers", "cnn.backend", "cnn.seeds")
 
 
 def unknown_value(path: str, value: Any, valid) -> UserError:

@@ -268,7 +268,10 @@ def evaluate(eval_fn: Callable, state: TrainState, batches: Iterator[dict],
 class Experiment:
   """Everything built once from the config: data, model, optimizer, steps."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, shared: "Experiment | None" = None):
+    """`shared`: an experiment of the same config but for its seed (a seed
+    sweep's first), whose loaded splits, training data on the devices and
+    compiled evaluation this one reuses: nothing that depends on the seed."""
     validate_config(config)
     self.config = config
     self.spec = datasets.get_spec(config.data.name)
@@ -282,11 +285,14 @@ class Experiment:
     self.eval_batch_size = fit_eval_batch_size(config.eval.batch_size, jax.device_count())
     norm_groups = jax.device_count() if config.layers.batchnorm == "per_device" else 1
     self.model = model_fn.build(config, self.spec.num_classes, norm_groups)
-    source = datasets.open_data(config)
-    self.class_names = source.class_names()
-    self.splits = {name: source.load_split(split) for name, split in (
-        ("train", config.data.train_split), ("validation", config.data.validation_split),
-        ("test", config.data.test_split)) if split}
+    if shared is None:
+      source = datasets.open_data(config)
+      self.class_names = source.class_names()
+      self.splits = {name: source.load_split(split) for name, split in (
+          ("train", config.data.train_split), ("validation", config.data.validation_split),
+          ("test", config.data.test_split)) if split}
+    else:
+      self.class_names, self.splits = shared.class_names, shared.splits
     self.steps_per_epoch = batching.steps_per_epoch(
         len(self.splits["train"][0]), config.batch_size)
     if self.steps_per_epoch == 0:
@@ -306,23 +312,25 @@ class Experiment:
         create_train_state(self.model, self.tx, init_key, self.spec.image_shape,
                            ema=config.optim.ema_decay > 0), replicated)
     self.train_step = jax.jit(
-        functools.partial(
-            train_step,
-            augment=make_augment(config, self.spec),
-            seed=config.seed,
-            steps_per_epoch=self.steps_per_epoch,
-            dropout_key=self.dropout_key,
-            label_smoothing=config.optim.label_smoothing,
-            ema_decay=config.optim.ema_decay,
-            accum_steps=config.optim.grad_accum_steps,
-            sam=config.optim.sam_rho > 0),
+        functools.partial(train_step, **self.step_settings, seed=config.seed,
+                          dropout_key=self.dropout_key),
         in_shardings=(replicated, replicated, self.batch_sharding),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1))
-    self.eval_step = jax.jit(functools.partial(eval_step, spec=self.spec, flip=config.eval.flip),
-                             in_shardings=(replicated, self.batch_sharding),
-                             out_shardings=replicated)
+    self.eval_step = shared.eval_step if shared else jax.jit(
+        functools.partial(eval_step, spec=self.spec, flip=config.eval.flip),
+        in_shardings=(replicated, self.batch_sharding), out_shardings=replicated)
+    if shared is not None and "device_data" in vars(shared):
+      self.device_data = shared.device_data.reseeded(config.seed)
     self.zero_sums = lambda: replicate(zero_sums(), replicated)
+
+  @property
+  def step_settings(self) -> dict:
+    """`train_step`'s keyword arguments besides the seed's (`seed`, `dropout_key`)."""
+    c = self.config
+    return {"augment": make_augment(c, self.spec), "steps_per_epoch": self.steps_per_epoch,
+            "label_smoothing": c.optim.label_smoothing, "ema_decay": c.optim.ema_decay,
+            "accum_steps": c.optim.grad_accum_steps, "sam": c.optim.sam_rho > 0}
 
   @functools.cached_property
   def fingerprint(self) -> dict:
@@ -368,9 +376,11 @@ class Experiment:
 
 
 def check_finite(sums: dict) -> None:
-  """Stops before anything non-finite is checkpointed."""
-  step = int(sums["first_nonfinite_step"])
-  if step >= 0:
+  """Stops before anything non-finite is checkpointed (`sums` of one run, or
+  of a seed sweep's stacked runs)."""
+  bad = np.asarray(sums["first_nonfinite_step"])
+  if (bad >= 0).any():
+    step = int(bad[bad >= 0].min())
     raise UserError(f"training diverged: the loss is not finite at step {step}; the last "
                     "good checkpoint is kept; lower config.learning_rate or add warmup_epochs")
 
@@ -606,12 +616,16 @@ def _train_and_evaluate(exp: Experiment, workdir: workdirs.Workdir) -> dict:
     results = final_results(run, compile_time)
   finally:
     run.close()
+  write_results(workdir, results)
+  return results
+
+
+def write_results(workdir: workdirs.Workdir, results: dict) -> None:
+  """`results.json` (written by process 0), and its headline in the log."""
   if jax.process_index() == 0:
-    workdir.results.write_text(
-        json.dumps(results, indent=2, default=str) + "\n")
-  if config.protocol == "paper":
+    workdir.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
+  if results["protocol"] == "paper":
     logging.info("test accuracy %.4f (final model, paper protocol)", results["test_accuracy"])
   else:
     logging.info("test accuracy %.4f (best epoch %d by validation), last %.4f",
                  results["test_accuracy"], results["best_epoch"], results["last_test_accuracy"])
-  return results

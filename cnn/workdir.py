@@ -14,6 +14,9 @@
   tensorboard/           TensorBoard events
   predictions/           --mode=predict's output, unless --out says otherwise
 
+A seed sweep's workdir (`config.sweep.seeds`) holds one such workdir per seed,
+`seed_<s>/` (`seed(s)`), and `sweep.json`, the summary of their results.
+
 A local directory becomes absolute, and a URI (`gs://bucket/run`, or any
 scheme epath and tensorstore know) stays exactly as given, so on a pod every
 host reads and writes the same bucket instead of its own
@@ -102,3 +105,11 @@ class Workdir:
   @property
   def predictions(self) -> epath.Path:
     return self.path / "predictions"
+
+  def seed(self, seed: int) -> "Workdir":
+    """The workdir of one seed of a sweep, named the way the user named this one."""
+    return Workdir(f"{self.given.rstrip('/')}/seed_{seed}")
+
+  @property
+  def sweep(self) -> epath.Path:
+    return self.path / "sweep.json"

@@ -23,7 +23,9 @@ def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
                          weights=False)
   table = results_table.render(results)
   row = next(line for line in table.splitlines() if "`resnet20_mnist`" in line)
-  assert "| 99.62 ± 0.03 | validation | 2 | 30 | 2-core CPU, 1.00 h | — (not shipped) |" in row
+  # t(0.975, 1 dof) = 12.706: 99.62 ± 12.706 * 0.0283 / sqrt(2) = 99.37-99.87
+  assert ("| 99.62 ± 0.03 (2) | 99.37-99.87 | validation | 30 | 2-core CPU, 1.00 h "
+          "| — (not shipped) |") in row
   why = results_table.EXPERIMENTS["resnet56v1_cifar10"][3]
   assert why.startswith("queued 3rd: 64k iterations, about ")
   assert ("| `resnet56v1_cifar10` | 85.37 | 93.03 (He), 93.39 (re-impl.) | ≥ 93.3 | "

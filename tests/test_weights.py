@@ -18,8 +18,8 @@ SHIPPED = sorted(p for p in results_table.RESULTS_DIR.glob("*.json")
 
 def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp_path):
   workdir, _ = tiny_run
-  path = results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
-                              tmp_path)
+  [path] = results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
+                                tmp_path)
   entry = json.loads(path.read_text())
   shipped = entry["weights"]
   file = tmp_path / shipped["file"]

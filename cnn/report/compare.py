@@ -3,15 +3,20 @@
   python -m cnn.report.compare runs/resnet20_mnist runs/vgg16_mnist
   python -m cnn.report.compare runs/* --out results/comparison   # -> comparison.md, .csv
   python -m cnn.report.compare results/*_seed*.json               # the recorded runs
+  python -m cnn.report.compare runs/sweep_a runs/sweep_b          # seed sweeps: Welch's t-test
 
 Each argument is a workdir (its `results.json`, and `report/robustness.json` once
-`--mode=evaluate` has run) or a record in `results/` (which carries both).
+`--mode=evaluate` has run), a seed sweep's workdir (`sweep.json`: the mean over its
+seeds, their standard deviation and count) or a record in `results/` (which carries both).
+With two or more, a second table tests each against the first: the difference of
+the mean test accuracies, Welch's t (unequal variances), its degrees of freedom and
+the two-sided p-value, or why there is no p (fewer than 2 seeds on a side).
 
 Prints the markdown table and writes it with a CSV of the raw numbers
 (fractions, seconds) next to it: to `./comparison.{md,csv}` by default, into a
 directory when `--out` is one, else to `<PREFIX>.md` and `<PREFIX>.csv`. Only
 the standard library and etils.epath (workdirs may be gs:// URIs) are imported,
-so it answers at once.
+and scipy for the t-test of two or more, so it answers at once.
 """
 import argparse
 import csv
@@ -49,6 +54,8 @@ COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("train acc %", "train_accuracy", _percent),
     ("best val acc %", "best_val_accuracy", _percent),
     ("test acc %", "test_accuracy", _percent),
+    ("± std", "test_accuracy_std", _percent),
+    ("seeds", "seeds", str),
     ("wall time", "wall_time_s", _seconds),
     ("images/s", "images_per_s", lambda v: f"{v:,.0f}"),
     # Beyond accuracy (cnn/robustness; --mode=evaluate): calibration on the whole test split,
@@ -80,10 +87,15 @@ def robustness_headline(robustness: dict) -> dict:
 
 
 def load_results(workdir: str) -> dict:
-  """A workdir's results.json with its report's robustness, or a `results/` record."""
+  """A workdir's results.json with its report's robustness, a sweep's summary
+  (`load_sweep`), or a `results/` record. `seed_accuracies` lists the test
+  accuracy of each seed it stands for."""
   if workdir.endswith(".json"):
     results = _read_json(workdirs.resolve(workdir))
-    return {**results, **robustness_headline(results.get("robustness") or {})}
+    return {**results, **robustness_headline(results.get("robustness") or {}),
+            "seeds": 1, "seed_accuracies": [results["test_accuracy"]]}
+  if workdirs.Workdir.of(workdir).sweep.is_file():
+    return load_sweep(workdir)
   path = workdirs.Workdir.of(workdir).results
   if not path.is_file():
     raise UserError(f"{path} not found: {workdir} is not a finished run; train it first "
@@ -91,7 +103,23 @@ def load_results(workdir: str) -> dict:
   results = _read_json(path)
   report = workdirs.Workdir.of(workdir).report / "robustness.json"
   robustness = _read_json(report) if report.is_file() else {}
-  return {**results, **robustness_headline(robustness)}
+  return {**results, **robustness_headline(robustness), "seeds": 1,
+          "seed_accuracies": [results["test_accuracy"]]}
+
+
+def load_sweep(workdir: str) -> dict:
+  """A seed sweep (cnn/sweep.py) as one row: its first seed's results for what
+  the seeds share, the mean, standard deviation and count of their test
+  accuracies, and the means of their train accuracy, wall time and speed."""
+  sweep = _read_json(workdirs.Workdir.of(workdir).sweep)
+  runs = [load_results(str(workdirs.Workdir.of(workdir).seed(s))) for s in sweep["seeds"]]
+  mean = lambda key: (sum(r[key] for r in runs) / len(runs)
+                      if all(r.get(key) is not None for r in runs) else None)
+  acc = sweep["test_accuracy"]
+  return {**runs[0], **{k: mean(k) for k in ("train_accuracy", "best_val_accuracy",
+                                              "wall_time_s", "images_per_s")},
+          "test_accuracy": acc["mean"], "test_accuracy_std": acc["std"], "seeds": acc["n"],
+          "seed_accuracies": [r["test_accuracy"] for r in runs]}
 
 
 def _read_json(path) -> dict:
@@ -113,6 +141,27 @@ def markdown(workdirs: Sequence[str], results: Sequence[dict]) -> str:
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
   lines += ["| " + " | ".join(markdown_row(w, r)) + " |" for w, r in zip(workdirs, results)]
+  return "\n".join(lines) + "\n"
+
+
+def significance(workdirs: Sequence[str], results: Sequence[dict]) -> str:
+  """Each argument after the first against the first: Welch's t-test of their
+  seeds' test accuracies (cnn/seeds.py), as a markdown table."""
+  from cnn import seeds  # pylint: disable=import-outside-toplevel (scipy, only here)
+  lines = ["| workdir | vs | Δ test acc % | Welch t | dof | p (two-sided) | verdict |",
+           "|---|---|---:|---:|---:|---:|---|"]
+  base = results[0]["seed_accuracies"]
+  for workdir, result in zip(workdirs[1:], results[1:]):
+    other = result["seed_accuracies"]
+    test = seeds.welch(other, base)
+    delta = 100 * (sum(other) / len(other) - sum(base) / len(base))
+    if test["p"] is None:
+      cells = [MISSING] * 3 + [f"cannot tell: {test['reason']}"]
+    else:
+      verdict = ("differ at the 5 % level" if test["p"] < 0.05
+                 else "no difference shown at the 5 % level")
+      cells = [f"{test['t']:.2f}", f"{test['dof']:.1f}", f"{test['p']:.3g}", verdict]
+    lines.append(f"| {workdir} | {workdirs[0]} | {delta:+.2f} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -141,6 +190,8 @@ def compare(workdirs: Sequence[str], out: str | None = None) -> str:
   results = [load_results(w) for w in workdirs]
   md_path, csv_path = output_paths(out)
   table = markdown(workdirs, results)
+  if len(results) > 1:
+    table += "\n" + significance(workdirs, results)
   try:
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(table)

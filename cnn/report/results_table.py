@@ -10,10 +10,13 @@ Both take `--results-dir DIR` for another directory than the repository's result
 `record` keeps the numbers of a finished workdir as
 `results/<name>_seed<seed>.json` and its evaluation weights (the checkpoint
 results.json reports) as `results/weights/<name>_seed<seed>.safetensors`,
-with the file's size and SHA-256 in the JSON (`--no-weights`: numbers only);
-`render` averages each experiment over its seeds. Rows without a results file
-say so and why. `render` imports only the standard library (and etils.epath,
-for workdirs that are URIs); `record` also JAX, to read the checkpoint.
+with the file's size and SHA-256 in the JSON (`--no-weights`: numbers only); a
+seed sweep's workdir (`config.sweep.seeds`) records each of its seeds.
+`render` shows each experiment as mean ± standard deviation (number of seeds)
+with the 95 % Student-t interval of the mean. Rows without a results file say
+so and why. `render` imports the standard library, etils.epath (for workdirs
+that are URIs) and scipy (the t quantiles); `record` also JAX, to read the
+checkpoint.
 """
 import argparse
 import json
@@ -63,21 +66,37 @@ EXPERIMENTS = {
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
                             "after the queue (ResNet-110 v1's speed: about 22 h)"),
 }
-KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "last_test_accuracy",
-        "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
+KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch",
+        "last_test_accuracy", "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
         "devices", "seed", "model", "dataset", "config")
 
 
 def record(workdir: str, name: str, hardware: str, command: str,
            results_dir: Path = RESULTS_DIR, commit: str | None = None,
-           resumes: int | None = None, weights: bool = True) -> Path:
+           resumes: int | None = None, weights: bool = True) -> list[Path]:
   """Copies a finished run's numbers into `results_dir`, with the commit the
   run was pinned to and how many times it was resumed, when given, and its
-  evaluation weights (`weights`)."""
+  evaluation weights (`weights`). A seed sweep's workdir records each of its
+  seeds (`<name>_seed<s>.json`, replacing earlier records of those seeds) and
+  notes the sweep in each."""
+  sweep_file = workdirs.Workdir.of(workdir).sweep
+  if not sweep_file.is_file():
+    return [record_run(workdir, name, hardware, command, results_dir, commit, resumes, weights)]
+  sweep = json.loads(sweep_file.read_text())
+  note = {"seeds": sweep["seeds"], "placement": sweep["placement"], "mesh": sweep["mesh"]}
+  return [record_run(str(workdirs.Workdir.of(workdir).seed(s)), name, hardware, command,
+                     results_dir, commit, resumes, weights, sweep=note) for s in sweep["seeds"]]
+
+
+def record_run(workdir: str, name: str, hardware: str, command: str, results_dir: Path,
+               commit: str | None, resumes: int | None, weights: bool,
+               sweep: dict | None = None) -> Path:
+  """`record` of one run (one seed)."""
   results = load_results(workdir)
   entry = {"name": name, "hardware": hardware, "command": command,
            **({"commit": commit} if commit else {}),
            **({"resumes": resumes} if resumes is not None else {}),
+           **({"sweep": sweep} if sweep else {}),
            **{k: results.get(k) for k in KEPT}}
   robustness = workdirs.Workdir.of(workdir).report / "robustness.json"
   if robustness.is_file():  # --mode=evaluate ran: calibration, corruptions, attacks
@@ -115,12 +134,16 @@ def load_all(results_dir: Path = RESULTS_DIR) -> dict[str, list[dict]]:
   return runs
 
 
-def ours(entries: list[dict]) -> str:
-  """Mean ± sample std of test accuracy (%) over seeds."""
+def ours(entries: list[dict]) -> tuple[str, str]:
+  """Mean ± sample std (n) of the test accuracy (%) over the seeds, and the
+  95 % Student-t interval of the mean (cnn/seeds.py; none for one seed)."""
   accuracies = [100 * e["test_accuracy"] for e in entries]
   if len(accuracies) == 1:
-    return f"{accuracies[0]:.2f}"
-  return f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+    return f"{accuracies[0]:.2f} (1)", "— (one seed)"
+  from cnn import seeds  # pylint: disable=import-outside-toplevel (scipy's t quantiles)
+  s = seeds.summary(accuracies)
+  low, high = s["interval"]
+  return f"{s['mean']:.2f} ± {s['std']:.2f} ({s['n']})", f"{low:.2f}-{high:.2f}"
 
 
 def protocol(entry: dict) -> str:
@@ -138,9 +161,9 @@ def weights_cell(entries: list[dict]) -> str:
 
 def render(results_dir: Path = RESULTS_DIR) -> str:
   runs = load_all(results_dir)
-  lines = ["| config | seed codebase | published | target | ours (test %) | protocol | seeds "
-           "| epochs | measured on, wall time | weights |",
-           "|---|---:|---|---|---|---|---:|---:|---|---|"]
+  lines = ["| config | seed codebase | published | target | ours (test %, mean ± std (seeds)) "
+           "| 95 % interval | protocol | epochs | measured on, wall time | weights |",
+           "|---|---:|---|---|---|---|---|---:|---|---|"]
   for name in list(EXPERIMENTS) + sorted(set(runs) - set(EXPERIMENTS)):
     seed, published, target, why = EXPERIMENTS.get(name, ("—", "—", "—", ""))
     entries = runs.get(name)
@@ -149,9 +172,10 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
                    "| | | | | |")
       continue
     hours = statistics.mean(e["wall_time_s"] for e in entries) / 3600
+    mean_std, interval = ours(entries)
     lines.append(
-        f"| `{name}` | {seed} | {published} | {target} | {ours(entries)} | "
-        f"{protocol(entries[0])} | {len(entries)} | {entries[0]['epochs']} | "
+        f"| `{name}` | {seed} | {published} | {target} | {mean_std} | {interval} | "
+        f"{protocol(entries[0])} | {entries[0]['epochs']} | "
         f"{entries[0]['hardware']}, {hours:.2f} h | {weights_cell(entries)} |")
   return "\n".join(lines) + "\n"
 
@@ -227,8 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   results_dir = args.results_dir or RESULTS_DIR
   try:
     if args.action == "record":
-      print(record(args.workdir, args.name, args.hardware, args.command, results_dir,
-                   args.commit, args.resumes, args.weights))
+      for path in record(args.workdir, args.name, args.hardware, args.command, results_dir,
+                         args.commit, args.resumes, args.weights):
+        print(path)
     else:
       table, robustness = render(results_dir), render_robustness(results_dir)
       if args.readme:
