@@ -147,7 +147,7 @@ def test_a_small_budget_stops_the_row_and_reruns_finish_it_bitwise_equal(flow, r
   assert 0 < row["step"] < STEPS and row["total_steps"] == STEPS
   assert re.search(rf"{ROW['name']}: stopped by the budget at step {row['step']} of {STEPS} "
                    r"\(piece \d, \d+ s\); the next call resumes it", stopped.stdout), stopped.stdout
-  assert re.search(r"^queue tiny: 0/3 pieces done; next: throughput_resnet20; DIR [\d.]+ MiB$",
+  assert re.search(r"^queue tiny: 0/4 pieces done; next: throughput_resnet20; DIR [\d.]+ MiB$",
                    stopped.stdout.splitlines()[-1]), stopped.stdout
   final = flow["final"]
   assert final.returncode == 0, final.stdout + final.stderr
@@ -173,7 +173,7 @@ def test_a_sigkilled_kit_leaves_no_trainer_and_the_rerun_finishes(flow):
   final = flow["final"].stdout
   assert f"{ROW['name']}: the last call ended during this piece; it continues" in final
   assert "resumed from" in (flow["moved"] / "logs" / f"{ROW['name']}.log").read_text()
-  assert re.search(r"^queue tiny: 1/3 pieces done; next: throughput_resnet20; DIR",
+  assert re.search(r"^queue tiny: 1/4 pieces done; next: throughput_resnet20; DIR",
                    final.splitlines()[-1]), final
 
 
@@ -211,8 +211,8 @@ EXPERIMENTS = "# y\n<!-- speedrun:begin -->\n<!-- speedrun:end -->\n"
 
 @pytest.mark.slow
 def test_the_rest_of_the_queue_finishes_it_and_renders_the_docs(flow, kit_env, tmp_path):
-  """Throughput (JAX, and PyTorch where torch is installed) and the speedrun
-  piece on the DIR whose row is done (about 45 s more on 2 cores)."""
+  """Throughput (JAX, and PyTorch where torch is installed), the stacked seeds
+  and the speedrun piece on the DIR whose row is done (about 1 min more on 2 cores)."""
   readme, experiments = tmp_path / "README.md", tmp_path / "experiments.md"
   readme.write_text(README)
   experiments.write_text(EXPERIMENTS)
@@ -220,7 +220,7 @@ def test_the_rest_of_the_queue_finishes_it_and_renders_the_docs(flow, kit_env, t
              flow["results"], "--budget-seconds", "900", "--readme", readme,
              "--speedrun-doc", experiments)
   assert done.returncode == 0, done.stdout + done.stderr
-  assert re.search(r"^queue tiny: 3/3 pieces done; next: nothing, the queue is done; DIR",
+  assert re.search(r"^queue tiny: 4/4 pieces done; next: nothing, the queue is done; DIR",
                    done.stdout.splitlines()[-1]), done.stdout
   assert "| `tiny_mnist` |" in readme.read_text() and "| 0 | " in experiments.read_text()
   report = kit(kit_env, "report", "--out", flow["moved"])
@@ -237,6 +237,11 @@ def test_the_rest_of_the_queue_finishes_it_and_renders_the_docs(flow, kit_env, t
   else:
     assert row["torch"] == "no torch" and row["torch_images_per_s"] is None
   assert grid["machine"]["backend"] == "cpu" and grid["machine"]["jaxlib"]
+  (stacked,) = json.loads((results / "sweep_resnet20.json").read_text())["rows"]
+  assert (stacked["seeds"], stacked["batch_size"], stacked["steps"]) == (2, 8, 2)
+  assert stacked["stacked_vs_sequential"] == pytest.approx(
+      stacked["stacked_images_per_s"] / stacked["one_seed_images_per_s"])
+  assert "| 2 | " in report.stdout and "Seed sweep step, resnet20_v1, batch 8" in report.stdout
   run = json.loads((results / "speedrun_seed0.json").read_text())["run"]
   assert run["epochs"] == 1 and run["pieces"] == 1
   assert (run["time_to_target_s"] is not None) == (run["test_accuracy"] >= 0.94)
@@ -272,8 +277,8 @@ def test_pack_refuses_damaged_parts_and_leaves_locks_behind(tmp_path, kit_env):
 @pytest.mark.parametrize("args,says", [
     (["--queue", "nope"], "error: unknown queue 'nope'; valid queues: full, tiny"),
     (["--queue", "tiny", "--only", "resnet20v1_cifar10"], "error: unknown piece "
-     "'resnet20v1_cifar10' for --only; valid: speedrun, speedrun_seed0, throughput, "
-     "throughput_resnet20, tiny_mnist, train"),
+     "'resnet20v1_cifar10' for --only; valid: speedrun, speedrun_seed0, sweep, sweep_resnet20, "
+     "throughput, throughput_resnet20, tiny_mnist, train"),
     (["--queue", "tiny", "--budget-seconds", "30"], "error: throughput_resnet20 needs about "
      "125 s, more than the whole budget of 30 s; raise --budget-minutes"),
 ])

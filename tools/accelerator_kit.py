@@ -12,7 +12,7 @@ Each call runs the next pieces of a fixed queue (`--queue full`, the
 default) and exits before its budget: a box where one command may run ~10
 minutes and move ~64 MiB, possibly a fresh machine each time, finishes the
 queue in repeated calls as long as DIR travels with them. The queue, in
-order (13 pieces):
+order (14 pieces):
 
   (a) throughput_{resnet20,resnet56,vgg16}: images/s of our train step
       (benchmarks/run.py's JaxStepper) and of its PyTorch twin
@@ -20,6 +20,9 @@ order (13 pieces):
       device, fp32 and bf16, batch 128 and 512; the two alternate, medians
       over rounds, ratio of medians. Without torch the JAX column is still
       measured ("no torch").
+  (a') sweep_resnet20: 8 and 32 seeds of ResNet-20 vmapped in one step
+      (benchmarks/seed_sweep.py, cnn/sweep.py's stacked step) against one
+      seed alone on the same device: images/s per seed and in total.
   (b) speedrun_seed{0,1,2}: configs/speedrun_cifar10.py through
       benchmarks/speedrun.py's `one_run`, the time to 94% (a seed starts
       when it fits the budget whole; a finished seed's checkpoint is deleted).
@@ -69,7 +72,7 @@ checkpoint with its momentum is ~120 MB) `pack` writes it as parts of at most
 manifest): copy one part per call, then `unpack` on the other side.
 
 `--queue tiny` is the same machinery at CPU size (for tests): ResNet-20
-throughput at batch 8, a one-epoch MNIST "speedrun", a 4-epoch MNIST row (128 steps).
+throughput at batch 8, 2 seeds stacked at batch 8, a one-epoch MNIST "speedrun", a 4-epoch MNIST row (128 steps).
 """
 import argparse
 import datetime
@@ -93,7 +96,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 # The kit times and trains with the benchmarks' own code (one train-step timer,
 # one PyTorch worker, one supervised main.py), so its numbers are theirs.
 from benchmarks import run as bench  # noqa: E402
-from benchmarks import speedrun  # noqa: E402
+from benchmarks import seed_sweep, speedrun  # noqa: E402
 from cnn import workdir_lock  # noqa: E402
 from cnn.errors import UserError  # noqa: E402
 from cnn.report import results_table  # noqa: E402
@@ -117,6 +120,14 @@ def throughput_piece(model: str, registered: str, batch_sizes: tuple[int, ...],
   return {"name": f"throughput_{model}", "kind": "throughput", "model": model,
           "registered": registered, "batch_sizes": list(batch_sizes), "dtypes": list(dtypes),
           "repeats": repeats, "seconds": seconds, "steps": steps, "estimate_s": estimate_s}
+
+
+def sweep_piece(model: str, registered: str, seed_counts: tuple[int, ...], batch_size: int,
+                steps: int, rounds: int, estimate_s: float) -> dict:
+  """Seeds vmapped in one step against one seed alone (benchmarks/seed_sweep.py)."""
+  return {"name": f"sweep_{model}", "kind": "sweep", "model": model, "registered": registered,
+          "seeds": list(seed_counts), "batch_size": batch_size, "steps": steps,
+          "rounds": rounds, "estimate_s": estimate_s}
 
 
 def speedrun_piece(seed: int, config: str, overrides: list[str], estimate_s: float) -> dict:
@@ -149,6 +160,7 @@ def full_queue() -> list[dict]:
   return [throughput_piece("resnet20", "resnet20_v1", (128, 512), DTYPES, 5, 240, seconds=1.0),
           throughput_piece("resnet56", "resnet56_v1", (128, 512), DTYPES, 5, 420, seconds=1.0),
           throughput_piece("vgg16", "vgg16", (128, 512), DTYPES, 5, 300, seconds=1.0),
+          sweep_piece("resnet20", "resnet20_v1", (8, 32), 128, 20, 3, 300),
           *(speedrun_piece(seed, speedrun.CONFIG, [], 360) for seed in (0, 1, 2)),
           *(training_piece(f"configs/{name}.py", PAPER_PROTOCOL.get(name, ()))
             for name in PAPER_ROWS)]
@@ -162,6 +174,7 @@ def tiny_queue() -> list[dict]:
   """The same three kinds at CPU size, for tests and a first look."""
   return [
       throughput_piece("resnet20", "resnet20_v1", (8,), ("float32",), 2, 120, steps=2),
+      sweep_piece("resnet20", "resnet20_v1", (2,), 8, 2, 1, 120),
       speedrun_piece(0, "configs/tiny_mnist.py", [
           *TINY_DATA, "--config.num_epochs=1", "--config.data.train_split=train[:512]",
           "--config.data.test_split=test[:500]"
@@ -374,25 +387,41 @@ def throughput_need(call: Call, piece: dict, ps: dict) -> float:
 
 
 def run_throughput(call: Call, piece: dict, ps: dict) -> bool:
-  """A child process measures the grid and writes results/NAME.json; killed
-  at the budget's end, the piece is redone next time with a larger estimate."""
+  """A child process measures the grid and writes results/NAME.json."""
   result = call.out / "results" / f"{piece['name']}.json"
+  return run_measurement(call, piece, ps, [
+      sys.executable, __file__, "throughput", "--piece", json.dumps(piece), "--json",
+      str(result)], result, ("dtype", "batch_size", "jax_images_per_s", "torch_images_per_s",
+                             "jax_vs_torch", "torch"), describe_row)
+
+
+def run_sweep(call: Call, piece: dict, ps: dict) -> bool:
+  """benchmarks/seed_sweep.py in a child process, writing results/NAME.json."""
+  result = call.out / "results" / f"{piece['name']}.json"
+  return run_measurement(call, piece, ps, [
+      sys.executable, str(ROOT / "benchmarks" / "seed_sweep.py"), "--model", piece["registered"],
+      "--seeds", ",".join(map(str, piece["seeds"])), "--batch-size", str(piece["batch_size"]),
+      "--steps", str(piece["steps"]), "--rounds", str(piece["rounds"]), "--json", str(result)],
+      result, ("seeds", "batch_size", "one_seed_images_per_s", "stacked_images_per_s",
+               "stacked_per_seed_images_per_s", "stacked_vs_sequential"), describe_sweep_row)
+
+
+def run_measurement(call: Call, piece: dict, ps: dict, command: list[str], result: Path,
+                    kept: tuple[str, ...], describe: Callable[[dict], str]) -> bool:
+  """A measuring child (`command` writes `result`, JSON with "rows"); killed at
+  the budget's end, the piece is redone next time with a larger estimate."""
   log = call.begin(piece, ps)
   start = time.monotonic()
   env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # leave PyTorch its share
-  code, _ = bench.supervise([sys.executable, __file__, "throughput", "--piece", json.dumps(piece),
-                             "--json", str(result)], log, kill_at=call.deadline - RESERVE_S,
-                            cwd=ROOT, env=env)
+  code, _ = bench.supervise(command, log, kill_at=call.deadline - RESERVE_S, cwd=ROOT, env=env)
   spent = time.monotonic() - start
   call.end(ps, spent)
   if code == 0 and result.exists():
     rows = json.loads(result.read_text())["rows"]
     ps.update(status="done", result=str(result.relative_to(call.out)),
-              rows=[{k: r[k] for k in ("dtype", "batch_size", "jax_images_per_s",
-                                       "torch_images_per_s", "jax_vs_torch", "torch")}
-                    for r in rows])
+              rows=[{k: r[k] for k in kept} for r in rows])
     call.save()
-    say(f"{piece['name']}: done in {spent:.0f} s; " + "; ".join(map(describe_row, rows)))
+    say(f"{piece['name']}: done in {spent:.0f} s; " + "; ".join(map(describe, rows)))
     return True
   if code == -signal.SIGKILL and time.monotonic() >= call.deadline - RESERVE_S:
     ps["need_s"] = round(1.5 * max(throughput_need(call, piece, ps), spent))
@@ -401,6 +430,12 @@ def run_throughput(call: Call, piece: dict, ps: dict) -> bool:
         f"(estimate now {ps['need_s']} s)")
     return False
   raise PieceFailed(f"{piece['name']} failed (exit status {code}); see {log}")
+
+
+def describe_sweep_row(r: dict) -> str:
+  return (f"{r['seeds']} seeds b{r['batch_size']}: {r['stacked_images_per_s']:.0f} img/s in all, "
+          f"{r['stacked_per_seed_images_per_s']:.0f} per seed; one alone "
+          f"{r['one_seed_images_per_s']:.0f} ({r['stacked_vs_sequential']:.2f}x sequential)")
 
 
 def describe_row(r: dict) -> str:
@@ -662,6 +697,7 @@ def recorded(call: Call, ps: dict) -> bool:
 # kind -> (seconds it needs before it may start, runner: True when the piece finished)
 KINDS: dict[str, tuple[Callable, Callable]] = {
     "throughput": (throughput_need, run_throughput),
+    "sweep": (throughput_need, run_sweep),
     "speedrun": (speedrun_need, run_speedrun),
     "train": (train_need, run_training),
 }
@@ -856,6 +892,9 @@ def command_report(args: argparse.Namespace) -> int:
       ratio = f"{r['jax_vs_torch']:.2f}x" if r["jax_vs_torch"] else ""
       say(f"| {r['model']} | {r['dtype']} | {r['batch_size']} | {r['jax_images_per_s']:.0f} | "
           f"{torch} | {ratio} | {r['jax_compile_s']} |")
+  for path in sorted(results.glob("sweep_*.json")):
+    sweep = json.loads(path.read_text())
+    say("\n" + seed_sweep.render(sweep["rows"], sweep["machine"]))
   if (results / "speedrun.json").exists():
     say("\n" + speedrun.render(json.loads((results / "speedrun.json").read_text())))
   return 0
@@ -897,7 +936,8 @@ def run_parser() -> argparse.ArgumentParser:
                       help="start a training piece only with this much time before its SIGTERM "
                       "(start-up, compile and some steps; default 120)")
   parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
-                      help="comma-separated pieces or kinds (throughput, speedrun, train) to run "
+                      help="comma-separated pieces or kinds (throughput, sweep, speedrun, train) "
+                      "to run "
                       "in this call")
   parser.add_argument("--results-dir", default=str(results_table.RESULTS_DIR),
                       help="where finished rows are recorded (default: results/)")
