@@ -32,8 +32,9 @@ class StackedStepper:
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-    from cnn import augment, datasets, optim, sweep, train  # pylint: disable=import-outside-toplevel
+    from jax import sharding  # pylint: disable=import-outside-toplevel
+    from cnn import augment, datasets, optim  # pylint: disable=import-outside-toplevel
+    from cnn import sweep, train  # pylint: disable=import-outside-toplevel
     from cnn.models import create_model  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
@@ -52,13 +53,15 @@ class StackedStepper:
                      "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
                     for _ in range(num_seeds)]
     self.seeds = jnp.arange(num_seeds, dtype=jnp.int32)
-    self.keys = jnp.stack([jax.random.key(100 + s) for s in range(num_seeds)])
-    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("seed", "data"))
+    self.keys = jnp.stack([jax.random.key_data(jax.random.key(100 + s))
+                           for s in range(num_seeds)])
+    mesh = sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("seed", "data"))
     settings = {"augment": augment.make_augment(config, datasets.get_spec("cifar10")),
                 "steps_per_epoch": 100, "label_smoothing": 0.0}
     self._step = jax.jit(functools.partial(
         sweep.stacked_train_step, settings=settings,
-        batch_sharding=NamedSharding(mesh, P("seed", "data"))), donate_argnums=(0, 1))
+        batch_sharding=sharding.NamedSharding(mesh, sharding.PartitionSpec("seed", "data"))),
+        donate_argnums=(0, 1))
     self.images_per_step = num_seeds * batch_size
     start = time.perf_counter()
     self.run(1)

@@ -81,12 +81,14 @@ def stacked_train_step(states, sums, batches: list[dict], seeds: jax.Array,
                        dropout_keys: jax.Array, *, settings: dict, batch_sharding: NamedSharding):
   """`train.train_step` of every seed at once: `states`/`sums` stacked on a
   leading seed axis, `batches` one global batch per seed (each exactly the
-  batch that seed's run alone would get)."""
+  batch that seed's run alone would get), `dropout_keys` the seeds' dropout
+  keys as `jax.random.key_data` (plain integers travel to every host)."""
   batch = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
   batch = lax.with_sharding_constraint(batch, batch_sharding)
   one = functools.partial(train.train_step, **settings)
-  return jax.vmap(lambda st, su, b, seed, key: one(st, su, b, seed=seed, dropout_key=key))(
-      states, sums, batch, seeds, dropout_keys)
+  return jax.vmap(lambda st, su, b, seed, key: one(
+      st, su, b, seed=seed, dropout_key=jax.random.wrap_key_data(key)))(
+          states, sums, batch, seeds, dropout_keys)
 
 
 @dataclasses.dataclass
@@ -134,7 +136,7 @@ class SeedStack:
                       self.stacked, self.stacked),
         out_shardings=(self.stacked,) * 3, donate_argnums=(0, 1))
     seeds = self.put(np.array([e.config.seed for e in exps], np.int32))
-    keys = jax.device_put(jnp.stack([e.dropout_key for e in exps]), self.stacked)
+    keys = self.put(np.stack([jax.random.key_data(e.dropout_key) for e in exps]))
     self.exp = StackedSteps(first.config, first.total_steps, first.steps_per_epoch,
                             lambda st, su, batches: step(st, su, batches, seeds, keys), exps)
     self.manager = Managers([r.manager for r in runs], str(workdir))
@@ -190,11 +192,20 @@ class SeedStack:
 
 def seeds_ahead(workdirs_by_seed: dict[int, workdirs.Workdir]) -> int:
   """Moves aside each seed's checkpoints newer than every seed's newest (a
-  sweep killed mid-save), so all resume from one step; returns that step."""
-  newest = {s: max(checkpoint.finalized_steps(w), default=0) for s, w in workdirs_by_seed.items()}
-  common = min(newest.values())
+  sweep killed mid-save), so all resume from one step; returns that step.
+  Refuses (nothing moved) where a seed ahead no longer has that step: a
+  vmapped sweep trains its seeds in step."""
+  steps = {s: checkpoint.finalized_steps(w) for s, w in workdirs_by_seed.items()}
+  common = min((kept[-1] if kept else 0) for kept in steps.values())
+  behind = sorted(s for s, kept in steps.items() if (kept[-1] if kept else 0) == common)
+  for seed, kept in steps.items():
+    if kept and kept[-1] > common and common not in kept:
+      raise UserError(
+          f"seed {seed} is at step {kept[-1]} but seed {behind[0]} at step {common}, and a "
+          "vmapped sweep trains its seeds in step; finish them with "
+          "--config.sweep.placement=sequential (each resumes where it is)")
   for seed, workdir in workdirs_by_seed.items():
-    for step in checkpoint.finalized_steps(workdir):
+    for step in steps[seed]:
       if step > common and jax.process_index() == 0:
         where = checkpoint.move_aside(workdir, str(step))
         logging.warning("seed %d: checkpoint step %d is ahead of the other seeds' newest (%d: the "

@@ -311,8 +311,10 @@ def test_compare_prints_and_writes_both_runs(two_runs, data_env, tmp_path):
                str(tmp_path) + "/")
   lines = result.stdout.splitlines()
   assert lines[0].startswith("| workdir | model | dataset | epochs | batch size | params |")
-  rows = [line.split(" | ") for line in lines[2:]]
-  assert len(rows) == 2
+  rows = [line.split(" | ") for line in lines[2:4]]
+  assert lines[4] == "" and lines[5].startswith("| workdir | vs | Δ test acc % | Welch t |")
+  assert lines[7].endswith("| cannot tell: needs at least 2 seeds on each side (have 1 and 1) |")
+  assert len(lines) == 8
   assert rows[0][1:6] == ["resnet8_v1", "mnist", "2", "64", "77,754"]
   assert rows[1][3] == "1"  # the one-epoch run
   assert (tmp_path / "comparison.md").read_text() == result.stdout

@@ -20,6 +20,7 @@ from scipy import stats
 from cnn import seeds, settings
 from cnn.errors import UserError
 from conftest import REPO, only_error_line, run_main
+from test_cluster import start_processes, wait_all, with_devices
 from test_resume import assert_bitwise_equal, final_params
 
 pytestmark = pytest.mark.xdist_group("sweep")  # the module's sweep is trained once
@@ -90,6 +91,24 @@ def test_a_seeds_config_is_its_run_alone():
   assert config.seed == 0 and config.sweep.seeds == "0-4"  # the sweep's config is untouched
 
 
+def test_seeds_ahead_are_moved_aside_only_where_the_common_step_is_kept(tmp_path):
+  from cnn import sweep, workdir  # pylint: disable=import-outside-toplevel (JAX)
+  root = workdir.Workdir(str(tmp_path / "w"))
+  for seed, steps in ((0, (4, 6)), (1, (4,)), (2, (2, 4))):
+    for step in steps:
+      (tmp_path / "w" / f"seed_{seed}" / "checkpoints" / str(step)).mkdir(parents=True)
+  dirs = {s: root.seed(s) for s in (0, 1, 2)}
+  assert sweep.seeds_ahead(dirs) == 4
+  assert sorted(p.name for p in (tmp_path / "w" / "seed_0" / "checkpoints").iterdir()) == ["4"]
+  assert (tmp_path / "w" / "seed_0" / "damaged_checkpoints" / "6").is_dir()
+  (tmp_path / "w" / "seed_3" / "checkpoints" / "8").mkdir(parents=True)
+  with pytest.raises(UserError, match="seed 3 is at step 8 but seed 4 at step 0, and a vmapped "
+                     "sweep trains its seeds in step; finish them with "
+                     "--config.sweep.placement=sequential"):
+    sweep.seeds_ahead({3: root.seed(3), 4: root.seed(4)})  # seed 4 has no checkpoint
+  assert (tmp_path / "w" / "seed_3" / "checkpoints" / "8").is_dir()  # nothing moved
+
+
 def test_a_wrong_seed_list_is_one_line(data_env, tmp_path):
   result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={tmp_path / 'w'}",
                     "--config.sweep.seeds=3-1", check=False)
@@ -134,6 +153,31 @@ def test_sweep_json_summarises_the_seeds_and_a_rerun_trains_nothing(sweep_run, d
   assert "2 to train" not in again.stderr and "0 to train, 2 finished" in again.stderr
   assert {p: p.read_bytes() for p in sweep.rglob("*.jsonl")} == before
   assert json.loads((sweep / "sweep.json").read_text())["test_accuracy"] == acc
+
+
+@pytest.mark.slow
+def test_the_sequential_placement_trains_the_same_seeds_and_evaluate_reports_each(
+    sweep_run, data_env, tmp_path):
+  reference, _ = sweep_run
+  workdir = tmp_path / "w"
+  args = [*SMALL, f"--workdir={workdir}", "--config.sweep.seeds=0-1"]
+  result = run_main(data_env, *args, "--config.sweep.placement=sequential")
+  assert "sweep of seeds [0, 1] (sequential): 2 to train" in result.stderr
+  summary = json.loads((workdir / "sweep.json").read_text())
+  assert summary["placement"] == "sequential" and summary["mesh"] is None
+  for s in (0, 1):
+    if onednn_loaded():
+      assert ((workdir / f"seed_{s}" / "steps.jsonl").read_text()
+              == (reference / f"seed_{s}" / "steps.jsonl").read_text())
+    else:
+      np.testing.assert_allclose(losses(workdir / f"seed_{s}"), losses(reference / f"seed_{s}"),
+                                 rtol=0, atol=1e-5)
+  run_main(data_env, *args, "--mode=evaluate")
+  for s in (0, 1):
+    report = json.loads((workdir / f"seed_{s}" / "report" / "classification_report.json")
+                        .read_text())
+    results = json.loads((workdir / f"seed_{s}" / "results.json").read_text())
+    assert report["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -188,3 +232,26 @@ def test_a_sweep_stopped_and_resumed_ends_bitwise_equal(sweep_run, data_env, tmp
     for name in ("metrics.jsonl", "steps.jsonl"):
       assert (ours / name).read_text() == (theirs / name).read_text(), (s, name)
     assert_bitwise_equal(final_params(ours), final_params(theirs))
+
+
+@pytest.mark.cluster
+def test_two_processes_train_a_sweep_like_one_process(data_env, mnist, tmp_path):
+  """4 seeds on a (seed 2, data 2) mesh: each process holds two seeds' states,
+  each seed data-parallel over one process's two devices; the same numbers as
+  one process with the four devices."""
+  args = [*SMALL, "--config.num_epochs=1", "--config.learning_rate=0.001", *VMAP,
+          "--config.sweep.seeds=0-3", "--config.sweep.seed_devices=2"]
+  single, multi = tmp_path / "single", tmp_path / "multi"
+  run_main(with_devices(data_env, 4), *args, f"--workdir={single}")
+  procs = start_processes(data_env, 2, 2, multi, *args)
+  errors = wait_all(procs, 600)
+  assert [p.returncode for p in procs] == [0, 0], errors[0][-3000:]
+  assert "vmapped on a {'seed': 2, 'data': 2} mesh" in errors[0]
+  for s in range(4):
+    np.testing.assert_allclose(losses(multi / f"seed_{s}"), losses(single / f"seed_{s}"),
+                               rtol=0, atol=1e-5)
+    ours, theirs = (json.loads((w / f"seed_{s}" / "results.json").read_text())
+                    for w in (multi, single))
+    assert ours["test_accuracy"] == theirs["test_accuracy"] and ours["devices"] == 4
+  summary = json.loads((multi / "sweep.json").read_text())
+  assert summary["mesh"] == {"seed": 2, "data": 2} and summary["test_accuracy"]["n"] == 4

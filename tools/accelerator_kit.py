@@ -72,7 +72,8 @@ checkpoint with its momentum is ~120 MB) `pack` writes it as parts of at most
 manifest): copy one part per call, then `unpack` on the other side.
 
 `--queue tiny` is the same machinery at CPU size (for tests): ResNet-20
-throughput at batch 8, 2 seeds stacked at batch 8, a one-epoch MNIST "speedrun", a 4-epoch MNIST row (128 steps).
+throughput at batch 8, 2 seeds stacked at batch 8, a one-epoch MNIST
+"speedrun", a 4-epoch MNIST row (128 steps).
 """
 import argparse
 import datetime
