@@ -150,6 +150,10 @@ class SeedStack:
   def step(self) -> int:
     return self.runs[0].step
 
+  def host_sums(self) -> dict:
+    """The seeds' running sums of the epoch ([seeds] each), read on every host."""
+    return to_host(self.sums)
+
   def put(self, array: np.ndarray) -> jax.Array:
     return jax.make_array_from_callback(array.shape, self.stacked, lambda i: array[i])
 

@@ -432,6 +432,10 @@ class Run:
   def step(self) -> int:
     return int(self.state.step)
 
+  def host_sums(self) -> dict:
+    """The epoch's running sums, read on the host."""
+    return jax.device_get(self.sums)
+
   def check_space(self) -> None:
     """Refuses (UserError, on every process) to start a checkpoint the disk
     cannot hold, after the save in flight has taken its share."""
@@ -542,7 +546,7 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         timed_steps += 1
       at_sync_point = step % config.log.every_steps == 0 or step % exp.steps_per_epoch == 0
       if step % config.log.every_steps == 0 or step == exp.total_steps:
-        partial = jax.device_get(run.sums)
+        partial = run.host_sums()
         check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
                         partial["correct"] / partial["count"])
