@@ -22,16 +22,29 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = sorted((REPO / "results").glob("*.json"))
 
 
+def recorded_config(path: Path) -> dict:
+  return json.loads(path.read_text())["config"]
+
+
+# Rows recorded before the config had sections keep the flat form ("momentum" at the top).
+FLAT = [p for p in RESULTS if "optim" not in recorded_config(p)]
+SECTIONED = [p for p in RESULTS if "optim" in recorded_config(p)]
+
+
 def value_at(config: ml_collections.ConfigDict, path: str):
   for part in path.split("."):
     config = config[part]
   return config
 
 
-@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.name)
+def test_the_results_hold_rows_of_both_forms():
+  assert FLAT and SECTIONED
+
+
+@pytest.mark.parametrize("path", FLAT, ids=lambda p: p.name)
 def test_every_recorded_flat_config_reads_into_sections_with_every_value_kept(path):
-  saved = json.loads(path.read_text())["config"]
-  assert "momentum" in saved and "optim" not in saved  # recorded before the sections
+  saved = recorded_config(path)
+  assert "momentum" in saved
   config = settings.upgrade(saved)
   validate_config(config)
   for key, value in saved.items():
@@ -43,6 +56,14 @@ def test_every_recorded_flat_config_reads_into_sections_with_every_value_kept(pa
     got = value_at(config, settings.renames().get(key, key))
     assert got == (tuple(value) if isinstance(value, list) else value), key
   assert settings.upgrade(config.to_dict()) == config  # today's form reads as itself
+
+
+@pytest.mark.parametrize("path", SECTIONED, ids=lambda p: p.name)
+def test_every_recorded_sectioned_config_reads_as_itself(path):
+  saved = recorded_config(path)
+  config = settings.upgrade(saved)
+  validate_config(config)
+  assert json.loads(json.dumps(config.to_dict())) == saved
 
 
 def test_a_saved_config_without_newer_settings_gets_their_defaults():
