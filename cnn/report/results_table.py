@@ -52,9 +52,9 @@ EXPERIMENTS = {
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
-                           "in progress (1st of the queue, commit 000b182, 17 of 164 epochs): "
-                           "64k iterations, about 2.8 h of the 2-core Intel Xeon at 835 "
-                           "images/s"),
+                           "in progress (1st of the queue, restarted at commit 8f065eb on a new "
+                           "machine): 64k iterations, about 2.7 h of the idle 2-core AMD EPYC "
+                           "at 845 images/s"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "queued 3rd: 64k iterations, about 10 h of the 2-core CPU at "
                            "225 images/s"),
