@@ -1,5 +1,6 @@
 """The README's experiment table is generated from results/, never typed."""
 import json
+import re
 from pathlib import Path
 
 from cnn.report import results_table
@@ -27,9 +28,23 @@ def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
   assert ("| 99.62 ± 0.03 (2) | 99.37-99.87 | validation | 30 | 2-core CPU, 1.00 h "
           "| — (not shipped) |") in row
   why = results_table.EXPERIMENTS["resnet56v1_cifar10"][3]
-  assert why.startswith("queued 3rd: 64k iterations, about ")
+  assert re.match(r"queued \d(st|nd|rd|th): 64k iterations, about \d+ h", why), why
   assert ("| `resnet56v1_cifar10` | 85.37 | 93.03 (He), 93.39 (re-impl.) | ≥ 93.3 | "
           f"not yet run ({why}) |") in table
+
+
+def test_queue_positions_agree_with_the_results_readme():
+  """Each unrun row's "queued Nth" / "in progress (1st" is the row's place in the
+  numbered queue of results/README.md."""
+  queue = re.findall(r"^(\d)\. `(\w+)`", (REPO / "results" / "README.md").read_text(), re.M)
+  assert queue, "results/README.md lost its numbered queue"
+  place = {name: int(n) for n, name in queue}
+  for name, (*_, why) in results_table.EXPERIMENTS.items():
+    said = re.match(r"(?:queued |in progress \()(\d)(?:st|nd|rd|th)", why)
+    if said:
+      assert place.get(name) == int(said.group(1)), (name, why, place)
+  for name in place:
+    assert re.match(r"(queued |in progress \()\d", results_table.EXPERIMENTS[name][3]), name
 
 
 def test_readme_table_is_the_rendered_one():
@@ -80,3 +95,17 @@ def test_record_keeps_the_reports_robustness_and_renders_its_row(tmp_path):
   assert rows[2] == ("| [resnet20_mnist seed 0](results/resnet20_mnist_seed0.json) | 99.51 | 0.21 "
                      "| 0.11 (T = 1.23) | 0.0183 | 50.12 (generated, 10,000 images) "
                      "| 99.00 / 98.50 / 90.00 | 10,000 | 30 min |")
+
+
+def test_a_run_without_a_held_out_split_says_why_it_has_no_temperature(tmp_path):
+  workdir = fake_workdir(tmp_path / "w", 0, 0.9174)
+  (workdir / "report").mkdir()
+  (workdir / "report" / "robustness.json").write_text(json.dumps({
+      "seconds": {"calibration": 6},
+      "calibration": {"test": {"accuracy": 0.9174, "ece": 0.0519, "nll": 0.3527},
+                      "temperature": None, "temperature_note": "no held-out split"}}))
+  results = tmp_path / "results"
+  results_table.record(str(workdir), "resnet20v2_cifar10", "2-core CPU", "python main.py ...",
+                       results, weights=False)
+  row = results_table.render_robustness(results).splitlines()[2]
+  assert "| 91.74 | 5.19 | — (no held-out split to fit T on) | 0.3527 | — |" in row

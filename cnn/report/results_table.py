@@ -42,27 +42,26 @@ ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
 # and ResNet-110 v1 102 timed the same way), the queue order in results/README.md.
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "queued 2nd: 30 epochs of 55k images, about 2.7 h of the idle 2-core "
-                    "AMD EPYC at the 172 images/s measured on its own config"),
+                    "in progress (1st of the queue, started at commit 5dcb294): 30 epochs of "
+                    "55k images, about 2.7 h of the idle 2-core AMD EPYC at the 172 images/s "
+                    "measured on its own config"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5",
-                      "queued 5th: 200 epochs of 45k images, about 22 h of the 2-core CPU at "
+                      "queued 4th: 200 epochs of 45k images, about 22 h of the 2-core CPU at "
                       "116 images/s"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
-                           "in progress (1st of the queue, restarted at commit 8f065eb on a new "
-                           "machine): 64k iterations, about 2.7 h of the idle 2-core AMD EPYC "
-                           "at 845 images/s"),
+                           "64k iterations (164 epochs): 4.6 h of the 2-core AMD EPYC"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "queued 3rd: 64k iterations, about 10 h of the 2-core CPU at "
+                           "queued 2nd: 64k iterations, about 10 h of the 2-core CPU at "
                            "225 images/s"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
-                           "queued 4th: 64k iterations, about 11 h of the 2-core CPU at "
+                           "queued 3rd: 64k iterations, about 11 h of the 2-core CPU at "
                            "201 images/s"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
-                            "queued 6th: 64k iterations, about 22 h of the 2-core CPU at "
+                            "queued 5th: 64k iterations, about 22 h of the 2-core CPU at "
                             "102 images/s"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
                             "after the queue (ResNet-110 v1's speed: about 22 h)"),
@@ -192,6 +191,8 @@ def robustness_row(path: str, entry: dict) -> str:
   adv = rob.get("adversarial") or {}
   test, scaled = cal.get("test") or {}, cal.get("test_scaled") or {}
   temperature = f" (T = {cal['temperature']:.2f})" if cal.get("temperature") else ""
+  if cal and cal.get("temperature") is None and cal.get("temperature_note"):
+    temperature = " (no held-out split to fit T on)"
   corruption = "—"
   if corr:
     source = "generated" if corr["generated"] else "CIFAR-10-C"
