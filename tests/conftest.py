@@ -131,6 +131,9 @@ SLOW_SUITES = {
              "split as PNG files, SIGTERM, the exports, mixup, learning with the data on the "
              "device, the attack's eps-ball, one WRN-28-10 TrivialAugment epoch of 512 images): "
              "python -m pytest -q tests --slow -m slow"),
+    "published": ("the weights kept outside git (results/*.json \"weights_published\": "
+                  "VGG-16's) reproduce their recorded test accuracy: "
+                  "CNN_PUBLISHED_WEIGHTS=DIR python -m pytest -q tests --published -m published"),
 }
 
 

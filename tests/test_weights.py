@@ -3,6 +3,8 @@ with their checksum; `predictor.load` takes the file and predicts exactly what
 the workdir predicts; the weights shipped in results/ reproduce their
 recorded test accuracy."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from cnn.inference import predictor, weights
 
 SHIPPED = sorted(p for p in results_table.RESULTS_DIR.glob("*.json")
                  if "weights" in json.loads(p.read_text()))
+PUBLISHED = sorted(p for p in results_table.RESULTS_DIR.glob("*.json")
+                   if "weights_published" in json.loads(p.read_text()))
 
 
 def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp_path):
@@ -44,18 +48,60 @@ def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp
     predictor.load(str(tmp_path / "not.safetensors"))
 
 
-@pytest.mark.parametrize("results_file", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_weights_reproduce_their_recorded_test_accuracy(results_file, archive_dir,
-                                                                tfds_dir):
+def test_record_publishes_weights_outside_git_with_their_checksum(tiny_run, tmp_path):
+  """--publish-dir: the file goes there, not to results/weights/; the JSON
+  keeps its size and SHA-256; a directory inside the repository is refused."""
+  workdir, _ = tiny_run
+  results, published = tmp_path / "results", tmp_path / "published"
+  [path] = results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
+                                results, publish_dir=published)
+  entry = json.loads(path.read_text())
+  assert "weights" not in entry and not (results / "weights").exists()
+  kept = entry["weights_published"]
+  assert kept["file"] == "tiny_mnist_seed0.safetensors"
+  assert kept["sha256"] == weights.sha256(published / kept["file"])
+  assert kept["bytes"] == (published / kept["file"]).stat().st_size
+  assert predictor.load(str(published / kept["file"]), sha256=kept["sha256"]).source["step"] \
+      == kept["step"]
+  assert f"outside git (SHA-256 {kept['sha256'][:12]}…)" in results_table.render(results)
+  inside = results_table.RESULTS_DIR / "weights-elsewhere"
+  with pytest.raises(UserError, match="inside the repository"):
+    results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
+                         results, publish_dir=inside)
+  assert not inside.exists()
+
+
+def reproduces_its_test_accuracy(entry: dict, file, sha256: str, archive_dir, tfds_dir) -> None:
   """Up to one image of 10,000: XLA's CPU code differs slightly between
   processors (measured here: equal)."""
-  entry = json.loads(results_file.read_text())
-  p = predictor.load(str(results_table.RESULTS_DIR / entry["weights"]["file"]),
-                     sha256=entry["weights"]["sha256"])
+  p = predictor.load(str(file), sha256=sha256)
   source = datasets.open_source(datasets.get_spec(entry["dataset"]), tfds_dir, archive_dir)
   images, labels = source.load_split("test")
   accuracy = float(np.mean(p.logits(images).argmax(-1) == labels))
   assert accuracy == pytest.approx(entry["test_accuracy"], abs=1e-4 + 1e-9)
+
+
+@pytest.mark.parametrize("results_file", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_weights_reproduce_their_recorded_test_accuracy(results_file, archive_dir,
+                                                                tfds_dir):
+  entry = json.loads(results_file.read_text())
+  reproduces_its_test_accuracy(entry, results_table.RESULTS_DIR / entry["weights"]["file"],
+                               entry["weights"]["sha256"], archive_dir, tfds_dir)
+
+
+@pytest.mark.published
+@pytest.mark.parametrize("results_file", PUBLISHED, ids=[p.stem for p in PUBLISHED])
+def test_published_weights_reproduce_their_recorded_test_accuracy(results_file, archive_dir,
+                                                                  tfds_dir):
+  """The weights too large for git, from a copy in $CNN_PUBLISHED_WEIGHTS."""
+  entry = json.loads(results_file.read_text())
+  kept = entry["weights_published"]
+  where = os.environ.get("CNN_PUBLISHED_WEIGHTS")
+  if not where or not (Path(where) / kept["file"]).is_file():
+    pytest.fail(f"set CNN_PUBLISHED_WEIGHTS to a directory holding {kept['file']} "
+                f"({kept['bytes'] / 1e6:.1f} MB, SHA-256 {kept['sha256']})")
+  reproduces_its_test_accuracy(entry, Path(where) / kept["file"], kept["sha256"], archive_dir,
+                               tfds_dir)
 
 
 def test_every_measured_row_ships_its_weights():
@@ -63,7 +109,8 @@ def test_every_measured_row_ships_its_weights():
   gone, are listed in results/README.md."""
   for path in results_table.RESULTS_DIR.glob("*.json"):
     entry = json.loads(path.read_text())
-    assert "weights" in entry or entry.get("weights_missing"), path.name
+    assert "weights" in entry or "weights_published" in entry or entry.get("weights_missing"), \
+        path.name
 
 
 def test_the_inference_and_report_layers_import_no_training_and_no_circle():

@@ -11,7 +11,12 @@ Both take `--results-dir DIR` for another directory than the repository's result
 `results/<name>_seed<seed>.json` and its evaluation weights (the checkpoint
 results.json reports) as `results/weights/<name>_seed<seed>.safetensors`,
 with the file's size and SHA-256 in the JSON (`--no-weights`: numbers only); a
-seed sweep's workdir (`config.sweep.seeds`) records each of its seeds.
+seed sweep's workdir (`config.sweep.seeds`) records each of its seeds. Weights
+over the size git keeps (VGG-16's 61 MB) go to `--publish-dir DIR` instead, a
+directory outside the repository, and the JSON keeps their size and SHA-256
+under `"weights_published"`: anyone holding a copy checks it with
+`predictor.load(path, sha256=...)`, and `tests/test_weights.py --published`
+checks the copies in `$CNN_PUBLISHED_WEIGHTS`.
 `render` shows each experiment as mean ± standard deviation (number of seeds)
 with the 95 % Student-t interval of the mean. Rows without a results file say
 so and why. `render` imports the standard library, etils.epath (for workdirs
@@ -73,24 +78,28 @@ KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epo
 
 def record(workdir: str, name: str, hardware: str, command: str,
            results_dir: Path = RESULTS_DIR, commit: str | None = None,
-           resumes: int | None = None, weights: bool = True) -> list[Path]:
+           resumes: int | None = None, weights: bool = True,
+           publish_dir: Path | None = None) -> list[Path]:
   """Copies a finished run's numbers into `results_dir`, with the commit the
   run was pinned to and how many times it was resumed, when given, and its
   evaluation weights (`weights`). A seed sweep's workdir records each of its
   seeds (`<name>_seed<s>.json`, replacing earlier records of those seeds) and
-  notes the sweep in each."""
+  notes the sweep in each. `publish_dir`: the weights go there (outside git)
+  instead of results/weights/."""
   sweep_file = workdirs.Workdir.of(workdir).sweep
   if not sweep_file.is_file():
-    return [record_run(workdir, name, hardware, command, results_dir, commit, resumes, weights)]
+    return [record_run(workdir, name, hardware, command, results_dir, commit, resumes, weights,
+                       publish_dir)]
   sweep = json.loads(sweep_file.read_text())
   note = {"seeds": sweep["seeds"], "placement": sweep["placement"], "mesh": sweep["mesh"]}
   return [record_run(str(workdirs.Workdir.of(workdir).seed(s)), name, hardware, command,
-                     results_dir, commit, resumes, weights, sweep=note) for s in sweep["seeds"]]
+                     results_dir, commit, resumes, weights, publish_dir, sweep=note)
+          for s in sweep["seeds"]]
 
 
 def record_run(workdir: str, name: str, hardware: str, command: str, results_dir: Path,
                commit: str | None, resumes: int | None, weights: bool,
-               sweep: dict | None = None) -> Path:
+               publish_dir: Path | None = None, sweep: dict | None = None) -> Path:
   """`record` of one run (one seed)."""
   results = load_results(workdir)
   entry = {"name": name, "hardware": hardware, "command": command,
@@ -102,7 +111,13 @@ def record_run(workdir: str, name: str, hardware: str, command: str, results_dir
   if robustness.is_file():  # --mode=evaluate ran: calibration, corruptions, attacks
     entry["robustness"] = json.loads(robustness.read_text())
   stem = f"{name}_seed{results['seed']}"
-  if weights:
+  if weights and publish_dir is not None:
+    if Path(publish_dir).resolve().is_relative_to(RESULTS_DIR.parent):
+      raise UserError(f"--publish-dir {publish_dir} is inside the repository; give a directory "
+                      "outside it (the weights there are not kept in git)")
+    entry["weights_published"] = ship_weights(workdir, Path(publish_dir) / f"{stem}.safetensors",
+                                              name, results, in_git=False)
+  elif weights:
     entry["weights"] = ship_weights(workdir, results_dir / WEIGHTS_DIR / f"{stem}.safetensors",
                                     name, results)
   results_dir.mkdir(parents=True, exist_ok=True)
@@ -111,18 +126,18 @@ def record_run(workdir: str, name: str, hardware: str, command: str, results_dir
   return path
 
 
-def ship_weights(workdir: str, path: Path, name: str, results: dict) -> dict:
+def ship_weights(workdir: str, path: Path, name: str, results: dict, in_git: bool = True) -> dict:
   """Writes the evaluation weights of the checkpoint results.json reports;
-  refuses (nothing written) when the file would be too large for git."""
+  refuses (nothing written) when a file for git (`in_git`) would be too large."""
   from cnn.inference import predictor, weights  # pylint: disable=import-outside-toplevel
   p = predictor.load(workdir, "best")
   written = weights.save(p, path, {"name": name, "test_accuracy": results.get("test_accuracy")})
-  if written["bytes"] > weights.GIT_SIZE_LIMIT_BYTES:
+  if in_git and written["bytes"] > weights.GIT_SIZE_LIMIT_BYTES:
     path.unlink()
     raise UserError(f"the weights of {workdir} take {written['bytes'] / 2**20:.1f} MiB, over the "
-                    f"{weights.GIT_SIZE_LIMIT_BYTES / 2**20:.0f} MiB kept in git; publish them "
-                    "elsewhere and record with --no-weights")
-  return {"file": f"{WEIGHTS_DIR}/{path.name}", **written,
+                    f"{weights.GIT_SIZE_LIMIT_BYTES / 2**20:.0f} MiB kept in git; record with "
+                    "--publish-dir DIR (a directory outside the repository) or --no-weights")
+  return {"file": f"{WEIGHTS_DIR}/{path.name}" if in_git else path.name, **written,
           "step": p.source["step"], "epoch": p.source["epoch"]}
 
 
@@ -156,6 +171,9 @@ def weights_cell(entries: list[dict]) -> str:
   """Links to the shipped weights files (one per seed), or why there are none."""
   links = [f"[seed {e['seed']}, {e['weights']['bytes'] / 1e6:.1f} MB](results/"
            f"{e['weights']['file']})" for e in entries if e.get("weights")]
+  links += [f"seed {e['seed']}, {e['weights_published']['bytes'] / 1e6:.1f} MB, outside git "
+            f"(SHA-256 {e['weights_published']['sha256'][:12]}…)"
+            for e in entries if e.get("weights_published")]
   return ", ".join(links) or f"— ({entries[0].get('weights_missing', 'not shipped')})"
 
 
@@ -244,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   add.add_argument("--resumes", type=int, default=None, help="times the run was resumed")
   add.add_argument("--no-weights", dest="weights", action="store_false",
                    help="numbers only: do not ship the evaluation weights")
+  add.add_argument("--publish-dir", type=Path, default=None,
+                   help="write the weights here (outside git; their SHA-256 stays in the "
+                        "JSON) instead of results/weights/: for files over the git limit")
   show = commands.add_parser("render", help="print the table (and rewrite a README's)")
   show.add_argument("--readme", default=None)
   for command in (add, show):
@@ -254,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.action == "record":
       for path in record(args.workdir, args.name, args.hardware, args.command, results_dir,
-                         args.commit, args.resumes, args.weights):
+                         args.commit, args.resumes, args.weights, args.publish_dir):
         print(path)
     else:
       table, robustness = render(results_dir), render_robustness(results_dir)
