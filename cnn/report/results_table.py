@@ -47,12 +47,12 @@ ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
 # and ResNet-110 v1 102 timed the same way), the queue order in results/README.md.
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "in progress (1st of the queue, started at commit 5dcb294): 30 epochs of "
-                    "55k images, about 2.7 h of the idle 2-core AMD EPYC at the 172 images/s "
-                    "measured on its own config"),
+                    "queued 5th: seeds 1 and 2, about 5.4 h of the 2-core AMD EPYC at the 183 "
+                    "images/s of seed 0's run, to tell whether its 4 images under the target "
+                    "are the seed's"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5",
-                      "queued 4th: 200 epochs of 45k images, about 22 h of the 2-core CPU at "
+                      "queued 3rd: 200 epochs of 45k images, about 22 h of the 2-core CPU at "
                       "116 images/s"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
@@ -60,13 +60,13 @@ EXPERIMENTS = {
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
                            "64k iterations (164 epochs): 4.6 h of the 2-core AMD EPYC"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "queued 2nd: 64k iterations, about 10 h of the 2-core CPU at "
-                           "225 images/s"),
+                           "in progress (1st of the queue, started at commit 718d8dc): "
+                           "64k iterations, about 10 h of the 2-core CPU at 225 images/s"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
-                           "queued 3rd: 64k iterations, about 11 h of the 2-core CPU at "
+                           "queued 2nd: 64k iterations, about 11 h of the 2-core CPU at "
                            "201 images/s"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
-                            "queued 5th: 64k iterations, about 22 h of the 2-core CPU at "
+                            "queued 4th: 64k iterations, about 22 h of the 2-core CPU at "
                             "102 images/s"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
                             "after the queue (ResNet-110 v1's speed: about 22 h)"),
