@@ -30,21 +30,21 @@ def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
   why = results_table.EXPERIMENTS["resnet56v2_cifar10"][3]
   assert re.match(r"queued \d(st|nd|rd|th): 64k iterations, about \d+ h", why), why
   assert ("| `resnet56v2_cifar10` | 87.51 | 93.0 | ≥ 93.5 | "
-          f"not yet run ({why}) |") in table
+          f"no result yet ({why}) |") in table
 
 
 def test_queue_positions_agree_with_the_results_readme():
-  """Each unrun row's "queued Nth" / "in progress (1st" is the row's place in the
+  """Each unrun row's "queued Nth" / "in progress, 1st" is the row's place in the
   numbered queue of results/README.md."""
   queue = re.findall(r"^(\d)\. `(\w+)`", (REPO / "results" / "README.md").read_text(), re.M)
   assert queue, "results/README.md lost its numbered queue"
   place = {name: int(n) for n, name in queue}
   for name, (*_, why) in results_table.EXPERIMENTS.items():
-    said = re.match(r"(?:queued |in progress \()(\d)(?:st|nd|rd|th)", why)
+    said = re.match(r"(?:queued |in progress, )(\d)(?:st|nd|rd|th)", why)
     if said:
       assert place.get(name) == int(said.group(1)), (name, why, place)
   for name in place:
-    assert re.match(r"(queued |in progress \()\d", results_table.EXPERIMENTS[name][3]), name
+    assert re.match(r"(queued |in progress, )\d", results_table.EXPERIMENTS[name][3]), name
 
 
 def test_readme_table_is_the_rendered_one():

@@ -60,7 +60,7 @@ EXPERIMENTS = {
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
                            "64k iterations (164 epochs): 4.6 h of the 2-core AMD EPYC"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "in progress (1st of the queue, started at commit 718d8dc): "
+                           "in progress, 1st of the queue, started at commit 718d8dc: "
                            "64k iterations, about 9 h of the 2-core AMD EPYC at the 260 "
                            "images/s (median) of its first 38 epochs"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
@@ -70,7 +70,7 @@ EXPERIMENTS = {
                             "queued 4th: 64k iterations, about 22 h of the 2-core CPU at "
                             "102 images/s"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
-                            "after the queue (ResNet-110 v1's speed: about 22 h)"),
+                            "after the queue: about 22 h at ResNet-110 v1's speed"),
 }
 KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch",
         "last_test_accuracy", "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
@@ -187,7 +187,7 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     seed, published, target, why = EXPERIMENTS.get(name, ("—", "—", "—", ""))
     entries = runs.get(name)
     if not entries:
-      lines.append(f"| `{name}` | {seed} | {published} | {target} | not yet run ({why}) "
+      lines.append(f"| `{name}` | {seed} | {published} | {target} | no result yet ({why}) "
                    "| | | | | |")
       continue
     hours = statistics.mean(e["wall_time_s"] for e in entries) / 3600
