@@ -28,7 +28,7 @@ from benchmarks import run as bench  # noqa: E402
 class StackedStepper:
   """`num_seeds` ResNets in one vmapped step, on the first device."""
 
-  def __init__(self, model_name: str, num_seeds: int, batch_size: int):
+  def __init__(self, model_name: str, num_seeds: int, batch_size: int, dtype: str = "float32"):
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -36,12 +36,13 @@ class StackedStepper:
     from cnn import augment, datasets, optim  # pylint: disable=import-outside-toplevel
     from cnn import sweep, train  # pylint: disable=import-outside-toplevel
     from cnn.models import create_model  # pylint: disable=import-outside-toplevel
+    from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
     config.optim.nesterov, config.optim.weight_decay = True, 5e-4
     config.augment.geometry = "none"  # as JaxStepper: the fixed batch, normalised only
-    model = create_model(model_name, num_classes=10)
+    model = create_model(model_name, num_classes=10, spec=LayerSpec(dtype=jnp.dtype(dtype)))
     tx = optim.make_optimizer(config, steps_per_epoch=100)
     states = [train.create_train_state(model, tx, jax.random.key(s), (32, 32, 3))
               for s in range(num_seeds)]

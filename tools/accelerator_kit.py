@@ -1,86 +1,38 @@
-"""A one-shot accelerator validation kit, run in short resumable pieces
-(GitHub issue #16): train-step throughput against PyTorch, the time-to-94%
-speedrun, and the paper rows of the README's table, on a rented GPU/TPU box.
+"""One visit of the borrowed GPU box, as the device tool runs it (issue #46).
 
-  python tools/accelerator_kit.py --out DIR --budget-minutes 9   # repeat until done
-  python tools/accelerator_kit.py pack --out DIR --part-mib 48   # DIR -> parts to carry
-  python tools/accelerator_kit.py unpack --parts DIR-parts --out DIR
-  python tools/accelerator_kit.py report --out DIR               # markdown of the results
-  python tools/accelerator_kit.py record --out DIR               # finished rows -> results/
+The box is reached through short commands: each runs at most 10 minutes,
+carries at most 64 MiB to the box (the working tree included) and brings back
+at most 8 files of 16 MiB from $OUT; the box keeps its disk only ~30 s after a
+command; its python3 has JAX with CUDA but no TensorFlow, tfds,
+ml_collections or dm-pix. A visit is therefore a fixed sequence of commands,
+printed here and fired back to back:
 
-Each call runs the next pieces of a fixed queue (`--queue full`, the
-default) and exits before its budget: a box where one command may run ~10
-minutes and move ~64 MiB, possibly a fresh machine each time, finishes the
-queue in repeated calls as long as DIR travels with them. The queue, in
-order (14 pieces):
+  python tools/accelerator_kit.py prepare      # here: .box/ = wheels + CIFAR-10 in parts (+ a resume)
+  python tools/accelerator_kit.py visit        # here: the commands, each with the paths it carries
+  python tools/accelerator_kit.py land DIR     # here, after: DIR = the files the main command returned
 
-  (a) throughput_{resnet20,resnet56,vgg16}: images/s of our train step
-      (benchmarks/run.py's JaxStepper) and of its PyTorch twin
-      (benchmarks/torch_twins.py, CUDA when torch sees a GPU) on the same
-      device, fp32 and bf16, batch 128 and 512; the two alternate, medians
-      over rounds, ratio of medians. Without torch the JAX column is still
-      measured ("no torch").
-  (a') sweep_resnet20: 8 and 32 seeds of ResNet-20 vmapped in one step
-      (benchmarks/seed_sweep.py, cnn/sweep.py's stacked step) against one
-      seed alone on the same device: images/s per seed and in total.
-  (b) speedrun_seed{0,1,2}: configs/speedrun_cifar10.py through
-      benchmarks/speedrun.py's `one_run`, the time to 94% (a seed starts
-      when it fits the budget whole; a finished seed's checkpoint is deleted).
-  (c) the paper rows: resnet20v1, resnet20v2, resnet56v1, resnet56v2,
-      vgg16 (paper protocol), resnet110v1, resnet110v2 (configs/*_cifar10.py),
-      each trained over as many calls as it takes in DIR/runs/NAME with one
-      checkpoint kept; when the budget is nearly spent the kit sends SIGTERM
-      (`--margin-seconds` before its end: main.py saves the step and exits
-      with status 0) and SIGKILL if that takes too long. A finished row is
-      recorded with `python -m cnn.report.results_table record` into
-      `--results-dir` (default results/); `--readme README.md` then renders
-      the README's table, `--speedrun-doc docs/experiments.md` the speedrun
-      block.
+  1. `first`: installs the wheels, adds data part 1, prints the box
+     (nvidia-smi, versions, devices) and trains a ResNet-20 for a few steps
+     (`smoke`, about 30 s).
+  2. `part K`: one more data part (only when the data needs more than two).
+  3. `resume K`: a row's checkpoint that the last visit returned (if any).
+  4. `main`: the last data part; every part checked against the official
+     checksums (tools/box_data.py); then `main`, a time-boxed queue that
+     ends 570 s after the command started: (i) train-step throughput
+     (models x dtypes x 1 or 5 seeds vmapped, with and without
+     gpu_deterministic_ops, the PyTorch twin beside), then (ii) the paper rows
+     as seed sweeps of as many seeds as fit. After every piece it rewrites
+     $OUT/visit.json and $OUT/back.tar.NNN (records, weights, a stopped row's
+     checkpoint), so a command cut short still returns what finished.
 
-DIR/state.json (written atomically) says what is done, each piece's results,
-attempts, seconds and last step; results/ holds each finished piece's JSON
-with the hardware (JAX's devices, PyTorch's CUDA device, CPU, versions,
-date); logs/ each piece's output. A call killed outright (the machine lost)
-costs only the piece in flight: a throughput piece is redone, a training one
-resumes from its last checkpoint (its child gets SIGTERM when the kit dies).
-Exit status 0 when the budget ran out cleanly or the queue is done, 2 with
-one line for what you can fix, 1 when a piece failed (see its log).
-
-On a GPU box. Its image usually has jax with CUDA, flax, optax, orbax,
-numpy, but no TensorFlow, tensorflow-datasets or ml_collections; do not
-install requirements.txt there (CPU jaxlib). Carry ml_collections as a
-wheel: `pip download ml_collections==1.1.0 --no-deps -d wheels/` here,
-`pip install --no-deps wheels/*.whl` there (requirements-accelerator.txt);
-safetensors too if the recorded rows should ship their weights (without it
-they are recorded with their numbers only).
-Without TensorFlow the data path is TF-free: every training piece runs with
-`--config.data.on_device=True` and reads the original files, so set
-CNN_ARCHIVE_DIR to a folder with cifar10/cifar-10-binary.tar.gz (or its
-data_batch_*.bin and test_batch.bin) and mnist/ for the tiny queue. Then,
-with the records kept in DIR so that they travel with it:
-
-  CNN_ARCHIVE_DIR=/data python tools/accelerator_kit.py --out DIR --results-dir DIR/records
-
-Back home, `python tools/accelerator_kit.py record --out DIR` records the
-finished rows into results/ too (from DIR's checkpoints, with the box's
-hardware; it trains nothing), and `--only NAME,...` (pieces or kinds:
-throughput, speedrun, train) restricts a call to part of the queue.
-
-Carrying DIR: the summary line gives its size. Over one transfer (VGG-16's
-checkpoint with its momentum is ~120 MB) `pack` writes it as parts of at most
-`--part-mib` MiB (one tar stream cut in pieces, with SHA-256s in a
-manifest): copy one part per call, then `unpack` on the other side.
-
-`--queue tiny` is the same machinery at CPU size (for tests): ResNet-20
-throughput at batch 8, 2 seeds stacked at batch 8, a one-epoch MNIST
-"speedrun", a 4-epoch MNIST row (128 steps).
+`--size cpu` gives the same visit at CPU size (tools/box_rehearsal.py runs it
+here against the limits). docs/accelerators.md explains each step.
 """
 import argparse
+import dataclasses
 import datetime
-import importlib.util
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -88,921 +40,799 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script
 
-# The kit times and trains with the benchmarks' own code (one train-step timer,
-# one PyTorch worker, one supervised main.py), so its numbers are theirs.
 from benchmarks import run as bench  # noqa: E402
-from benchmarks import seed_sweep, speedrun  # noqa: E402
-from cnn import workdir_lock  # noqa: E402
 from cnn.errors import UserError  # noqa: E402
-from cnn.report import results_table  # noqa: E402
 from tools import carry  # noqa: E402
 
-ROOT = bench.ROOT
 MIB = 2**20
-STATE, KIT_LOCK = "state.json", "kit.lock"
-RESERVE_S = 5.0  # the kit's own seconds after its last child: state, summary
-RECORD_S = 60.0  # results_table record (imports JAX, reads the checkpoint), until measured
-TARGET = 0.94
-
-# ------------------------------------------------------------------ queues
-
-
-def throughput_piece(model: str, registered: str, batch_sizes: tuple[int, ...],
-                     dtypes: tuple[str, ...], repeats: int, estimate_s: float,
-                     seconds: float | None = None, steps: int | None = None) -> dict:
-  """One model's grid of (batch, dtype), JAX against PyTorch. Each timing
-  lasts about `seconds` (steps calibrated per candidate) or `steps` steps."""
-  return {"name": f"throughput_{model}", "kind": "throughput", "model": model,
-          "registered": registered, "batch_sizes": list(batch_sizes), "dtypes": list(dtypes),
-          "repeats": repeats, "seconds": seconds, "steps": steps, "estimate_s": estimate_s}
-
-
-def sweep_piece(model: str, registered: str, seed_counts: tuple[int, ...], batch_size: int,
-                steps: int, rounds: int, estimate_s: float) -> dict:
-  """Seeds vmapped in one step against one seed alone (benchmarks/seed_sweep.py)."""
-  return {"name": f"sweep_{model}", "kind": "sweep", "model": model, "registered": registered,
-          "seeds": list(seed_counts), "batch_size": batch_size, "steps": steps,
-          "rounds": rounds, "estimate_s": estimate_s}
-
-
-def speedrun_piece(seed: int, config: str, overrides: list[str], estimate_s: float) -> dict:
-  """One seed of the speedrun; one checkpoint kept while it runs (ResNet-9's,
-  with momentum and EMA, is ~80 MB), none once it is done."""
-  return {"name": f"speedrun_seed{seed}", "kind": "speedrun", "seed": seed, "config": config,
-          "overrides": ["--config.checkpoint.keep=1", *overrides], "target": TARGET,
-          "estimate_s": estimate_s}
-
-
-def training_piece(config: str, overrides: tuple[str, ...] = ()) -> dict:
-  """A row of the README's table: main.py until it finishes, one checkpoint
-  kept (it is what travels), the TensorFlow-free data path."""
-  return {"name": Path(config).stem, "kind": "train", "config": config,
-          "overrides": ["--config.checkpoint.keep=1", "--config.data.on_device=True",
-                        *overrides]}
-
-
-DTYPES = ("float32", "bfloat16")
-PAPER_ROWS = ("resnet20v1_cifar10", "resnet20v2_cifar10", "resnet56v1_cifar10",
-              "resnet56v2_cifar10", "vgg16_cifar10", "resnet110v1_cifar10", "resnet110v2_cifar10")
-# configs whose own protocol is "validation": the paper protocol's splits
-PAPER_PROTOCOL = {"vgg16_cifar10": ("--config.protocol=paper", "--config.data.train_split=train",
-                                    "--config.data.validation_split=")}
-
-
-def full_queue() -> list[dict]:
-  """The accelerator run; estimates are upper bounds for one H100-class GPU
-  (compiles included), replaced by what earlier attempts took."""
-  return [throughput_piece("resnet20", "resnet20_v1", (128, 512), DTYPES, 5, 240, seconds=1.0),
-          throughput_piece("resnet56", "resnet56_v1", (128, 512), DTYPES, 5, 420, seconds=1.0),
-          throughput_piece("vgg16", "vgg16", (128, 512), DTYPES, 5, 300, seconds=1.0),
-          sweep_piece("resnet20", "resnet20_v1", (8, 32), 128, 20, 3, 300),
-          *(speedrun_piece(seed, speedrun.CONFIG, [], 360) for seed in (0, 1, 2)),
-          *(training_piece(f"configs/{name}.py", PAPER_PROTOCOL.get(name, ()))
-            for name in PAPER_ROWS)]
-
-
-TINY_DATA = ("--config.data.on_device=True", "--config.data.validation_split=",
-             "--config.protocol=paper")
-
-
-def tiny_queue() -> list[dict]:
-  """The same three kinds at CPU size, for tests and a first look."""
-  return [
-      throughput_piece("resnet20", "resnet20_v1", (8,), ("float32",), 2, 120, steps=2),
-      sweep_piece("resnet20", "resnet20_v1", (2,), 8, 2, 1, 120),
-      speedrun_piece(0, "configs/tiny_mnist.py", [
-          *TINY_DATA, "--config.num_epochs=1", "--config.data.train_split=train[:512]",
-          "--config.data.test_split=test[:500]"
-      ], 120),
-      training_piece(
-          "configs/tiny_mnist.py",
-          (*TINY_DATA[1:], "--config.num_epochs=4", "--config.data.test_split=test[:1000]"))
-  ]
-
-
-QUEUES: dict[str, Callable[[], list[dict]]] = {"full": full_queue, "tiny": tiny_queue}
-
-# ------------------------------------------------------------------- state
-
-
-def write_json(path: Path, value) -> None:
-  """Atomically (a temporary file, flushed, then renamed over `path`)."""
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(json.dumps(value, indent=1) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  tmp.replace(path)
-
-
-def load_state(out: Path, queue: str) -> dict:
-  path = out / STATE
-  if not path.exists():
-    return {"version": 1, "queue": queue, "calls": 0, "machines": {}, "pieces": {}}
-  state = json.loads(path.read_text())
-  if state["queue"] != queue:
-    raise UserError(f"{out} holds the {state['queue']!r} queue; pass --queue {state['queue']} "
-                    "or choose another --out")
-  return state
-
-
-def piece_state(state: dict, name: str) -> dict:
-  return state["pieces"].setdefault(name, {"status": "todo", "attempts": 0, "seconds": 0.0})
-
-
-def now_iso() -> str:
-  return datetime.datetime.now().isoformat(timespec="seconds")
-
-
-def checkpoint_steps(workdir: Path) -> list[int]:
-  """The complete checkpoints' steps (orbax names each directory by its step)."""
-  directory = workdir / "checkpoints"
-  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
-      if directory.is_dir() else []
-
-
-PROGRESS = re.compile(r"epoch \d+/(\d+) step \d+/(\d+) \|")  # metric_writers.Progress
-
-
-def total_steps(log: Path) -> int | None:
-  """Epochs x steps per epoch, from the last progress line main.py logged."""
-  found = PROGRESS.findall(log.read_text(errors="replace")) if log.exists() else []
-  return int(found[-1][0]) * int(found[-1][1]) if found else None
-
-
-def dir_bytes(out: Path) -> int:
-  return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-
-
-def git_commit() -> str | None:
-  try:
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip() or None
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
-# ------------------------------------------------------------------- locks
-
-
-def this_process() -> dict:
-  return {"host": socket.gethostname(), "pid": os.getpid(),
-          "start": workdir_lock.process_start_time(os.getpid()), "started": time.time()}
-
-
-def alive_here(record: dict | None) -> bool:
-  """Whether `record`'s process runs on this host. A lock from another host
-  was carried in with DIR: its process is on a machine we no longer have."""
-  return bool(record) and record.get("host") == socket.gethostname() and \
-      workdir_lock.holder_alive(record, time.time(), socket.gethostname())
-
-
-def take_kit_lock(out: Path) -> Path:
-  """DIR/kit.lock: one kit per DIR (a stale one is taken over)."""
-  path = out / KIT_LOCK
-  record = workdir_lock.read(path) if path.exists() else None
-  if alive_here(record):
-    raise UserError(f"{out} is in use by the kit {workdir_lock.describe(record)}; wait for it "
-                    "or stop it")
-  path.unlink(missing_ok=True)
-  try:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-  except FileExistsError:  # another kit took it just now
-    raise UserError(f"{out} is in use by another kit; wait for it or stop it") from None
-  with os.fdopen(fd, "w") as f:
-    f.write(json.dumps(this_process()))
-  return path
-
-
-def free_trainer_lock(workdir: Path, wait_s: float) -> None:
-  """A trainer.lock left by an earlier call: its process, if it still runs
-  here (the child of a killed kit, saving its checkpoint), gets `wait_s` to
-  finish; one from another host came with DIR and is removed."""
-  path = workdir / workdir_lock.LOCK_NAME
-  give_up = time.monotonic() + wait_s
-  while alive_here(record := workdir_lock.read(path) if path.exists() else None):
-    if time.monotonic() > give_up:
-      raise UserError(f"{workdir} is in use by the trainer {workdir_lock.describe(record)}; "
-                      "wait for it or stop it")
-    time.sleep(1)
-  if record and record.get("host") != socket.gethostname():
-    path.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- hardware
-
-
-def hardware() -> dict:
-  """This machine: run.py's (CPU, JAX backend and devices, versions, torch
-  and its CUDA device), the host name and the time."""
-  return {**bench.machine(), "host": socket.gethostname(), "date": now_iso()}
-
-
-def hardware_label(m: dict) -> str:
-  """`1x NVIDIA H100 80GB HBM3`, or the CPU for a CPU backend."""
-  if m["backend"] == "cpu":
-    return f"{m['cpu']} ({m['cores']} cores)"
-  return f"{len(m['devices'])}x {m['devices'][0]}"
-
-
-def boot_key() -> str:
-  """This host's name and boot: a fresh box is a new key."""
-  boot = Path("/proc/sys/kernel/random/boot_id")
-  return socket.gethostname() + ":" + (boot.read_text().strip() if boot.exists() else "")
-
-
-# ------------------------------------------------------------------ a call
-
-
-class Call:
-  """One invocation: the queue, DIR's state, the budget's clock."""
-
-  def __init__(self, args: argparse.Namespace, out: Path, queue: list[dict]):
-    self.args, self.out, self.queue = args, out, queue
-    self.budget_s = args.budget_seconds or 60 * args.budget_minutes
-    self.deadline = time.monotonic() + self.budget_s
-    self.state = load_state(out, args.queue)
-    self.state["calls"] += 1
-    self.results_dir = Path(args.results_dir)
-
-  def left(self) -> float:
-    return self.deadline - time.monotonic()
-
-  def save(self) -> None:
-    write_json(self.out / STATE, self.state)
-
-  def log(self, name: str) -> Path:
-    (self.out / "logs").mkdir(exist_ok=True)
-    return self.out / "logs" / f"{name}.log"
-
-  def machine(self) -> dict:
-    """This machine's hardware, probed once per boot (a child process: the
-    kit itself never imports JAX, which would hold the GPU)."""
-    key = boot_key()
-    if key not in self.state["machines"]:
-      probe = subprocess.run([sys.executable, __file__, "hardware"], capture_output=True,
-                             text=True, cwd=ROOT, timeout=300)
-      if probe.returncode:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        raise UserError(f"JAX does not start here ({last}); install the jax of this "
-                        "accelerator (see the top of tools/accelerator_kit.py)")
-      self.state["machines"][key] = json.loads(probe.stdout.strip().splitlines()[-1])
-    return self.state["machines"][key]
-
-  def begin(self, piece: dict, ps: dict) -> Path:
-    """Counts the attempt before it starts, so a killed call still counts it."""
-    ps["attempts"] += 1
-    ps["running"] = {"since": now_iso(), **this_process()}
-    self.save()
-    log = self.log(piece["name"])
-    with open(log, "a", encoding="utf-8") as f:
-      f.write(f"=== attempt {ps['attempts']}, {now_iso()} on {socket.gethostname()}, "
-              f"{self.left():.0f} s of budget left ===\n")
-    return log
-
-  def end(self, ps: dict, seconds: float) -> None:
-    ps["seconds"] = round(ps["seconds"] + seconds, 1)
-    ps.pop("running", None)
-    self.save()
+BOX = Path(".box")  # here, ignored by git: what the visit carries
+WHEELS = BOX / "wheels"
+DATA = BOX / "data"
+RESUME = BOX / "resume"
+SCRATCH = "/tmp/cnnbox"  # on the box, outside the checkout: site, parts, data, runs, records
+SPEEDS = ROOT / "tools" / "box_speeds.json"  # train-step speeds measured on the box, by visit
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """The device tool's limits (/work/.library/device/README.md)."""
+  command_chars: int = 2000
+  command_s: int = 600
+  send_bytes: int = 64 * MIB
+  carry_paths: int = 8
+  back_files: int = 8
+  back_file_bytes: int = 16 * MIB
+  back_bytes: int = 64 * MIB
+
+
+LIMITS = Limits()
+VISIT_JSON, MAIN_LOG, BACK = "visit.json", "main.log", "back"
+BACK_RESERVE = 2 * MIB  # visit.json and main.log, beside back.tar.NNN
+
+# ------------------------------------------------------------------ the queue
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One train-step timing: a model, a dtype, N seeds vmapped, XLA's
+  deterministic GPU ops on or off (a flag fixed when JAX starts)."""
+  model: str  # the PyTorch twin's name
+  registered: str
+  dtype: str
+  seeds: int
+  deterministic: bool
+
+  @property
+  def key(self) -> str:
+    return (f"{self.registered}/{self.dtype}/seeds{self.seeds}/"
+            f"{'det' if self.deterministic else 'nondet'}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A paper row trained as a seed sweep."""
+  name: str
+  config: str
+  overrides: tuple[str, ...]
+  registered: str  # its model, for the speed of a cell
+  checkpoint_mib_per_seed: float  # params + momentum: what a stopped row returns
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  batch_size: int
+  cells: tuple[Cell, ...]  # in priority order: what the row estimates need first
+  throughput_s: float
+  timing_s: float  # one timing lasts about this long
+  rounds: int
+  rows: tuple[Row, ...]
+  seed_choices: tuple[int, ...]  # the most seeds that fit, from the first
+  margin_s: float  # SIGTERM a row this long before the end: its checkpoint, the return
+  min_row_s: float  # a row that does not fit whole starts only with this much left
+  overhead: float  # main.py's seconds per step over the bare step's (measured at CPU size)
+  startup_s: float  # a row's start: imports, data to the device, compiles
+  main_s: int  # the main command's queue ends this long after the command starts
+
+
+BOX_RUN = ("--config.data.on_device=True", "--config.data.source=archives",
+           "--config.checkpoint.keep=1", "--config.sweep.placement=vmap")
+PAPER_SPLITS = ("--config.protocol=paper", "--config.data.train_split=train",
+                "--config.data.validation_split=")
+
+
+def box_size() -> Size:
+  det = [Cell("resnet56", "resnet56_v1", "float32", n, True) for n in (1, 5)]
+  det += [Cell("vgg16", "vgg16", "float32", n, True) for n in (1, 5)]
+  rest = [Cell(m, r, d, 1, False) for m, r in (("resnet20", "resnet20_v1"),
+                                               ("resnet56", "resnet56_v1"), ("vgg16", "vgg16"))
+          for d in ("float32", "bfloat16")]
+  rest += [Cell("resnet20", "resnet20_v1", "float32", 5, False),
+           Cell("resnet20", "resnet20_v1", "float32", 1, True)]
+  return Size(
+      batch_size=128, cells=(*det, *rest), throughput_s=90, timing_s=0.5, rounds=3,
+      rows=(Row("resnet56v1_cifar10", "configs/resnet56v1_cifar10.py", BOX_RUN, "resnet56_v1", 7),
+            Row("resnet56v2_cifar10", "configs/resnet56v2_cifar10.py", BOX_RUN, "resnet56_v1", 7),
+            Row("vgg16_cifar10", "configs/vgg16_cifar10.py", (*BOX_RUN, *PAPER_SPLITS), "vgg16",
+                115)),
+      seed_choices=(5, 4, 3), margin_s=45, min_row_s=120, overhead=1.1, startup_s=60,
+      main_s=570)
+
+
+TINY_ROW = ("--config.num_epochs=1", "--config.data.train_split=train[:1024]",
+            "--config.data.validation_split=", "--config.protocol=paper",
+            "--config.data.test_split=test[:1000]", "--config.eval.flip=False")
+
+
+def cpu_size() -> Size:
+  """The same visit at CPU size (the rehearsal): a tiny batch, two short rows,
+  the second too long for what is left, so it is stopped and returned."""
+  return Size(
+      batch_size=64, cells=(Cell("resnet8", "resnet8_v1", "float32", 1, True),
+                            Cell("resnet8", "resnet8_v1", "float32", 2, True),
+                            Cell("resnet20", "resnet20_v1", "float32", 1, False)),
+      throughput_s=60, timing_s=0.3, rounds=2,
+      rows=(Row("tiny_cifar10", "configs/tiny_cifar10.py", (*BOX_RUN, *TINY_ROW), "resnet8_v1",
+                0.2),
+            Row("tiny_cifar10_long", "configs/tiny_cifar10.py",
+                (*BOX_RUN, *TINY_ROW, "--config.num_epochs=400"), "resnet8_v1", 0.2)),
+      seed_choices=(2,), margin_s=40, min_row_s=60, overhead=1.3, startup_s=30, main_s=330)
+
+
+SIZES: dict[str, Callable[[], Size]] = {"box": box_size, "cpu": cpu_size}
+
+# ------------------------------------------------------------------ helpers
 
 
 def say(text: str) -> None:
-  print(text, flush=True)
+  print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-class PieceFailed(Exception):
-  """A piece failed in a way a rerun may not fix (exit status 1)."""
+def write_json(path: Path, value) -> None:
+  """Atomically: a cut-short command never leaves half a file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
+  os.replace(tmp, path)
 
 
-# -------------------------------------------------------- (a) throughput
+def now_iso() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def throughput_need(call: Call, piece: dict, ps: dict) -> float:
-  return ps.get("need_s", piece["estimate_s"])
+def hardware_label(machine: dict) -> str:
+  """`1x NVIDIA H200 (jax 0.11.2)`, or the CPU for a CPU backend."""
+  where = (f"{machine['cpu']} ({machine['cores']} cores)" if machine["backend"] == "cpu"
+           else f"{len(machine['devices'])}x {machine['devices'][0]}")
+  return f"{where} (jax {machine['jax']})"
 
 
-def run_throughput(call: Call, piece: dict, ps: dict) -> bool:
-  """A child process measures the grid and writes results/NAME.json."""
-  result = call.out / "results" / f"{piece['name']}.json"
-  return run_measurement(call, piece, ps, [
-      sys.executable, __file__, "throughput", "--piece", json.dumps(piece), "--json",
-      str(result)], result, ("dtype", "batch_size", "jax_images_per_s", "torch_images_per_s",
-                             "jax_vs_torch", "torch"), describe_row)
+def deterministic_env(on: bool) -> dict:
+  """The environment of a JAX child: XLA's deterministic GPU ops set or not
+  (main.py sets the flag from the config itself), and no preallocation, so
+  the PyTorch twin beside it gets memory."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "deterministic_ops" not in f]
+  return {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+          "XLA_FLAGS": " ".join([*flags, *(["--xla_gpu_deterministic_ops=true"] if on else [])])}
 
 
-def run_sweep(call: Call, piece: dict, ps: dict) -> bool:
-  """benchmarks/seed_sweep.py in a child process, writing results/NAME.json."""
-  result = call.out / "results" / f"{piece['name']}.json"
-  return run_measurement(call, piece, ps, [
-      sys.executable, str(ROOT / "benchmarks" / "seed_sweep.py"), "--model", piece["registered"],
-      "--seeds", ",".join(map(str, piece["seeds"])), "--batch-size", str(piece["batch_size"]),
-      "--steps", str(piece["steps"]), "--rounds", str(piece["rounds"]), "--json", str(result)],
-      result, ("seeds", "batch_size", "one_seed_images_per_s", "stacked_images_per_s",
-               "stacked_per_seed_images_per_s", "stacked_vs_sequential"), describe_sweep_row)
+# ------------------------------------------------------- (i) the throughput
 
 
-def run_measurement(call: Call, piece: dict, ps: dict, command: list[str], result: Path,
-                    kept: tuple[str, ...], describe: Callable[[dict], str]) -> bool:
-  """A measuring child (`command` writes `result`, JSON with "rows"); killed at
-  the budget's end, the piece is redone next time with a larger estimate."""
-  log = call.begin(piece, ps)
-  start = time.monotonic()
-  env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # leave PyTorch its share
-  code, _ = bench.supervise(command, log, kill_at=call.deadline - RESERVE_S, cwd=ROOT, env=env)
-  spent = time.monotonic() - start
-  call.end(ps, spent)
-  if code == 0 and result.exists():
-    rows = json.loads(result.read_text())["rows"]
-    ps.update(status="done", result=str(result.relative_to(call.out)),
-              rows=[{k: r[k] for k in kept} for r in rows])
-    call.save()
-    say(f"{piece['name']}: done in {spent:.0f} s; " + "; ".join(map(describe, rows)))
-    return True
-  if code == -signal.SIGKILL and time.monotonic() >= call.deadline - RESERVE_S:
-    ps["need_s"] = round(1.5 * max(throughput_need(call, piece, ps), spent))
-    call.save()
-    say(f"{piece['name']}: stopped by the budget after {spent:.0f} s; redone next call "
-        f"(estimate now {ps['need_s']} s)")
-    return False
-  raise PieceFailed(f"{piece['name']} failed (exit status {code}); see {log}")
-
-
-def describe_sweep_row(r: dict) -> str:
-  return (f"{r['seeds']} seeds b{r['batch_size']}: {r['stacked_images_per_s']:.0f} img/s in all, "
-          f"{r['stacked_per_seed_images_per_s']:.0f} per seed; one alone "
-          f"{r['one_seed_images_per_s']:.0f} ({r['stacked_vs_sequential']:.2f}x sequential)")
-
-
-def describe_row(r: dict) -> str:
-  torch = (f"PyTorch {r['torch_images_per_s']:.0f}, {r['jax_vs_torch']:.2f}x"
-           if r["torch_images_per_s"] else f"PyTorch: {r['torch']}")
-  return f"{r['dtype']} b{r['batch_size']} JAX {r['jax_images_per_s']:.0f} img/s ({torch})"
-
-
-def calibrated_steps(images_per_s: Callable[[int], float], batch_size: int,
-                     seconds: float) -> int:
+def calibrated_steps(images_per_s: Callable[[int], float], batch: int, seconds: float) -> int:
   """Steps that take about `seconds`: a GPU step lasts milliseconds, and a
   timing that short measures the clock and the dispatch, not the step."""
   steps = 2
   while True:
     rate = images_per_s(steps)
-    if steps * batch_size / rate >= seconds / 4 or steps >= 4096:
-      return max(1, round(seconds * rate / batch_size))
+    if steps * batch / rate >= seconds / 4 or steps >= 4096:
+      return max(1, round(seconds * rate / batch))
     steps *= 4
 
 
-TORCH_DIED = "failed: the PyTorch worker died (its error is in the log)"
+def stepper(cell: Cell, batch_size: int):
+  """The real train step of `cell`: benchmarks/run.py's for one seed, the
+  vmapped sweep step of benchmarks/seed_sweep.py for several."""
+  if cell.seeds == 1:
+    return bench.JaxStepper(cell.registered, cell.dtype, batch_size, {})
+  from benchmarks import seed_sweep  # pylint: disable=import-outside-toplevel
+  return seed_sweep.StackedStepper(cell.registered, cell.seeds, batch_size, cell.dtype)
 
 
-def measure_pair(piece: dict, batch_size: int, dtype: str, worker: bench.TorchWorker | None,
-                 no_torch: str | None) -> dict:
-  """JAX against PyTorch at one (batch, dtype): alternating rounds, medians.
-  A PyTorch failure (out of memory, say) leaves its column empty, not the row;
-  `no_torch` says why there is no worker."""
-  stepper = bench.JaxStepper(piece["registered"], dtype, batch_size, {})
-  jax_steps = piece["steps"] or calibrated_steps(stepper.images_per_s, batch_size,
-                                                 piece["seconds"])
-  timers = {"jax": lambda: stepper.images_per_s(jax_steps)}
-  torch_steps, torch_note = None, no_torch or "ok"
-
-  def torch_rate(steps: int) -> float:
-    return worker.images_per_s(piece["model"], batch_size, steps, dtype)
-
-  try:
-    if worker:
-      torch_steps = piece["steps"] or calibrated_steps(torch_rate, batch_size, piece["seconds"])
+def measure_cell(cell: Cell, size: Size, worker: "bench.TorchWorker | None") -> dict:
+  """JAX (and, for one seed, the PyTorch twin on the same device) in
+  alternating rounds; medians. images/s counts the images of all seeds."""
+  jax_stepper = stepper(cell, size.batch_size)
+  images = size.batch_size * cell.seeds
+  jax_steps = calibrated_steps(jax_stepper.images_per_s, images, size.timing_s)
+  timers = {"jax": lambda: jax_stepper.images_per_s(jax_steps)}
+  note = "no torch" if worker is None else "ok"
+  if worker is not None and cell.seeds == 1:
+    def torch_rate(steps: int) -> float:
+      return worker.images_per_s(cell.model, size.batch_size, steps, cell.dtype)
+    try:
+      torch_steps = calibrated_steps(torch_rate, size.batch_size, size.timing_s)
       timers["torch"] = lambda: torch_rate(torch_steps)
-    samples = bench.alternate(timers, piece["repeats"])
-  except (RuntimeError, OSError):  # the worker died: its end of the pipe is gone
-    torch_note, timers = TORCH_DIED, {"jax": timers["jax"]}
-    samples = bench.alternate(timers, piece["repeats"])
+    except (RuntimeError, OSError) as e:
+      note = f"PyTorch failed: {e}"
+  samples = bench.alternate(timers, size.rounds)
   jax_median = statistics.median(samples["jax"])
   torch_median = statistics.median(samples["torch"]) if "torch" in samples else None
-  return {"model": piece["model"], "registered_name": piece["registered"], "dtype": dtype,
-          "batch_size": batch_size, "jax_images_per_s": round(jax_median, 1),
-          "jax_samples": [round(s, 1) for s in samples["jax"]], "jax_steps": jax_steps,
-          "jax_compile_s": round(stepper.compile_s, 2),
+  return {**dataclasses.asdict(cell), "key": cell.key, "batch_size": size.batch_size,
+          "images_per_s": round(jax_median, 1),
+          "step_s": images / jax_median, "samples": [round(s, 1) for s in samples["jax"]],
+          "steps": jax_steps, "compile_s": round(jax_stepper.compile_s, 2),
           "torch_images_per_s": None if torch_median is None else round(torch_median, 1),
-          "torch_samples": [round(s, 1) for s in samples.get("torch", [])],
-          "torch_steps": torch_steps, "torch": torch_note,
-          "jax_vs_torch": None if torch_median is None else round(jax_median / torch_median, 3)}
+          "jax_vs_torch": None if torch_median is None else round(jax_median / torch_median, 3),
+          "torch": note}
 
 
-def why_no_torch(machine: dict) -> str | None:
-  """None when PyTorch can run beside JAX on the same kind of device."""
+def torch_worker(machine: dict) -> "bench.TorchWorker | None":
+  """The PyTorch twin on the device JAX uses, when there is one."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
   if importlib.util.find_spec("torch") is None:
-    return "no torch"
+    return None
   if machine["backend"] != "cpu" and not machine["torch_device"]:
-    return f"no torch on {machine['backend']} (torch sees no CUDA device)"
-  return None
+    return None
+  return bench.TorchWorker()
 
 
-def measure_throughput(piece: dict) -> dict:
-  """The `throughput` command: one piece's grid, in this (child) process."""
-  machine = hardware()
-  no_torch = why_no_torch(machine)
-  worker, rows = None, []
+def command_cells(args: argparse.Namespace) -> int:
+  """A child: times the given cells (all of one determinism setting) until
+  --until, rewriting --json after each, so a kill keeps what finished."""
+  size, keys = SIZES[args.size](), args.keys.split(",")
+  cells = [c for c in size.cells if c.key in keys]
+  machine = {**bench.machine(), "host": socket.gethostname(), "date": now_iso()}
+  worker = torch_worker(machine) if not cells[0].deterministic else None
+  done = {"machine": machine, "rows": [], "not_reached": [c.key for c in cells]}
   try:
-    for batch_size in piece["batch_sizes"]:
-      for dtype in piece["dtypes"]:
-        if not no_torch and (worker is None or worker.proc.poll() is not None):
-          worker = bench.TorchWorker()  # a fresh one after a failure
-        rows.append(measure_pair(piece, batch_size, dtype, worker, no_torch))
+    for cell in cells:
+      if time.time() >= args.until:
+        break
+      done["rows"].append(measure_cell(cell, size, worker))
+      done["not_reached"].remove(cell.key)
+      write_json(args.json, done)
   finally:
     if worker and worker.proc.poll() is None:
       worker.close()
-  return {"piece": piece["name"], "date": now_iso(), "machine": machine,
-          "command": " ".join(sys.argv), "repeats": piece["repeats"], "rows": rows}
-
-
-# ---------------------------------------------------------- (b) speedrun
-
-
-def speedrun_need(call: Call, piece: dict, ps: dict) -> float:
-  """A fresh seed starts only when it fits whole (a resumed run loses the
-  interrupted epoch's seconds from its timing): as long as the longest seed
-  so far, else the table's estimate. A resumed one needs a training piece."""
-  taken = [p["seconds"] for q in call.queue if q["kind"] == "speedrun"
-           and (p := call.state["pieces"].get(q["name"], {})).get("status") == "done"
-           and p["attempts"] == 1]
-  estimate = 1.2 * max(taken) if taken else piece["estimate_s"]
-  if ps["attempts"] or estimate + RESERVE_S > call.budget_s:
-    return train_need(call, piece, ps)
-  return estimate
-
-
-def run_speedrun(call: Call, piece: dict, ps: dict) -> bool:
-  workdir = call.out / "runs" / piece["name"]
-  free_trainer_lock(workdir, call.args.margin_seconds)
-  machine = call.machine()
-  log = call.begin(piece, ps)
-  start = time.monotonic()
-  try:
-    run = speedrun.one_run(piece["seed"], piece["overrides"], piece["target"], workdir,
-                           piece["config"], log=log, **deadlines(call))
-  except bench.Stopped as e:
-    return stopped(call, piece, ps, e, workdir, log)
-  except bench.MainFailed as e:
-    failed(call, ps, e, log, time.monotonic() - start)
-  call.end(ps, time.monotonic() - start)
-  run["pieces"] = ps["attempts"]
-  write_json(call.out / "results" / f"{piece['name']}.json",
-             {"date": now_iso(), "machine": machine, "config": piece["config"],
-              "target": piece["target"], "overrides": piece["overrides"], "run": run})
-  ps.update(status="done", result=f"results/{piece['name']}.json", run=run)
-  call.save()
-  shutil.rmtree(workdir / "checkpoints", ignore_errors=True)  # its numbers are in results/
-  write_speedrun_table(call)
-  reached = (f"time to {piece['target']:.0%}: {run['time_to_target_s']:.1f} s"
-             if run["time_to_target_s"] is not None else f"{piece['target']:.0%} not reached")
-  say(f"{piece['name']}: done in {time.monotonic() - start:.0f} s: test accuracy "
-      f"{100 * run['test_accuracy']:.2f}%, {run['train_time_s']:.1f} s of training, {reached}"
-      + (f" (over {ps['attempts']} pieces: the interrupted epochs' seconds are missing)"
-         if ps["attempts"] > 1 else ""))
-  return True
-
-
-def write_speedrun_table(call: Call) -> None:
-  """results/speedrun.json in speedrun.py's format, from the seeds done so far."""
-  done = [p for p in call.queue if p["kind"] == "speedrun"
-          and call.state["pieces"].get(p["name"], {}).get("status") == "done"]
-  saved = [json.loads((call.out / "results" / f"{p['name']}.json").read_text()) for p in done]
-  write_json(call.out / "results" / "speedrun.json",
-             {"date": saved[-1]["date"][:10], "machine": saved[0]["machine"],
-              "target": saved[0]["target"], "overrides": saved[0]["overrides"],
-              "config": saved[0]["config"], "runs": [s["run"] for s in saved]})
-
-
-# -------------------------------------------------------- (c) paper rows
-
-
-def train_need(call: Call, piece: dict, ps: dict) -> float:
-  if ps["status"] == "trained":  # only the record is left
-    return ps.get("record_need_s", RECORD_S)
-  return call.args.margin_seconds + call.args.min_piece_seconds
-
-
-def deadlines(call: Call) -> dict:
-  """SIGTERM `margin` before the budget's end, SIGKILL just before it."""
-  return {"stop_at": call.deadline - call.args.margin_seconds,
-          "kill_at": call.deadline - RESERVE_S}
-
-
-def stopped(call: Call, piece: dict, ps: dict, e: bench.Stopped, workdir: Path,
-            log: Path) -> bool:
-  """Bookkeeping of a training child the budget stopped: where it got to."""
-  steps = checkpoint_steps(workdir)
-  ps.update(status="partial", step=steps[-1] if steps else 0)
-  ps["total_steps"] = total_steps(log) or ps.get("total_steps")
-  call.end(ps, e.wall)
-  how = "killed" if e.returncode == -signal.SIGKILL else "stopped"
-  say(f"{piece['name']}: {how} by the budget at step {ps['step']}"
-      + (f" of {ps['total_steps']}" if ps.get("total_steps") else "")
-      + f" (piece {ps['attempts']}, {e.wall:.0f} s); the next call resumes it")
-  return False
-
-
-def failed(call: Call, ps: dict, e: bench.MainFailed, log: Path, seconds: float) -> None:
-  call.end(ps, seconds)
-  ps["last_error"] = str(e)
-  call.save()
-  if e.returncode == 2 and e.message:  # main.py's one-line error: the user can fix it
-    raise UserError(f"{e.message} (log: {log})")
-  raise PieceFailed(f"{e}; see {log}")
-
-
-def run_training(call: Call, piece: dict, ps: dict) -> bool:
-  workdir = call.out / "runs" / piece["name"]
-  if ps["status"] != "trained":
-    free_trainer_lock(workdir, call.args.margin_seconds)
-    ps.setdefault("command", shlex.join(["python", "main.py", f"--config={piece['config']}",
-                                         f"--workdir=runs/{piece['name']}",
-                                         *piece["overrides"]]))
-    commit, label = git_commit(), hardware_label(call.machine())
-    ps["commits"] = list(dict.fromkeys([*ps.get("commits", []), *([commit] if commit else [])]))
-    ps["hardware"] = list(dict.fromkeys([*ps.get("hardware", []), label]))
-    log = call.begin(piece, ps)
-    start = time.monotonic()
-    try:
-      results, wall, _ = bench.run_main(piece["config"], piece["overrides"], workdir, log=log,
-                                        **deadlines(call))
-    except bench.Stopped as e:
-      return stopped(call, piece, ps, e, workdir, log)
-    except bench.MainFailed as e:
-      failed(call, ps, e, log, time.monotonic() - start)
-    ps.update(status="trained", step=results["steps"], total_steps=results["steps"],
-              test_accuracy=results["test_accuracy"])
-    call.end(ps, wall)
-    say(f"{piece['name']}: trained (piece {ps['attempts']}): test accuracy "
-        f"{100 * results['test_accuracy']:.2f}% at step {results['steps']}")
-    if call.left() < train_need(call, piece, ps) + RESERVE_S:
-      say(f"{piece['name']}: recorded next call (too little budget left)")
-      return False
-  return record_row(call, piece, ps, workdir)
-
-
-def record_row(call: Call, piece: dict, ps: dict, workdir: Path) -> bool:
-  """results_table record, numbers only when the weights cannot be shipped
-  (too large for git, as VGG-16's; or no safetensors on this image)."""
-  command = [sys.executable, "-m", "cnn.report.results_table", "record", str(workdir),
-             "--name", piece["name"], "--hardware", " + ".join(ps["hardware"]),
-             "--command", ps["command"], "--resumes", str(ps["attempts"] - 1),
-             "--results-dir", str(call.results_dir)]
-  if ps.get("commits"):
-    command += ["--commit", ",".join(ps["commits"])]
-  start = time.monotonic()
-  done = record(command, call.log(piece["name"]), call.deadline - RESERVE_S)
-  no_weights = None
-  if done.returncode:
-    no_weights = last_line(done.stderr)
-    done = record([*command, "--no-weights"], call.log(piece["name"]), call.deadline - RESERVE_S)
-  ps["record_need_s"] = round(1.5 * (time.monotonic() - start))
-  if done.returncode:
-    call.save()
-    raise PieceFailed(f"recording {piece['name']} failed: {last_line(done.stderr)}")
-  ps.update(status="done", record=done.stdout.strip().splitlines()[-1], no_weights=no_weights)
-  call.save()
-  say(f"{piece['name']}: recorded {ps['record']}"
-      + (f" without its weights ({no_weights})" if no_weights else ""))
-  return True
-
-
-def last_line(text: str) -> str:
-  return (text.strip().splitlines() or ["?"])[-1]
-
-
-def record(command: list[str], log: Path, kill_at: float) -> subprocess.CompletedProcess:
-  try:
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          timeout=max(kill_at - time.monotonic(), 1))
-  except subprocess.TimeoutExpired as e:
-    raise PieceFailed(f"recording took over the budget: {shlex.join(command)}") from e
-  with open(log, "a", encoding="utf-8") as f:
-    f.write(done.stdout + done.stderr)
-  return done
-
-
-def recorded(call: Call, ps: dict) -> bool:
-  """A row counts as done where its record is in this call's results dir."""
-  return ps.get("status") == "done" and (call.results_dir / Path(ps["record"]).name).exists()
-
-
-# ------------------------------------------------------------- the queue
-
-# kind -> (seconds it needs before it may start, runner: True when the piece finished)
-KINDS: dict[str, tuple[Callable, Callable]] = {
-    "throughput": (throughput_need, run_throughput),
-    "sweep": (throughput_need, run_sweep),
-    "speedrun": (speedrun_need, run_speedrun),
-    "train": (train_need, run_training),
-}
-
-
-def is_done(call: Call, piece: dict) -> bool:
-  ps = call.state["pieces"].get(piece["name"], {})
-  if piece["kind"] == "train" and ps.get("status") == "done" and not recorded(call, ps):
-    ps["status"] = "trained"  # recorded into another results dir: record it here too
-  return ps.get("status") == "done"
-
-
-def selected(piece: dict, only: list[str]) -> bool:
-  return not only or piece["name"] in only or piece["kind"] in only
-
-
-def run_queue(call: Call) -> int:
-  for piece in call.queue:
-    ps = piece_state(call.state, piece["name"])
-    if ps.pop("running", None):
-      say(f"{piece['name']}: the last call ended during this piece; it continues")
-    if is_done(call, piece) or not selected(piece, call.args.only):
-      continue
-    need, runner = KINDS[piece["kind"]]
-    seconds = need(call, piece, ps) + RESERVE_S
-    if seconds > call.budget_s:
-      raise UserError(f"{piece['name']} needs about {seconds:.0f} s, more than the whole "
-                      f"budget of {call.budget_s:.0f} s; raise --budget-minutes")
-    if seconds > call.left():
-      say(f"{piece['name']}: left for the next call (needs about {seconds:.0f} s, "
-          f"{call.left():.0f} s left)")
-      break
-    if not runner(call, piece, ps):
-      break
-  call.save()
+  write_json(args.json, done)
   return 0
 
 
-def describe_next(call: Call) -> str:
-  piece = next((p for p in call.queue if not is_done(call, p)), None)
-  if piece is None:
-    return "nothing, the queue is done"
-  ps = call.state["pieces"].get(piece["name"], {})
-  if ps.get("status") == "trained":
-    return f"{piece['name']} (trained; to record)"
-  if ps.get("status") == "partial":
-    total = f" of {ps['total_steps']}" if ps.get("total_steps") else ""
-    return f"{piece['name']} at step {ps['step']}{total}"
-  return piece["name"]
+# ----------------------------------------------------------- (ii) the rows
 
 
-def summary(call: Call) -> str:
-  done = sum(is_done(call, p) for p in call.queue)
-  size = dir_bytes(call.out) / MIB
-  advice = " (over one transfer: carry it with `pack`)" if size > call.args.part_mib else ""
-  return (f"queue {call.args.queue}: {done}/{len(call.queue)} pieces done; next: "
-          f"{describe_next(call)}; DIR {size:.1f} MiB{advice}")
+def estimate_row_s(row: Row, seeds: int, steps: int, speeds: dict, size: Size) -> float | None:
+  """Seconds for `seeds` seeds of `row` from the deterministic fp32 cells of
+  its model (the paper configs turn the flag on): the step time of one seed
+  and of the largest vmapped count measured, linear in between (a sweep's
+  step grows about linearly with its seeds); None when unmeasured."""
+  known = {int(k.split("/")[2][5:]): v for k, v in speeds.items()
+           if k.startswith(f"{row.registered}/float32/") and k.endswith("/det")}
+  if 1 not in known:
+    return None
+  many = max(known)
+  one_s, many_s = known[1], known[many]
+  step_s = one_s if many == 1 else one_s + (many_s - one_s) * (seeds - 1) / (many - 1)
+  return size.startup_s + steps * step_s * size.overhead
 
 
-def render_docs(call: Call) -> None:
-  """--readme: the results table from --results-dir; --speedrun-doc: the
-  speedrun block from DIR (the two live in different files)."""
-  if call.args.readme and any(p["kind"] == "train" and is_done(call, p) for p in call.queue):
-    results_table.rewrite_readme(call.args.readme, results_table.render(call.results_dir))
-  seeds = [p for p in call.queue if p["kind"] == "speedrun"]
-  if call.args.speedrun_doc and seeds and all(is_done(call, p) for p in seeds):
-    table = speedrun.render(json.loads((call.out / "results" / "speedrun.json").read_text()))
-    results_table.rewrite_readme(call.args.speedrun_doc, table, speedrun.BEGIN, speedrun.END)
+TRAIN_EXAMPLES = {"cifar10": 50_000, "mnist": 60_000}
 
 
-def prepare_dir(out: Path) -> None:
-  try:
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    probe = out / ".write_test"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as e:
-    raise UserError(f"--out {out} is not writable ({e.strerror or e}); choose another --out") \
-        from None
+def row_steps(row: Row) -> int:
+  """The row's training steps (whole batches per epoch, as the trainer
+  drops the remainder), from its config with the row's overrides."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from cnn.datasets import splits  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module(row.config[:-3].replace("/", ".")).get_config()
+  values = dict(o[len("--config."):].split("=", 1) for o in row.overrides)
+  epochs = int(values.get("num_epochs", config.num_epochs))
+  train = values.get("data.train_split", config.data.train_split)
+  _, part = splits.select(train, {"train": TRAIN_EXAMPLES[config.data.name]})
+  examples = len(range(*part.indices(TRAIN_EXAMPLES[config.data.name])))
+  return epochs * (examples // config.batch_size)
 
 
-def check_only(only: list[str], queue: list[dict]) -> None:
-  valid = {p["name"] for p in queue} | {p["kind"] for p in queue}
-  unknown = [o for o in only if o not in valid]
-  if unknown:
-    raise UserError(f"unknown piece {unknown[0]!r} for --only; valid: {', '.join(sorted(valid))}")
+def row_command(row: Row, seeds: int, workdir: str) -> list[str]:
+  return ["python", "main.py", f"--config={row.config}", f"--workdir={workdir}", *row.overrides,
+          f"--config.sweep.seeds=0-{seeds - 1}"]
 
 
-def command_run(args: argparse.Namespace) -> int:
-  if args.queue not in QUEUES:
-    raise UserError(f"unknown queue {args.queue!r}; valid queues: {', '.join(QUEUES)}")
-  queue = QUEUES[args.queue]()
-  check_only(args.only, queue)
-  out = args.out.resolve()
-  prepare_dir(out)
-  lock = take_kit_lock(out)
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: children save
-  call = Call(args, out, queue)
-  try:
-    code = run_queue(call)
-    render_docs(call)
-  except KeyboardInterrupt:
-    say("stopped by a signal; the next call continues")
-    code = 1
-  except PieceFailed as e:
-    say(f"error: {e}")
-    code = 1
-  finally:
-    call.save()
-    say(summary(call))
-    lock.unlink(missing_ok=True)
-  return code
+# ------------------------------------------------------------- the return
 
 
-# ------------------------------------------------------- pack and unpack
+class Back:
+  """What returns: $OUT/visit.json, $OUT/main.log (the tee of this output)
+  and $OUT/back.tar.NNN, rewritten after every piece from SCRATCH/back/
+  (records/, resume/) within the tool's return limits."""
+
+  def __init__(self, out: Path, scratch: Path):
+    self.out, self.root = out, scratch / BACK
+    (self.root / "records").mkdir(parents=True, exist_ok=True)
+    self.visit: dict = {"started": now_iso(), "pieces": {}, "back": None}
+
+  def budget(self) -> int:
+    return min(LIMITS.back_bytes - BACK_RESERVE,
+               (LIMITS.back_files - 2) * LIMITS.back_file_bytes)
+
+  def trim_weights(self) -> list[str]:
+    """Drops the largest weights until the payload fits; their records say so."""
+    dropped = []
+    while (total := sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())) \
+        > self.budget() * 0.98:
+      weights = sorted((self.root / "records").rglob("*.safetensors"),
+                       key=lambda f: f.stat().st_size)
+      if not weights:
+        raise UserError(f"what returns takes {total / MIB:.0f} MiB without weights, over the "
+                        f"{self.budget() / MIB:.0f} MiB the tool brings back")
+      biggest = weights[-1]
+      record = biggest.parent.parent / f"{biggest.stem}.json"
+      entry = json.loads(record.read_text())
+      entry.pop("weights", None)
+      entry["weights_missing"] = ("not returned: over the box's 64 MiB return limit "
+                                  f"({biggest.stat().st_size / MIB:.0f} MiB)")
+      write_json(record, entry)
+      biggest.unlink()
+      dropped.append(biggest.name)
+    return dropped
+
+  def publish(self) -> None:
+    """back.tar.NNN and visit.json, the new parts in place before the old go."""
+    dropped = self.trim_weights()
+    if dropped:
+      self.visit.setdefault("weights_dropped", []).extend(dropped)
+    staging = self.out.parent / f".{self.out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    manifest = carry.pack(self.root, staging, LIMITS.back_file_bytes, lambda _: False)
+    for old in self.out.glob(f"{BACK}.tar.*"):
+      old.unlink()
+    for part in manifest["parts"]:
+      os.replace(staging / part["file"], self.out / part["file"])
+    shutil.rmtree(staging, ignore_errors=True)
+    self.visit["back"] = manifest
+    self.visit["updated"] = now_iso()
+    write_json(self.out / VISIT_JSON, self.visit)
 
 
-def skipped_when_packing(name: str) -> bool:
-  """Locks and half-written files stay behind (carry.py also drops
-  unfinished checkpoints)."""
-  return name in (KIT_LOCK, workdir_lock.LOCK_NAME) or name.endswith(".tmp")
+# ------------------------------------------------------------ main, the queue
 
 
-def parts_dir_for(out: Path, given: Path | None) -> Path:
-  return given or carry.default_parts_dir(out)
+class Visit:
+  """The main command's queue, time-boxed to --until (epoch seconds)."""
 
+  def __init__(self, args: argparse.Namespace):
+    self.args, self.size = args, SIZES[args.size]()
+    self.scratch, self.out = Path(args.scratch), Path(args.out)
+    self.back = Back(self.out, self.scratch)
+    self.speeds: dict[str, float] = {}
+    self.machine: dict | None = None
 
-def command_pack(args: argparse.Namespace) -> int:
-  out = args.out.resolve()
-  if not (out / STATE).exists():
-    raise UserError(f"{out} has no {STATE}: nothing to pack (is --out the kit's DIR?)")
-  lock = out / KIT_LOCK
-  if alive_here(record := workdir_lock.read(lock) if lock.exists() else None):
-    raise UserError(f"{out} is in use by the kit {workdir_lock.describe(record)}; pack it "
-                    "after that call ends")
-  parts_dir = parts_dir_for(out, args.parts)
-  manifest = carry.pack(out, parts_dir, int(args.part_mib * MIB), skipped_when_packing)
-  say(f"packed {manifest['files']} files of {out} into {len(manifest['parts'])} parts of at most "
-      f"{args.part_mib:g} MiB in {parts_dir} ({out.name}.tar.000 ...; {out.name}.pack.json "
-      "lists them): copy them all, then `unpack`")
-  return 0
+  def left(self) -> float:
+    return self.args.until - time.time()
 
+  def piece(self, name: str, **fields) -> None:
+    self.back.visit["pieces"].setdefault(name, {}).update(fields)
+    self.back.publish()
 
-def command_unpack(args: argparse.Namespace) -> int:
-  out = args.out.resolve()
-  manifest = carry.unpack(args.parts.resolve(), out, args.replace)
-  say(f"unpacked {manifest['files']} files ({manifest['bytes'] / MIB:.1f} MiB) into {out}")
-  return 0
-
-
-# ------------------------------------------------------------ record
-
-
-def command_record(args: argparse.Namespace) -> int:
-  """The finished rows recorded into --results-dir, nothing trained (at home)."""
-  out = args.out.resolve()
-  if not (out / STATE).exists():
-    raise UserError(f"{out} has no {STATE}: is --out the kit's DIR?")
-  queue = json.loads((out / STATE).read_text())["queue"]
-  lock = take_kit_lock(out)
-  call = Call(argparse.Namespace(queue=queue, budget_seconds=3600, results_dir=args.results_dir,
-                                 part_mib=48.0), out, QUEUES[queue]())
-  try:
-    for piece in call.queue:
-      ps = piece_state(call.state, piece["name"])
-      if piece["kind"] == "train" and not is_done(call, piece) and ps["status"] == "trained":
-        record_row(call, piece, ps, out / "runs" / piece["name"])
-  except PieceFailed as e:
-    say(f"error: {e}")
-    return 1
-  finally:
-    call.save()
-    say(summary(call))
-    lock.unlink(missing_ok=True)
-  return 0
-
-
-# ------------------------------------------------------------ report
-
-
-def command_report(args: argparse.Namespace) -> int:
-  """Markdown of DIR's results: the throughput grid and the speedrun."""
-  results = args.out / "results"
-  rows = [r for path in sorted(results.glob("throughput_*.json"))
-          for r in json.loads(path.read_text())["rows"]]
-  if rows:
-    say("| model | dtype | batch | JAX images/s | PyTorch images/s | JAX / PyTorch "
-        "| JAX compile s |")
-    say("|---|---|---:|---:|---:|---:|---:|")
+  def throughput(self) -> None:
+    """Two children (the determinism flag is fixed when JAX starts): the
+    deterministic cells first, which the row estimates use."""
+    until = time.time() + min(self.size.throughput_s, max(self.left() - 60, 0))
+    logs = self.scratch / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results = []
+    for deterministic in (True, False):
+      cells = [c for c in self.size.cells if c.deterministic == deterministic]
+      path = self.scratch / f"cells_{'det' if deterministic else 'nondet'}.json"
+      if not cells or time.time() >= until - 5:
+        continue
+      command = [sys.executable, __file__, "cells", "--size", self.args.size, "--keys",
+                 ",".join(c.key for c in cells), "--until", str(until), "--json", str(path)]
+      code, _ = bench.supervise(command, logs / "throughput.log", cwd=ROOT,
+                                kill_at=time.monotonic() + until + 30 - time.time(),
+                                env=deterministic_env(deterministic))
+      if path.exists():
+        results.append(json.loads(path.read_text()))
+      if code:
+        say(f"throughput: a child ended with status {code} (see its log below)")
+    rows = [r for res in results for r in res["rows"]]
+    self.speeds = {r["key"]: r["step_s"] for r in rows}
+    self.machine = results[0]["machine"] if results else None
     for r in rows:
-      torch = f"{r['torch_images_per_s']:.0f}" if r["torch_images_per_s"] else r["torch"]
-      ratio = f"{r['jax_vs_torch']:.2f}x" if r["jax_vs_torch"] else ""
-      say(f"| {r['model']} | {r['dtype']} | {r['batch_size']} | {r['jax_images_per_s']:.0f} | "
-          f"{torch} | {ratio} | {r['jax_compile_s']} |")
-  for path in sorted(results.glob("sweep_*.json")):
-    sweep = json.loads(path.read_text())
-    say("\n" + seed_sweep.render(sweep["rows"], sweep["machine"]))
-  if (results / "speedrun.json").exists():
-    say("\n" + speedrun.render(json.loads((results / "speedrun.json").read_text())))
+      torch = (f", PyTorch {r['torch_images_per_s']:.0f} ({r['jax_vs_torch']:.2f}x)"
+               if r["torch_images_per_s"] else "")
+      say(f"throughput {r['key']}: {r['images_per_s']:.0f} img/s, compile {r['compile_s']} s"
+          + torch)
+    if self.machine:
+      write_json(self.back.root / "throughput.json",
+                 {"machine": self.machine, "size": self.args.size, "rows": rows,
+                  "not_reached": [k for res in results for k in res["not_reached"]]})
+    self.piece("throughput", status="done" if rows else "failed", cells=len(rows))
+
+  def known_speeds(self) -> dict[str, float]:
+    """This visit's cells, else those of earlier visits kept in the repo."""
+    kept = json.loads(SPEEDS.read_text()).get(self.args.size, {}) if SPEEDS.exists() else {}
+    return {**{k: v["step_s"] for k, v in kept.items()}, **self.speeds}
+
+  def plan(self, row: Row, resumed: int | None) -> tuple[int, float | None, str] | None:
+    """(seeds, estimate, why) for a row that may start now, else None."""
+    steps, speeds = row_steps(row), self.known_speeds()
+    fits = lambda s: s is not None and s <= self.left() - self.size.margin_s  # noqa: E731
+    choices = (resumed,) if resumed else self.size.seed_choices
+    for seeds in choices:
+      estimate = estimate_row_s(row, seeds, steps, speeds, self.size)
+      if fits(estimate):
+        return seeds, estimate, "fits whole"
+    seeds = choices[-1]
+    estimate = estimate_row_s(row, seeds, steps, speeds, self.size)
+    returnable = row.checkpoint_mib_per_seed * seeds * MIB < self.back.budget() * 0.9
+    if returnable and self.left() - self.size.margin_s >= self.size.min_row_s:
+      return seeds, estimate, "does not fit: stopped and returned to continue next visit"
+    return None
+
+  def train_row(self, row: Row) -> bool:
+    """A row's sweep until it finishes or the end comes (SIGTERM: main.py
+    saves its step); True when it finished and was recorded."""
+    workdir = self.scratch / "runs" / row.name
+    resumed = len(list(workdir.glob("seed_*"))) or None
+    planned = self.plan(row, resumed)
+    if planned is None:
+      say(f"{row.name}: not started ({self.left():.0f} s left)")
+      self.piece(row.name, status="not started", left_s=round(self.left()))
+      return False
+    seeds, estimate, why = planned
+    command = row_command(row, seeds, str(workdir))
+    say(f"{row.name}: {seeds} seeds, estimate "
+        + (f"{estimate:.0f} s" if estimate else "unknown (no speed measured)")
+        + f", {self.left():.0f} s left: {why}" + (" (resumed)" if resumed else ""))
+    self.piece(row.name, status="running", seeds=seeds, estimate_s=estimate, resumed=bool(resumed),
+               command=shlex.join(command))
+    start = time.time()
+    code, _ = bench.supervise([sys.executable, *command[1:]],
+                              self.scratch / "logs" / f"{row.name}.log",
+                              stop_at=time.monotonic() + self.left() - self.size.margin_s,
+                              kill_at=time.monotonic() + self.left() - 10, cwd=ROOT)
+    wall = time.time() - start
+    if (workdir / "sweep.json").exists():
+      return self.record(row, workdir, command, wall, estimate)
+    if code in (0, -signal.SIGTERM, -signal.SIGKILL):
+      self.keep_for_resume(row, workdir, wall, estimate)
+    else:
+      log = (self.scratch / "logs" / f"{row.name}.log").read_text(errors="replace")
+      say(f"{row.name}: failed with exit status {code}; its log ends:\n{log[-3000:]}")
+      self.piece(row.name, status="failed", exit_status=code, wall_s=round(wall))
+    return False
+
+  def record(self, row: Row, workdir: Path, command: list[str], wall: float,
+             estimate: float | None) -> bool:
+    """results_table record on the box (weights included; `Back` drops the
+    largest if they cannot all return), as run on the box."""
+    label = hardware_label(self.machine) if self.machine else "the borrowed GPU box"
+    records = self.back.root / "records"
+    done = subprocess.run(
+        [sys.executable, "-m", "cnn.report.results_table", "record", str(workdir), "--name",
+         row.name, "--hardware", label, "--command", shlex.join(command).replace(
+             f"{self.scratch}/runs/", "runs/"), "--results-dir", str(records),
+         *(["--commit", self.args.commit] if self.args.commit else [])],
+        cwd=ROOT, capture_output=True, text=True)
+    sweep = json.loads((workdir / "sweep.json").read_text())
+    status = "recorded" if done.returncode == 0 else "trained, record failed"
+    accuracy = sweep["test_accuracy"]
+    say(f"{row.name}: {status} after {wall:.0f} s (estimate {estimate and round(estimate)} s): "
+        f"test accuracy {100 * accuracy['mean']:.2f} +- {100 * accuracy['std']:.2f} "
+        f"(n={accuracy['n']})" + (f"\n{done.stderr[-1500:]}" if done.returncode else ""))
+    shutil.rmtree(self.back.root / "resume" / row.name, ignore_errors=True)
+    self.piece(row.name, status=status, wall_s=round(wall), estimate_s=estimate,
+               seeds=sweep["seeds"], test_accuracy=sweep["test_accuracy"])
+    return done.returncode == 0
+
+  def keep_for_resume(self, row: Row, workdir: Path, wall: float, estimate) -> None:
+    """A stopped row: its workdir returns (checkpoints kept: 1) for the next visit."""
+    target = self.back.root / "resume" / row.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(workdir, target, ignore=shutil.ignore_patterns("*.lock", "*.tmp"))
+    say(f"{row.name}: stopped after {wall:.0f} s; its checkpoint returns to continue")
+    self.piece(row.name, status="stopped, returned", wall_s=round(wall), estimate_s=estimate)
+
+  def run(self) -> int:
+    say(f"main: {self.left():.0f} s; size {self.args.size}")
+    self.back.publish()
+    self.throughput()
+    for row in self.size.rows:
+      if self.left() < self.size.margin_s + 5:
+        break
+      self.train_row(row)
+    self.back.visit["ended"] = now_iso()
+    self.back.publish()
+    say(f"main: done, {self.left():.0f} s left; {VISIT_JSON} and "
+        f"{len(self.back.visit['back']['parts'])} back parts in $OUT")
+    return 0
+
+
+def unpack_resumes(scratch: Path) -> None:
+  """Rows the last visit stopped: SCRATCH/resume-parts/<row>/ -> runs/<row>."""
+  for parts in sorted((scratch / "resume-parts").glob("*")):
+    carry.unpack(parts, scratch / "runs" / parts.name, replace=True)
+    say(f"resumed {parts.name} from the last visit's checkpoint")
+
+
+def command_main(args: argparse.Namespace) -> int:
+  Path(args.out).mkdir(parents=True, exist_ok=True)
+  unpack_resumes(Path(args.scratch))
+  return Visit(args).run()
+
+
+# ----------------------------------------------------------------- smoke
+
+
+SMOKE = """
+import json, platform, subprocess, sys, time
+import jax, flax, optax, orbax.checkpoint as ocp
+from benchmarks import run as bench
+out = sys.argv[1]
+info = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+        "optax": optax.__version__, "orbax": ocp.__version__, "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()]}
+try:
+  info["nvidia_smi"] = subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout
+except OSError as e:
+  info["nvidia_smi"] = f"not here ({e})"
+start = time.perf_counter()
+step = bench.JaxStepper("resnet20_v1", "float32", 128, {})
+info["smoke"] = {"compile_s": round(step.compile_s, 2),
+                 "images_per_s": round(step.images_per_s(50), 1), "seconds": 0}
+info["smoke"]["seconds"] = round(time.perf_counter() - start, 1)
+import cnn.train, cnn.sweep, cnn.augment, main  # the training command's imports, all of them
+json.dump(info, open(out, "w"), indent=1)
+print(info["nvidia_smi"]); print({k: v for k, v in info.items() if k != "nvidia_smi"})
+"""
+
+
+def command_smoke(args: argparse.Namespace) -> int:
+  """The first command's check of the box: versions, devices, a ResNet-20
+  train step at batch 128, and every import of the training command."""
+  Path(args.out).mkdir(parents=True, exist_ok=True)
+  return subprocess.run([sys.executable, "-c", SMOKE, str(Path(args.out) / "box.json")],
+                        cwd=ROOT, check=False).returncode
+
+
+# ------------------------------------------------------- here: prepare, visit
+
+
+def requirement_lines(path: Path) -> list[str]:
+  return [line.split("#")[0].strip() for line in path.read_text().splitlines()
+          if line.split("#")[0].strip()]
+
+
+def command_wheels(args: argparse.Namespace) -> int:
+  """The wheels of requirements-accelerator.txt for the box's Python."""
+  wanted = requirement_lines(ROOT / "requirements-accelerator.txt")
+  shutil.rmtree(args.dest, ignore_errors=True)  # only these wheels travel: one version of each
+  args.dest.mkdir(parents=True)
+  done = subprocess.run(
+      [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+       "--python-version", "3.12", "--implementation", "cp", "--platform",
+       "manylinux2014_x86_64", "-d", str(args.dest), *wanted], capture_output=True, text=True)
+  if done.returncode:
+    raise UserError(f"pip download of {' '.join(wanted)} failed ({done.stderr.strip()[-200:]}); "
+                    "check the network to PyPI, or copy the wheels into " + str(args.dest))
+  say(f"wheels in {args.dest}: " + ", ".join(sorted(p.name for p in args.dest.glob("*.whl"))))
   return 0
 
 
-# ------------------------------------------------------- child commands
-
-
-def command_throughput(args: argparse.Namespace) -> int:
-  """A throughput piece, in the child process the kit starts."""
-  result = measure_throughput(json.loads(args.piece))
-  args.json.parent.mkdir(parents=True, exist_ok=True)
-  write_json(args.json, result)
+def command_prepare(args: argparse.Namespace) -> int:
+  """Here, before a visit: the wheels and the data parts in .box/."""
+  from tools import box_data  # pylint: disable=import-outside-toplevel
+  if not args.archive_dir:
+    raise UserError("no dataset files: set CNN_ARCHIVE_DIR or pass --archive-dir")
+  command_wheels(argparse.Namespace(dest=ROOT / WHEELS))
+  wheels = sum(f.stat().st_size for f in (ROOT / WHEELS).glob("*.whl"))
+  part_bytes = box_data.default_part_bytes(ROOT, wheels)
+  manifest = box_data.write_parts(Path(args.archive_dir), args.datasets.split(","),
+                                  ROOT / DATA, part_bytes)
+  say(f"{len(manifest['parts'])} data parts in {DATA}; `visit` prints the commands")
   return 0
 
 
-def command_hardware(args: argparse.Namespace) -> int:
-  del args
-  print(json.dumps(hardware()))
+def tree_bytes() -> int:
+  """What travels with every command: tracked and untracked-not-ignored files."""
+  names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                         capture_output=True, check=True).stdout.split(b"\0")
+  return sum((ROOT / n.decode()).stat().st_size for n in names
+             if n and (ROOT / n.decode()).is_file())
+
+
+def path_bytes(path: Path) -> int:
+  full = ROOT / path
+  return full.stat().st_size if full.is_file() else sum(
+      f.stat().st_size for f in full.rglob("*") if f.is_file())
+
+
+def install(wheels: Path) -> str:
+  """The box's way to add a package: the carried wheels into SCRATCH/site."""
+  return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "
+          f"--upgrade --target {SCRATCH}/site {wheels}/*.whl")
+
+
+def head(wheels: Path | None) -> str:
+  """Every command's start: stop at the first failure, the wheels importable
+  (installed by the first command; again by the main one on a fresh box)."""
+  again = f"[ -d {SCRATCH}/site ] || {install(wheels)}; " if wheels else ""
+  return f"set -eo pipefail; export PYTHONUNBUFFERED=1 PYTHONPATH={SCRATCH}/site; " + again
+
+
+def visit_commands(size: str, commit: str, box: Path = BOX) -> list[dict]:
+  """The visit: [{name, command, carry, timeout_s, send_mib}], within the
+  limits. `box`: the folder (relative to the repo, ignored by git) prepared."""
+  wheels, data_dir, resume_dir = box / WHEELS.name, box / DATA.name, box / RESUME.name
+  manifest_path = ROOT / data_dir / "manifest.json"
+  if not manifest_path.exists() or not list((ROOT / wheels).glob("*.whl")):
+    raise UserError(f"no data parts or wheels in {box}: run `python tools/accelerator_kit.py "
+                    "prepare` first")
+
+  def add_part(part: str) -> str:
+    return (f"python3 tools/box_data.py add --part {part} --manifest {data_dir}/manifest.json "
+            f"--staging {SCRATCH}/parts")
+
+  parts = [p["name"] for p in json.loads(manifest_path.read_text())["parts"]]
+  main_s = SIZES[size]().main_s
+  data = lambda name: str(data_dir / name)  # noqa: E731
+  commands = [{"name": "first", "carry": [str(wheels), data("manifest.json"), data(parts[0])],
+               "timeout_s": 300, "command": head(None) + f"{install(wheels)}; "
+               f"{add_part(data(parts[0]))}; python3 tools/accelerator_kit.py smoke --out $OUT"}]
+  for part in parts[1:-1]:
+    commands.append({"name": f"data {part}", "carry": [data("manifest.json"), data(part)],
+                     "timeout_s": 120, "command": head(None) + add_part(data(part))})
+  resumes = sorted((ROOT / resume_dir).glob("*")) if (ROOT / resume_dir).exists() else []
+  for resume in resumes:
+    commands.append({"name": f"resume {resume.name}", "carry": [str(resume_dir / resume.name)],
+                     "timeout_s": 120, "command": head(None) +
+                     f"mkdir -p {SCRATCH}/resume-parts && cp -r {resume_dir / resume.name} "
+                     f"{SCRATCH}/resume-parts/"})
+  last = parts[-1]
+  main = ("T0=$(date +%s); " + head(wheels)
+          + (f"{add_part(data(last))}; " if len(parts) > 1 else "")
+          + f"python3 tools/box_data.py assemble --staging {SCRATCH}/parts --manifest "
+          f"{data_dir}/manifest.json --data-dir {SCRATCH}/data; CNN_ARCHIVE_DIR={SCRATCH}/data "
+          f"python3 tools/accelerator_kit.py main --out $OUT --size {size} --until "
+          f"$((T0+{main_s})) --commit {commit} 2>&1 | tee $OUT/{MAIN_LOG}")
+  commands.append({"name": "main", "carry": [str(wheels), data("manifest.json"), data(last)],
+                   "timeout_s": min(main_s + 30, LIMITS.command_s), "command": main})
+  check_limits(commands)
+  return commands
+
+
+def check_limits(commands: list[dict]) -> None:
+  """Every command within the tool's limits before the box starts."""
+  tree = tree_bytes()
+  for c in commands:
+    sent = tree + sum(path_bytes(Path(p)) for p in c["carry"])
+    c["send_mib"] = round(sent / MIB, 1)
+    if len(c["command"]) > LIMITS.command_chars:
+      raise UserError(f"command {c['name']!r} has {len(c['command'])} characters, over the "
+                      f"tool's {LIMITS.command_chars}")
+    if len(c["carry"]) > LIMITS.carry_paths:
+      raise UserError(f"command {c['name']!r} carries {len(c['carry'])} paths, over 8")
+    tracked = [p for p in c["carry"] if subprocess.run(
+        ["git", "check-ignore", "-q", p], cwd=ROOT).returncode != 0]
+    if tracked:
+      raise UserError(f"command {c['name']!r} carries {tracked[0]}, which git does not ignore "
+                      "(it would travel twice): keep carried files under .box/")
+    if sent > LIMITS.send_bytes:
+      raise UserError(f"command {c['name']!r} sends {sent / MIB:.1f} MiB (tree {tree / MIB:.1f}),"
+                      f" over 64 MiB: run `prepare` again (it sizes the parts to the tree)")
+
+
+def head_commit() -> str:
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+  dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+  return commit + ("-dirty" if dirty else "")
+
+
+def command_visit(args: argparse.Namespace) -> int:
+  commands = visit_commands(args.size, head_commit())
+  if args.json:
+    print(json.dumps(commands, indent=1))
+    return 0
+  for i, c in enumerate(commands, 1):
+    print(f"# {i}. {c['name']}: timeout_s={c['timeout_s']}, sends {c['send_mib']} MiB, "
+          f"{len(c['command'])} characters\ncarry: {json.dumps(c['carry'])}\n{c['command']}\n")
+  print("# Fire them back to back (the box keeps /tmp/cnnbox ~30 s), then give the box back and:\n"
+        "#   python tools/accelerator_kit.py land <files_at of the main command>")
   return 0
+
+
+# ------------------------------------------------------------ here: land
+
+
+def command_land(args: argparse.Namespace) -> int:
+  """After a visit: the returned records into results/, a stopped row's
+  checkpoint into .box/resume/ for the next visit, the measured speeds into
+  tools/box_speeds.json; prints what the box proved of the estimates."""
+  got = Path(args.dir)
+  visit = json.loads((got / VISIT_JSON).read_text())
+  staging = Path(args.resume_dir).parent / "landing"
+  shutil.rmtree(staging, ignore_errors=True)
+  parts_dir = staging / "parts"
+  parts_dir.mkdir(parents=True)
+  for part in visit["back"]["parts"]:
+    shutil.copy(got / part["file"], parts_dir / part["file"])
+  (parts_dir / f"{BACK}.pack.json").write_text(json.dumps(visit["back"]))
+  carry.unpack(parts_dir, staging / BACK, replace=True)
+  payload = staging / BACK
+  results_dir = Path(args.results_dir)
+  for record in sorted((payload / "records").glob("*.json")):
+    shutil.copy(record, results_dir / record.name)
+    say(f"recorded {results_dir / record.name}")
+  for weights in sorted((payload / "records" / "weights").glob("*.safetensors")):
+    (results_dir / "weights").mkdir(exist_ok=True)
+    shutil.copy(weights, results_dir / "weights" / weights.name)
+  for row in sorted((payload / "resume").glob("*")) if (payload / "resume").exists() else []:
+    carry.pack(row, Path(args.resume_dir) / row.name, 15 * MIB, lambda _: False)
+    say(f"{row.name}: its checkpoint is in {args.resume_dir}/{row.name}; the next `visit` "
+        "carries it")
+  if (payload / "throughput.json").exists():
+    keep_speeds(json.loads((payload / "throughput.json").read_text()), Path(args.speeds))
+  if args.readme and list((payload / "records").glob("*.json")):
+    from cnn.report import results_table  # pylint: disable=import-outside-toplevel
+    results_table.rewrite_readme(args.readme, results_table.render(results_dir))
+    say(f"{args.readme}: the results table rendered again")
+  for name, piece in visit["pieces"].items():
+    if piece.get("estimate_s") and piece.get("wall_s"):
+      say(f"{name}: estimated {piece['estimate_s']:.0f} s, took {piece['wall_s']} s "
+          f"({piece['wall_s'] / piece['estimate_s']:.2f}x), {piece['status']}")
+  return 0
+
+
+def keep_speeds(throughput: dict, path: Path = SPEEDS) -> None:
+  """The box's cells, kept in the repo for the next visit's estimates."""
+  kept = json.loads(path.read_text()) if path.exists() else {}
+  size = kept.setdefault(throughput["size"], {})
+  for r in throughput["rows"]:
+    size[r["key"]] = {"step_s": r["step_s"], "images_per_s": r["images_per_s"],
+                      "compile_s": r["compile_s"], "measured": throughput["machine"]["date"],
+                      "on": hardware_label(throughput["machine"])}
+  write_json(path, kept)
+  say(f"{len(throughput['rows'])} speeds kept in {path}")
 
 
 # ------------------------------------------------------------- the CLI
 
 
-def run_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="tools/accelerator_kit.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", type=Path, required=True, help="DIR: state, results, runs")
-  parser.add_argument("--queue", default="full", help=f"one of: {', '.join(QUEUES)}")
-  budget = parser.add_mutually_exclusive_group()
-  budget.add_argument("--budget-minutes", type=float, default=9.0,
-                      help="exit before this much time has passed (default 9)")
-  budget.add_argument("--budget-seconds", type=float, default=None, help="the same, in seconds")
-  parser.add_argument("--margin-seconds", type=float, default=60.0,
-                      help="SIGTERM a training child this long before the budget's end, for "
-                      "its checkpoint and exit (default 60)")
-  parser.add_argument("--min-piece-seconds", type=float, default=120.0,
-                      help="start a training piece only with this much time before its SIGTERM "
-                      "(start-up, compile and some steps; default 120)")
-  parser.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
-                      help="comma-separated pieces or kinds (throughput, sweep, speedrun, train) "
-                      "to run "
-                      "in this call")
-  parser.add_argument("--results-dir", default=str(results_table.RESULTS_DIR),
-                      help="where finished rows are recorded (default: results/)")
-  parser.add_argument("--readme", type=Path, default=None,
-                      help="rewrite this README's results table (README.md)")
-  parser.add_argument("--speedrun-doc", type=Path, default=None,
-                      help="rewrite this file's speedrun block (docs/experiments.md)")
-  parser.add_argument("--part-mib", type=float, default=48.0,
-                      help="one transfer's size, for the summary's advice (default 48)")
-  return parser
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="tools/accelerator_kit.py", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  prep = sub.add_parser("prepare", help="here: .box/ with the wheels and the data parts")
+  prep.add_argument("--archive-dir", default=os.environ.get("CNN_ARCHIVE_DIR", ""),
+                    help="the original dataset files (default: $CNN_ARCHIVE_DIR)")
+  prep.add_argument("--datasets", default="cifar10", help="comma-separated (cifar10,mnist)")
+  wheels = sub.add_parser("wheels", help="here: the box's wheels (requirements-accelerator.txt)")
+  wheels.add_argument("--dest", type=Path, default=ROOT / WHEELS)
+  visit = sub.add_parser("visit", help="here: print the visit's commands")
+  visit.add_argument("--size", choices=SIZES, default="box")
+  visit.add_argument("--json", action="store_true", help="as JSON (the rehearsal reads it)")
+  land = sub.add_parser("land", help="here, after a visit: record what returned")
+  land.add_argument("dir", help="the folder holding the main command's returned files")
+  land.add_argument("--results-dir", default=str(ROOT / "results"))
+  land.add_argument("--speeds", default=str(SPEEDS), help="where the box's speeds are kept")
+  land.add_argument("--readme", default=str(ROOT / "README.md"),
+                    help="render its results table again ('' : leave it)")
+  land.add_argument("--resume-dir", default=str(ROOT / RESUME),
+                    help="where a stopped row's checkpoint waits for the next visit")
+  smoke = sub.add_parser("smoke", help="on the box: versions, devices, a train step")
+  smoke.add_argument("--out", required=True)
+  main = sub.add_parser("main", help="on the box: the time-boxed queue")
+  main.add_argument("--out", required=True)
+  main.add_argument("--size", choices=SIZES, default="box")
+  main.add_argument("--until", type=float, required=True, help="end, in epoch seconds")
+  main.add_argument("--commit", default=None, help="the commit the visit's tree is")
+  main.add_argument("--scratch", default=SCRATCH)
+  cells = sub.add_parser("cells", help="child: time cells of one determinism setting")
+  for flag in ("--size", "--keys", "--json"):
+    cells.add_argument(flag, required=True, type=Path if flag == "--json" else str)
+  cells.add_argument("--until", type=float, required=True)
+  return p
 
 
-def pack_parser(command: str) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog=f"tools/accelerator_kit.py {command}",
-      description="DIR as parts of at most --part-mib MiB (one tar stream cut in pieces, "
-      "SHA-256s in DIR.pack.json), without locks or unfinished checkpoints" if command == "pack"
-      else "the parts back into DIR, after checking every part against the manifest")
-  parser.add_argument("--out", type=Path, required=True, help="the kit's DIR")
-  parser.add_argument("--parts", type=Path, default=None,
-                      help="folder of the parts (default: DIR-parts beside DIR)")
-  if command == "pack":
-    parser.add_argument("--part-mib", type=float, default=48.0, help="largest part (default 48)")
-  else:
-    parser.add_argument("--replace", action="store_true", help="replace a non-empty DIR")
-  return parser
-
-
-def report_parser(command: str) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog=f"tools/accelerator_kit.py {command}")
-  parser.add_argument("--out", type=Path, required=True, help="the kit's DIR")
-  if command == "record":
-    parser.add_argument("--results-dir", default=str(results_table.RESULTS_DIR),
-                        help="where to record the finished rows (default: results/)")
-  return parser
-
-
-def throughput_parser(_: str) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="tools/accelerator_kit.py throughput")
-  parser.add_argument("--piece", required=True, help="the piece, as JSON")
-  parser.add_argument("--json", type=Path, required=True, help="write the result here")
-  return parser
-
-
-def hardware_parser(_: str) -> argparse.ArgumentParser:
-  return argparse.ArgumentParser(prog="tools/accelerator_kit.py hardware")
-
-
-# name -> (parser, command); no name: "run"
-COMMANDS = {"run": (lambda _: run_parser(), command_run),
-            "pack": (pack_parser, command_pack), "unpack": (pack_parser, command_unpack),
-            "report": (report_parser, command_report), "record": (report_parser, command_record),
-            "throughput": (throughput_parser, command_throughput),
-            "hardware": (hardware_parser, command_hardware)}
+COMMANDS = {"prepare": command_prepare, "wheels": command_wheels, "visit": command_visit,
+            "land": command_land, "smoke": command_smoke, "main": command_main,
+            "cells": command_cells}
 
 
 def main(argv: list[str]) -> int:
-  name = argv[0] if argv and argv[0] in COMMANDS else "run"
-  parser, command = COMMANDS[name]
-  args = parser(name).parse_args(argv[1:] if argv and argv[0] == name else argv)
-  if name == "unpack" and args.parts is None:
-    args.parts = parts_dir_for(args.out.resolve(), None)
+  args = parser().parse_args(argv)
   try:
-    return command(args)
+    return COMMANDS[args.command](args)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
