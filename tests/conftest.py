@@ -134,6 +134,9 @@ SLOW_SUITES = {
     "published": ("the weights kept outside git (results/*.json \"weights_published\": "
                   "VGG-16's) reproduce their recorded test accuracy: "
                   "CNN_PUBLISHED_WEIGHTS=DIR python -m pytest -q tests --published -m published"),
+    "rehearsal": ("the accelerator kit's visit at CPU size on the emulated box "
+                  "(tools/box_rehearsal.py: Python 3.12, jax 0.11.2, the device tool's limits; "
+                  "builds its env once): python -m pytest -q tests --rehearsal -m rehearsal"),
 }
 
 
