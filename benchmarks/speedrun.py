@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# As a package module, so that tools/accelerator_kit.py, which imports both,
-# catches the same run_main exceptions this module raises.
+# As a package module, so that a caller importing both catches the same
+# run_main exceptions this module raises.
 from benchmarks.run import machine, publish, run_main  # noqa: E402
 from cnn import settings  # noqa: E402
 
@@ -42,8 +42,7 @@ BEGIN, END = "<!-- speedrun:begin -->", "<!-- speedrun:end -->"
 def one_run(seed: int, overrides: list[str], target: float, workdir: Path | None = None,
             config: str = CONFIG, **deadlines) -> dict:
   """One seed in a fresh process, in a temporary workdir unless `workdir` is
-  given (tools/accelerator_kit.py keeps it, so a run its budget stopped
-  resumes); `deadlines`: run_main's stop_at/kill_at and log."""
+  given (kept, so a run its budget stopped resumes); `deadlines`: run_main's stop_at/kill_at and log."""
   if workdir is None:
     with tempfile.TemporaryDirectory() as tmp:
       return one_run(seed, overrides, target, Path(tmp) / "w", config, **deadlines)

@@ -4,6 +4,7 @@ commands, no Python 3.12 env), and, with --rehearsal, the accelerator kit's
 whole visit at CPU size run through it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,18 +151,64 @@ def test_mistakes_in_the_visit_are_one_line_errors(repo, tmp_path):
   assert "no finished rehearsal env" in only_error_line(result)
 
 
-@pytest.mark.rehearsal
-def test_the_kits_visit_passes_its_rehearsal(tmp_path):
-  """The accelerator kit's visit at CPU size, command by command on the
-  emulated box: the Python 3.12 env (built once), the tree and carried paths
-  within 64 MiB, each command inside its timeout with all its $OUT back."""
-  env_dir = box.build_env()
-  got = subprocess.run([sys.executable, "tools/accelerator_kit.py", "visit", "--json",
-                        "--size", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600,
-                       check=False)
+def kit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "tools/accelerator_kit.py", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=1800, check=False)
+
+
+def rehearse_visit(env_dir: Path, results: Path, recorded: Path) -> dict:
+  """`visit --json --size cpu` through the emulated box; the main command's
+  visit.json, after every command succeeded within its limits."""
+  got = kit("visit", "--json", "--size", "cpu", "--results-dir", str(recorded))
   assert got.returncode == 0, f"accelerator_kit.py visit --json --size cpu:\n{got.stderr[-3000:]}"
-  results = tmp_path / "results"
-  outcome = box.run_visit(json.loads(got.stdout), results, env_dir=env_dir)
+  visit = json.loads(got.stdout)
+  outcome = box.run_visit(visit, results, env_dir=env_dir)
   report = "\n".join(r.line(i) for i, r in enumerate(outcome, 1))
   tails = sorted(results.glob("*.output_tail.txt"))
   assert all(r.ok for r in outcome), f"{report}\n{tails[-1].read_text()[-3000:] if tails else ''}"
+  main = sorted(p for p in results.iterdir() if p.is_dir() and p.name.endswith("-main"))[-1]
+  print(report)
+  print((main / "main.log").read_text())
+  return {"visit": visit, "dir": main, "json": json.loads((main / "visit.json").read_text())}
+
+
+@pytest.mark.rehearsal
+def test_the_kits_visit_passes_its_rehearsal(tmp_path, data_env):
+  """The accelerator kit's visits at CPU size, command by command on the
+  emulated box (the Python 3.12 env with jax 0.11.2 and none of TensorFlow,
+  tfds, ml_collections, dm-pix; the tree and carried paths within 64 MiB;
+  each command inside its timeout with all its $OUT back): `prepare` here;
+  visit 1 assembles CIFAR-10 from its parts, times the cells, trains and
+  records the short row and stops the long one, whose checkpoint returns;
+  `land`; visit 2 carries that checkpoint back and the long row resumes."""
+  env_dir = box.build_env()
+  prepared = kit("prepare", env={**os.environ, **data_env})
+  assert prepared.returncode == 0, prepared.stderr[-3000:]
+  resume_dir = REPO / ".box" / "resume"
+  shutil.rmtree(resume_dir, ignore_errors=True)
+  try:
+    results = tmp_path / "results"
+    results.mkdir()
+    first = rehearse_visit(env_dir, tmp_path / "visit1", results)
+    assert [c["name"] for c in first["visit"]][0] == "first"
+    assert json.loads((first["dir"].parent / "01-first" / "box.json").read_text())["jax"] == "0.11.2"
+    pieces = first["json"]["pieces"]
+    assert pieces["throughput"]["status"] == "done"
+    assert pieces["tiny_cifar10"]["status"] == "recorded"
+    assert pieces["tiny_cifar10_long"]["status"] == "stopped, returned"
+    landed = kit("land", str(first["dir"]), "--results-dir", str(results), "--speeds",
+                 str(tmp_path / "speeds.json"), "--readme", "")
+    assert landed.returncode == 0, landed.stderr[-3000:]
+    print(landed.stdout)
+    record = json.loads((results / "tiny_cifar10_seed1.json").read_text())
+    assert record["sweep"]["seeds"] == [0, 1] and "jax 0.11.2" in record["hardware"]
+    assert (results / "weights" / "tiny_cifar10_seed1.safetensors").exists()
+    assert (resume_dir / "tiny_cifar10_long").is_dir()
+    second = rehearse_visit(env_dir, tmp_path / "visit2", results)
+    assert any(c["name"] == "resume tiny_cifar10_long" for c in second["visit"])
+    log = (second["dir"] / "main.log").read_text()
+    assert "resumed tiny_cifar10_long from the last visit's checkpoint" in log
+    assert "tiny_cifar10: recorded by an earlier visit; skipped" in log
+    assert second["json"]["pieces"]["tiny_cifar10_long"]["resumed"] is True
+  finally:
+    shutil.rmtree(resume_dir, ignore_errors=True)

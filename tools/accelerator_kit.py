@@ -510,8 +510,27 @@ class Visit:
         f"(n={accuracy['n']})" + (f"\n{done.stderr[-1500:]}" if done.returncode else ""))
     shutil.rmtree(self.back.root / "resume" / row.name, ignore_errors=True)
     self.piece(row.name, status=status, wall_s=round(wall), estimate_s=estimate,
-               seeds=sweep["seeds"], test_accuracy=sweep["test_accuracy"])
+               seeds=sweep["seeds"], test_accuracy=sweep["test_accuracy"],
+               **self.against_bare_step(row, workdir, len(sweep["seeds"])))
     return done.returncode == 0
+
+  def against_bare_step(self, row: Row, workdir: Path, seeds: int) -> dict:
+    """main.py's training images/s over the whole row (all seeds, its timed
+    steps, epoch ends included) against the bare step of the same model and
+    seed count, when this visit timed that cell (issue #46 item 6)."""
+    results = json.loads((workdir / "seed_0" / "results.json").read_text())
+    seconds = results["wall_time_s"] - (results.get("compile_time_s") or 0.0)
+    row_rate = results["steps"] * results["batch_size"] * seeds / seconds
+    key = Cell("", row.registered, "float32", seeds, True).key
+    bare = self.speeds.get(key)
+    found = {"row_images_per_s": round(row_rate, 1)}
+    if bare:
+      bare_rate = results["batch_size"] * seeds / bare
+      found.update(bare_step_images_per_s=round(bare_rate, 1),
+                   row_vs_bare_step=round(row_rate / bare_rate, 3))
+      say(f"{row.name}: main.py {row_rate:.0f} img/s over the row, the bare step "
+          f"{bare_rate:.0f} ({row_rate / bare_rate:.2f}x)")
+    return found
 
   def keep_for_resume(self, row: Row, workdir: Path, wall: float, estimate) -> None:
     """A stopped row: its workdir returns (checkpoints kept: 1) for the next visit."""
@@ -528,6 +547,9 @@ class Visit:
     for row in self.size.rows:
       if self.left() < self.size.margin_s + 5:
         break
+      if row.name in self.args.done:
+        say(f"{row.name}: recorded by an earlier visit; skipped")
+        continue
       self.train_row(row)
     self.back.visit["ended"] = now_iso()
     self.back.publish()
@@ -648,9 +670,22 @@ def head(wheels: Path | None) -> str:
   return f"set -eo pipefail; export PYTHONUNBUFFERED=1 PYTHONPATH={SCRATCH}/site; " + again
 
 
-def visit_commands(size: str, commit: str, box: Path = BOX) -> list[dict]:
+def rows_done(size: Size, results_dir: Path) -> list[str]:
+  """Rows an earlier visit recorded (labels ending in "(jax X)" are the kit's)
+  with at least the fewest seeds a visit trains: the next visit skips them."""
+  done = []
+  for row in size.rows:
+    records = [json.loads(p.read_text()) for p in results_dir.glob(f"{row.name}_seed*.json")]
+    if sum("(jax " in r.get("hardware", "") for r in records) >= min(size.seed_choices):
+      done.append(row.name)
+  return done
+
+
+def visit_commands(size: str, commit: str, box: Path = BOX,
+                   results_dir: Path = ROOT / "results") -> list[dict]:
   """The visit: [{name, command, carry, timeout_s, send_mib}], within the
-  limits. `box`: the folder (relative to the repo, ignored by git) prepared."""
+  limits. `box`: the folder (relative to the repo, ignored by git) prepared;
+  rows recorded in `results_dir` by earlier visits are skipped."""
   wheels, data_dir, resume_dir = box / WHEELS.name, box / DATA.name, box / RESUME.name
   manifest_path = ROOT / data_dir / "manifest.json"
   if not manifest_path.exists() or not list((ROOT / wheels).glob("*.whl")):
@@ -663,6 +698,7 @@ def visit_commands(size: str, commit: str, box: Path = BOX) -> list[dict]:
 
   parts = [p["name"] for p in json.loads(manifest_path.read_text())["parts"]]
   main_s = SIZES[size]().main_s
+  done = rows_done(SIZES[size](), results_dir)
   data = lambda name: str(data_dir / name)  # noqa: E731
   commands = [{"name": "first", "carry": [str(wheels), data("manifest.json"), data(parts[0])],
                "timeout_s": 300, "command": head(None) + f"{install(wheels)}; "
@@ -682,7 +718,8 @@ def visit_commands(size: str, commit: str, box: Path = BOX) -> list[dict]:
           + f"python3 tools/box_data.py assemble --staging {SCRATCH}/parts --manifest "
           f"{data_dir}/manifest.json --data-dir {SCRATCH}/data; CNN_ARCHIVE_DIR={SCRATCH}/data "
           f"python3 tools/accelerator_kit.py main --out $OUT --size {size} --until "
-          f"$((T0+{main_s})) --commit {commit} 2>&1 | tee $OUT/{MAIN_LOG}")
+          f"$((T0+{main_s})) --commit {commit}" + (f" --done {','.join(done)}" if done else "")
+          + f" 2>&1 | tee $OUT/{MAIN_LOG}")
   commands.append({"name": "main", "carry": [str(wheels), data("manifest.json"), data(last)],
                    "timeout_s": min(main_s + 30, LIMITS.command_s), "command": main})
   check_limits(commands)
@@ -719,7 +756,7 @@ def head_commit() -> str:
 
 
 def command_visit(args: argparse.Namespace) -> int:
-  commands = visit_commands(args.size, head_commit())
+  commands = visit_commands(args.size, head_commit(), results_dir=Path(args.results_dir))
   if args.json:
     print(json.dumps(commands, indent=1))
     return 0
@@ -801,6 +838,8 @@ def parser() -> argparse.ArgumentParser:
   visit = sub.add_parser("visit", help="here: print the visit's commands")
   visit.add_argument("--size", choices=SIZES, default="box")
   visit.add_argument("--json", action="store_true", help="as JSON (the rehearsal reads it)")
+  visit.add_argument("--results-dir", default=str(ROOT / "results"),
+                     help="rows recorded here by earlier visits are skipped")
   land = sub.add_parser("land", help="here, after a visit: record what returned")
   land.add_argument("dir", help="the folder holding the main command's returned files")
   land.add_argument("--results-dir", default=str(ROOT / "results"))
@@ -817,6 +856,8 @@ def parser() -> argparse.ArgumentParser:
   main.add_argument("--until", type=float, required=True, help="end, in epoch seconds")
   main.add_argument("--commit", default=None, help="the commit the visit's tree is")
   main.add_argument("--scratch", default=SCRATCH)
+  main.add_argument("--done", type=lambda s: s.split(","), default=[],
+                    help="rows recorded by earlier visits (comma-separated): skipped")
   cells = sub.add_parser("cells", help="child: time cells of one determinism setting")
   for flag in ("--size", "--keys", "--json"):
     cells.add_argument(flag, required=True, type=Path if flag == "--json" else str)
