@@ -637,10 +637,27 @@ def command_prepare(args: argparse.Namespace) -> int:
   command_wheels(argparse.Namespace(dest=ROOT / WHEELS))
   wheels = sum(f.stat().st_size for f in (ROOT / WHEELS).glob("*.whl"))
   part_bytes = box_data.default_part_bytes(ROOT, wheels)
-  manifest = box_data.write_parts(Path(args.archive_dir), args.datasets.split(","),
-                                  ROOT / DATA, part_bytes)
+  datasets = args.datasets.split(",")
+  if not args.again and reusable_parts(datasets, part_bytes):
+    say(f"the data parts in {DATA} hold {','.join(datasets)} and still fit one command each "
+        "beside the tree: kept (--again writes them anew)")
+    return 0
+  manifest = box_data.write_parts(Path(args.archive_dir), datasets, ROOT / DATA, part_bytes)
   say(f"{len(manifest['parts'])} data parts in {DATA}; `visit` prints the commands")
   return 0
+
+
+def reusable_parts(datasets: list[str], part_bytes: int) -> bool:
+  """Parts written earlier of the same datasets, each present with its size
+  and still within one command beside today's tree (the encoding takes
+  minutes; `add` on the box checks each part's SHA-256 anyway)."""
+  path = ROOT / DATA / "manifest.json"
+  if not path.exists():
+    return False
+  manifest = json.loads(path.read_text())
+  return manifest.get("datasets") == datasets and all(
+      (ROOT / DATA / p["name"]).is_file() and (ROOT / DATA / p["name"]).stat().st_size
+      == p["bytes"] <= part_bytes for p in manifest["parts"])
 
 
 def tree_bytes() -> int:
@@ -833,6 +850,7 @@ def parser() -> argparse.ArgumentParser:
   prep.add_argument("--archive-dir", default=os.environ.get("CNN_ARCHIVE_DIR", ""),
                     help="the original dataset files (default: $CNN_ARCHIVE_DIR)")
   prep.add_argument("--datasets", default="cifar10", help="comma-separated (cifar10,mnist)")
+  prep.add_argument("--again", action="store_true", help="write the data parts even if kept")
   wheels = sub.add_parser("wheels", help="here: the box's wheels (requirements-accelerator.txt)")
   wheels.add_argument("--dest", type=Path, default=ROOT / WHEELS)
   visit = sub.add_parser("visit", help="here: print the visit's commands")
