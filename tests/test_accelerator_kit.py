@@ -220,3 +220,21 @@ def test_estimates_come_from_the_measured_cells_and_none_without():
   assert kit.estimate_row_s(row, 3, 63960, {}, size) is None
   assert kit.row_steps(row) == 164 * 390  # He et al.'s 64k iterations
   assert kit.row_steps(size.rows[2]) == 200 * 390  # VGG-16 on all 50k, paper protocol
+
+
+def test_balanced_parts_share_the_room_and_still_assemble_to_the_official_files(
+    archive_dir, tmp_path):
+  """prepare cuts the stream into equal parts (the tree may then grow before
+  a visit); the box's add and assemble take them as box_data wrote them."""
+  from tools import box_data  # pylint: disable=import-outside-toplevel
+  parts_dir = tmp_path / "parts"
+  written = box_data.write_parts(Path(archive_dir), ["mnist"], parts_dir, 5 * 2**20)
+  assert [p["bytes"] for p in written["parts"]][0] == 5 * 2**20 and len(written["parts"]) == 3
+  balanced = kit.balance_parts(parts_dir)
+  sizes = [p["bytes"] for p in balanced]
+  assert max(sizes) - min(sizes) <= 1 and sum(sizes) == sum(p["bytes"] for p in written["parts"])
+  for p in balanced:
+    box_data.add_part(parts_dir / p["name"], parts_dir / "manifest.json", tmp_path / "staging")
+  files = box_data.assemble(tmp_path / "staging", parts_dir / "manifest.json", tmp_path / "data")
+  assert sorted(f.name for f in files) == sorted(
+      name for (dataset, name) in box_data.archives.SHA256 if dataset == "mnist")
