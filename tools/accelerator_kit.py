@@ -844,7 +844,7 @@ def command_land(args: argparse.Namespace) -> int:
     results_table.rewrite_readme(args.readme, results_table.render(results_dir))
     say(f"{args.readme}: the results table rendered again")
   for name, piece in visit["pieces"].items():
-    if piece.get("estimate_s") and piece.get("wall_s"):
+    if piece.get("estimate_s") and piece.get("wall_s") and piece["status"] == "recorded":
       say(f"{name}: estimated {piece['estimate_s']:.0f} s, took {piece['wall_s']} s "
           f"({piece['wall_s'] / piece['estimate_s']:.2f}x), {piece['status']}")
   return 0
