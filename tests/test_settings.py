@@ -63,7 +63,14 @@ def test_every_recorded_sectioned_config_reads_as_itself(path):
   saved = recorded_config(path)
   config = settings.upgrade(saved)
   validate_config(config)
-  assert json.loads(json.dumps(config.to_dict())) == saved
+  read = json.loads(json.dumps(config.to_dict()))
+  defaults = json.loads(json.dumps(default.get_config().to_dict()))
+  for section, values in read.items():  # settings added since the record: their defaults
+    if isinstance(values, dict) and section in saved and section not in ("model_kwargs",):
+      for key in set(values) - set(saved[section]):
+        assert values[key] == defaults[section][key], (section, key)
+        del values[key]
+  assert read == saved
 
 
 def test_a_saved_config_without_newer_settings_gets_their_defaults():
