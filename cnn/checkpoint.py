@@ -40,11 +40,34 @@ METRICS = "metrics"  # the item (and file) holding an end-of-epoch checkpoint's 
 
 
 CONFIG = Section("checkpoint", "when a run saves itself and what it keeps", {
-    "every_steps": Setting(0, "save every this many steps too; 0 = only at the end of each "
-                           "epoch", at_least(0), ">= 0 (0 = each epoch's end)", example=1000),
+    "every_epochs": Setting(1, "save at the end of every this many epochs; 0 = only at the run's "
+                            "end (and when stopped: SIGTERM). Each save drains the device's "
+                            "queue: 0 for a GPU's second-long epochs (docs/performance.md)",
+                            at_least(0), ">= 0 (0 = the run's end only)", example=0),
+    "every_steps": Setting(0, "save every this many steps too; 0 = only at the ends of epochs",
+                           at_least(0), ">= 0 (0 = at epoch ends only)", example=1000),
     "keep": Setting(2, "latest checkpoints kept, besides the best by validation", at_least(1),
                     ">= 1"),
 }, renamed={"checkpoint_every_steps": "every_steps", "keep_checkpoints": "keep"})
+
+
+def due(step: int, steps_per_epoch: int, total_steps: int, every_epochs: int,
+        every_steps: int) -> bool:
+  """Whether the state after `step` steps is saved: at the run's last step
+  (a finished run is resumed, read and recorded from it), at the end of every
+  `every_epochs`-th epoch, and every `every_steps` steps (0: neither)."""
+  epoch, offset = divmod(step, steps_per_epoch)
+  return (step == total_steps or bool(every_steps and step % every_steps == 0)
+          or (offset == 0 and every_epochs > 0 and epoch % every_epochs == 0))
+
+
+def check_every_epochs(every_epochs: int, reports_final_model: bool) -> None:
+  """Refuses fewer than one save per epoch where the run reports its best
+  epoch by validation: that epoch's checkpoint must be kept to be tested."""
+  if every_epochs != 1 and not reports_final_model:
+    raise UserError(f"config.checkpoint.every_epochs={every_epochs} skips epochs, but "
+                    "config.protocol='validation' tests the best epoch's checkpoint; set "
+                    "--config.checkpoint.every_epochs=1 or use --config.protocol=paper")
 
 
 def _val_accuracy(metrics: dict) -> float:

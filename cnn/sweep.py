@@ -187,10 +187,11 @@ class SeedStack:
     for run in self.runs:
       run.save()
 
-  def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:
+  def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float,
+                save: bool = True) -> None:
     self.sync()
     for run in self.runs:
-      run.end_epoch(epoch, train_seconds, timed_steps, started)
+      run.end_epoch(epoch, train_seconds, timed_steps, started, save)
     self.sums = self.stack([run.sums for run in self.runs])
 
 

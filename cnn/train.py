@@ -273,6 +273,8 @@ class Experiment:
     sweep's first), whose loaded splits, training data on the devices and
     compiled evaluation this one reuses: nothing that depends on the seed."""
     validate_config(config)
+    checkpoint.check_every_epochs(config.checkpoint.every_epochs,
+                                  model_fn.reports_final_model(config.protocol))
     self.config = config
     self.spec = datasets.get_spec(config.data.name)
     if not config.data.on_device:
@@ -479,7 +481,10 @@ class Run:
     if self.writer:
       self.writer.write_steps(self.steps)
 
-  def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float) -> None:
+  def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float,
+                save: bool = True) -> None:
+    """Records the epoch (and its validation metrics), starts the next epoch's
+    sums, and checkpoints the end of the epoch if `save`."""
     totals = jax.device_get(self.sums)
     check_finite(totals)
     record = {"epoch": epoch + 1, "step": self.step,
@@ -497,7 +502,8 @@ class Run:
     logging.info("epoch %d: %s", epoch + 1, json.dumps(
         {k: round(v, 4) for k, v in record.items() if isinstance(v, float)}))
     self.sums = self.exp.zero_sums()
-    self.save(record.get("val_accuracy"))
+    if save:
+      self.save(record.get("val_accuracy"))
     if self.writer:
       self.writer.write_epoch(self.history, self.timing)
 
@@ -518,11 +524,17 @@ def _preempted(run: Run, step: int) -> Preempted:
 
 
 def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
-  """Trains until the last step; returns the first step's compile seconds
+  """Trains until the last step, saving the ends of epochs as
+  `config.checkpoint.every_epochs` says (the last one always) and every
+  `config.checkpoint.every_steps`; returns the first step's compile seconds
   (None if nothing was left to train). Raises Preempted after saving."""
   exp, config = run.exp, run.exp.config
   step = run.step  # host-side copy: reading state.step would sync every step
   progress = metric_writers.Progress(exp.total_steps, exp.steps_per_epoch, config.batch_size, step)
+  save_due = functools.partial(checkpoint.due, steps_per_epoch=exp.steps_per_epoch,
+                               total_steps=exp.total_steps,
+                               every_epochs=config.checkpoint.every_epochs,
+                               every_steps=config.checkpoint.every_steps)
   compile_time = None
   while step < exp.total_steps:
     epoch, offset = divmod(step, exp.steps_per_epoch)
@@ -554,13 +566,14 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
       stop = (preemption.stop_now(stop_requested, at_sync_point)
               or run.manager.reached_preemption(step))
       if step % exp.steps_per_epoch == 0:
-        break  # the end of the epoch saves anyway
-      if stop or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0):
+        break  # the end of the epoch saves if it is due or stopped
+      if stop or save_due(step):
         run.save()
       if stop:
         raise _preempted(run, step)
     jax.block_until_ready(run.sums)  # steps are dispatched ahead: time the work itself
-    run.end_epoch(epoch, time.perf_counter() - train_start, timed_steps, epoch_start)
+    run.end_epoch(epoch, time.perf_counter() - train_start, timed_steps, epoch_start,
+                  save=stop or save_due(step))
     if stop:
       raise _preempted(run, step)
   return compile_time

@@ -181,3 +181,85 @@ def test_reopened_manager_still_keeps_the_best_checkpoint(tmp_path):
   manager.wait_until_finished()
   assert manager.all_steps() == [8, 16, 24]  # the best (8) and the latest 2
   manager.close()
+
+
+def test_saves_are_due_at_the_runs_end_every_n_epochs_and_every_n_steps():
+  due = lambda step, epochs, steps=0: checkpoint.due(  # noqa: E731 (8 steps/epoch, 4 epochs)
+      step, steps_per_epoch=8, total_steps=32, every_epochs=epochs, every_steps=steps)
+  assert [s for s in range(1, 33) if due(s, 1)] == [8, 16, 24, 32]  # the default: each epoch
+  assert [s for s in range(1, 33) if due(s, 0)] == [32]  # the run's end only
+  assert [s for s in range(1, 33) if due(s, 3)] == [24, 32]
+  assert [s for s in range(1, 33) if due(s, 0, 8)] == [8, 16, 24, 32]  # every_steps still counts
+  assert [s for s in range(1, 33) if due(s, 0, 5)] == [5, 10, 15, 20, 25, 30, 32]
+
+
+PAPER_TINY = {"protocol": "paper", "data.validation_split": "", "data.train_split": "train[:256]",
+              "data.test_split": "test[:500]", "data.on_device": True, "num_epochs": 3,
+              "log.every_steps": 4}  # 3 epochs of 4 steps, a step record every 4
+
+
+@pytest.fixture()
+def paper_tiny(data_env, mnist, monkeypatch):
+  """A config function: tiny MNIST under the paper protocol (no validation
+  split), with overrides; the data as the tests' main.py runs find it."""
+  from configs import tiny_mnist  # pylint: disable=import-outside-toplevel
+  for key in ("CNN_ARCHIVE_DIR", "TFDS_DATA_DIR"):
+    monkeypatch.setenv(key, data_env[key])
+
+  def make(**overrides):
+    config = tiny_mnist.get_config()
+    config.update_from_flattened_dict({**PAPER_TINY, **overrides})
+    return config
+  return make
+
+
+def train_in_process(config, workdir, stop_at: int | None = None):
+  """`train.train_epochs` as main.py runs it, on a fresh Experiment (the loop
+  donates its initial state); SIGTERM's flag is raised after step `stop_at`.
+  Returns (results, or None when stopped; the Run)."""
+  from cnn import train  # pylint: disable=import-outside-toplevel
+  from cnn.errors import Preempted  # pylint: disable=import-outside-toplevel
+  run = train.Run(train.Experiment(config), str(workdir))
+  steps = iter(range(run.step + 1, 10**9))
+  try:
+    train.train_epochs(run, lambda: next(steps) == stop_at)
+    run.manager.wait_until_finished()
+    return train.final_results(run, None), run
+  except Preempted:
+    return None, run
+  finally:
+    run.close()
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  return checkpoint.finalized_steps(str(workdir))
+
+
+def test_saving_only_at_the_end_and_at_sigterm_changes_no_number(paper_tiny, tmp_path):
+  """checkpoint.every_epochs=0: a SIGTERM mid-epoch still saves its step, no
+  epoch end but the last is saved, and the resumed run ends with the metrics,
+  step losses, parameters and test accuracy of an uninterrupted run that saved
+  every epoch (today's default)."""
+  each, _ = train_in_process(paper_tiny(), tmp_path / "each")
+  assert checkpoint_steps(tmp_path / "each") == [8, 12]  # keep=2 of 4, 8, 12
+  workdir, config = tmp_path / "once", paper_tiny(**{"checkpoint.every_epochs": 0})
+  results, run = train_in_process(config, workdir, stop_at=6)  # mid-epoch, mid-window
+  assert results is None and run.step == 6 and checkpoint_steps(workdir) == [6]
+  results, run = train_in_process(config, workdir)
+  assert checkpoint_steps(workdir) == [6, 12] and len(run.history) == 3  # none at step 8
+  for name in ("metrics.jsonl", "steps.jsonl"):
+    assert (workdir / name).read_text() == (tmp_path / "each" / name).read_text(), name
+  assert_bitwise_equal(final_params(workdir), final_params(tmp_path / "each"))
+  for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps"):
+    assert results[key] == each[key], key
+
+
+def test_skipping_epoch_saves_is_refused_where_the_best_epoch_is_reported(paper_tiny):
+  from cnn import train  # pylint: disable=import-outside-toplevel
+  from cnn.errors import UserError  # pylint: disable=import-outside-toplevel
+  config = paper_tiny(**{"checkpoint.every_epochs": 0, "protocol": "validation",
+                         "data.validation_split": "train[55000:56000]"})
+  with pytest.raises(UserError, match=r"^config.checkpoint.every_epochs=0 skips epochs, but "
+                     r"config.protocol='validation' tests the best epoch's checkpoint; set "
+                     r"--config.checkpoint.every_epochs=1 or use --config.protocol=paper$"):
+    train.Experiment(config)

@@ -21,7 +21,7 @@ from cnn import seeds, settings
 from cnn.errors import UserError
 from conftest import REPO, only_error_line, run_main
 from test_cluster import start_processes, wait_all, with_devices
-from test_resume import assert_bitwise_equal, final_params
+from test_resume import assert_bitwise_equal, checkpoint_steps, final_params, paper_tiny  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.xdist_group("sweep")  # the module's sweep is trained once
 
@@ -232,6 +232,26 @@ def test_a_sweep_stopped_and_resumed_ends_bitwise_equal(sweep_run, data_env, tmp
     for name in ("metrics.jsonl", "steps.jsonl"):
       assert (ours / name).read_text() == (theirs / name).read_text(), (s, name)
     assert_bitwise_equal(final_params(ours), final_params(theirs))
+
+
+def test_a_vmapped_sweep_saving_only_at_the_end_trains_the_same_numbers(paper_tiny, tmp_path):
+  """checkpoint.every_epochs=0 in the stacked loop (SeedStack.end_epoch): each
+  seed saves its last step only, and every number is the sweep's that saved
+  each epoch."""
+  from cnn import sweep  # pylint: disable=import-outside-toplevel (JAX)
+  for every, name in ((1, "each"), (0, "once")):
+    config = paper_tiny(**{"sweep.seeds": "0-1", "sweep.placement": "vmap", "num_epochs": 2,
+                           "data.train_split": "train[:128]", "log.every_steps": 1,
+                           "checkpoint.every_epochs": every})  # 2 epochs of 2 steps
+    sweep.train_seeds(config, str(tmp_path / name))
+  for s in (0, 1):
+    ours, theirs = tmp_path / "once" / f"seed_{s}", tmp_path / "each" / f"seed_{s}"
+    assert checkpoint_steps(ours) == [4] and checkpoint_steps(theirs) == [2, 4]
+    for name in ("metrics.jsonl", "steps.jsonl"):
+      assert (ours / name).read_text() == (theirs / name).read_text(), (s, name)
+    assert_bitwise_equal(final_params(ours), final_params(theirs))
+    assert (json.loads((ours / "results.json").read_text())["test_accuracy"]
+            == json.loads((theirs / "results.json").read_text())["test_accuracy"])
 
 
 @pytest.mark.cluster
