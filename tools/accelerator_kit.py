@@ -123,8 +123,11 @@ class Size:
   main_s: int  # the main command's queue ends this long after the command starts
 
 
+# Saves only at a row's end and at SIGTERM (checkpoint.every_epochs=0): each
+# save drains the GPU's queue, and the box's epochs take about a second.
 BOX_RUN = ("--config.data.on_device=True", "--config.data.source=archives",
-           "--config.checkpoint.keep=1", "--config.sweep.placement=vmap")
+           "--config.checkpoint.keep=1", "--config.checkpoint.every_epochs=0",
+           "--config.sweep.placement=vmap")
 PAPER_SPLITS = ("--config.protocol=paper", "--config.data.train_split=train",
                 "--config.data.validation_split=")
 
