@@ -1,5 +1,5 @@
 """Every convolution shape of every registered model, timed per algorithm:
-the table that `cnn/models/conv_algorithms.choose` is derived from.
+the table that `cnn/kernels/conv_algorithms.choose` is derived from.
 
   pip install -r requirements-bench.txt
   python benchmarks/conv_shapes.py --out benchmarks/results/conv_shapes_cpu.json \
@@ -55,8 +55,7 @@ def conv_layers(model_name: str, input_shape: tuple[int, ...], batch: int) -> li
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cnn.models import create_model  # pylint: disable=import-outside-toplevel
-  from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
-  model = create_model(model_name, num_classes=10, spec=LayerSpec(conv_algorithm="xla"))
+  model = create_model(model_name, num_classes=10)  # flax's layers: XLA's convolutions
   x = jnp.zeros((batch, *input_shape), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))
@@ -111,7 +110,7 @@ class JaxTimer:
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from jax import lax  # pylint: disable=import-outside-toplevel
-    from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+    from cnn.kernels import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
     self._jax = jax
     rng = np.random.default_rng(0)
     n, h, w, c, o = (layer[k] for k in ("batch", "height", "width", "in_channels",
@@ -290,7 +289,7 @@ def measure(layers: list[dict], repeats: int, done: list[dict],
 
 def algorithms_for(layer: dict, with_onednn: bool | None = None) -> tuple[str, ...]:
   """The algorithms that apply to the layer (`conv_algorithms.candidates`)."""
-  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  from cnn.kernels import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
   return ca.candidates(shape_of(layer), with_onednn)
 
 
@@ -304,7 +303,7 @@ def describe(layer: dict) -> str:
 
 def shape_of(layer: dict):
   """The layer as `conv_algorithms.ConvShape`."""
-  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  from cnn.kernels import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
   return ca.layer_shape((layer["batch"], layer["height"], layer["width"], layer["in_channels"]),
                         (*layer["kernel"], layer["in_channels"] // layer["groups"],
                          layer["out_channels"]), layer["strides"])
@@ -312,7 +311,7 @@ def shape_of(layer: dict):
 
 def rule(layer: dict, onednn: bool = False) -> dict[str, str]:
   """The current rule's pick for a layer (`onednn`: where oneDNN is available)."""
-  from cnn.models import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
+  from cnn.kernels import conv_algorithms as ca  # pylint: disable=import-outside-toplevel
   return ca.choose(shape_of(layer), onednn=onednn)._asdict()
 
 

@@ -54,7 +54,7 @@ REGRESSION = 0.9  # a ratio below this fraction of the baseline's is a regressio
 # (model, label, dtype, layer options): JAX candidates; PyTorch twins (fp32, and bf16 under
 # autocast) are added per model. "JAX fp32" is the default model (the per-shape conv rule
 # with oneDNN's convolutions where installed, the fusion barrier); the others switch one
-# option of its `LayerSpec` (cnn/models/layers.py) off, to show what each is worth.
+# of its `config.layers` settings (model_fn.build, cnn/kernels/) off, to show what each is worth.
 BUILTIN_CONVS = {"conv_algorithm": "builtin"}  # the rule without oneDNN
 XLA_CONVS = {"conv_algorithm": "xla"}
 STEP_CANDIDATES = {
@@ -85,15 +85,14 @@ class JaxStepper:
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from cnn import augment, datasets, optim, train  # pylint: disable=import-outside-toplevel
-    from cnn.models import create_model  # pylint: disable=import-outside-toplevel
-    from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
+    from cnn import augment, datasets, model_fn, optim, train  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
     config.optim.nesterov, config.optim.weight_decay = True, 5e-4
-    model = create_model(model_name, num_classes=10,
-                         spec=LayerSpec(dtype=jnp.dtype(dtype), **layer_options))
+    config.model = model_name
+    config.layers.update({"dtype": dtype, **layer_options})
+    model = model_fn.build(config, num_classes=10)
     tx = optim.make_optimizer(config, steps_per_epoch=100)
     self.state = train.create_train_state(model, tx, jax.random.key(0), (32, 32, 3))
     self.sums = train.zero_sums()

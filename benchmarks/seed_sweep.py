@@ -33,16 +33,15 @@ class StackedStepper:
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
     from jax import sharding  # pylint: disable=import-outside-toplevel
-    from cnn import augment, datasets, optim  # pylint: disable=import-outside-toplevel
+    from cnn import augment, datasets, model_fn, optim  # pylint: disable=import-outside-toplevel
     from cnn import sweep, train  # pylint: disable=import-outside-toplevel
-    from cnn.models import create_model  # pylint: disable=import-outside-toplevel
-    from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
     config.optim.nesterov, config.optim.weight_decay = True, 5e-4
     config.augment.geometry = "none"  # as JaxStepper: the fixed batch, normalised only
-    model = create_model(model_name, num_classes=10, spec=LayerSpec(dtype=jnp.dtype(dtype)))
+    config.model, config.layers.dtype = model_name, str(jnp.dtype(dtype))
+    model = model_fn.build(config, num_classes=10)
     tx = optim.make_optimizer(config, steps_per_epoch=100)
     states = [train.create_train_state(model, tx, jax.random.key(s), (32, 32, 3))
               for s in range(num_seeds)]

@@ -3,8 +3,9 @@ weights files and exports all mean by it.
 
 - `build(config, num_classes)`: the flax module a config names, with its
   `model_kwargs` (the architecture) and a `LayerSpec` from `config.layers`
-  (how its layers compute: dtype, per-device BatchNorm, conv padding and
-  algorithm, fusion barrier).
+  (how its layers compute: dtype, per-device BatchNorm, conv padding), with
+  the CPU's kernels (`cnn/kernels/`: conv algorithm, oneDNN, fusion barrier)
+  when it is built for the CPU backend. The one place that asks where it runs.
 - `logits(apply_fn, variables, images, mean, std, flip)`: uint8 images to
   evaluation logits: normalised with the training split's statistics, as in
   training, and with `flip` (test-time augmentation) the mean of the logits of
@@ -17,28 +18,54 @@ Nothing here knows about training loops, checkpoints or files.
 """
 from typing import Any, Callable, Iterable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from cnn import kernels
 from cnn.augment import normalize
 from cnn.models import create_model
-from cnn.models.layers import LayerSpec
+from cnn.models.layers import CONV_PADDINGS, Conv, LayerSpec, Norm
 from cnn.settings import Section, Setting, at_least, positive
 
+DTYPES = ("float32", "bfloat16", "float16")
+BATCHNORM_MODES = ("global", "per_device")
+LAYERS = Section("layers", "how every layer computes: each model's LayerSpec (model_fn.build)", {
+    "dtype": Setting("float32", "compute dtype ('bfloat16' for mixed precision); parameters "
+                     "and optimiser state stay float32", choices=DTYPES),
+    "batchnorm": Setting("global", "'global': statistics over the global batch (all devices); "
+                         "'per_device': each device's sub-batch, like pmap without axis_name",
+                         choices=BATCHNORM_MODES),
+    "conv_padding": Setting("symmetric", "'symmetric': the papers' Torch/PyTorch (1, 1) for "
+                            "3x3; 'same': TensorFlow's, (0, 1) at stride 2 (symmetric_padding)",
+                            choices=tuple(CONV_PADDINGS)),
+    "conv_algorithm": Setting("auto", "'auto': each CPU convolution by the algorithm "
+                              "conv_algorithms.choose names for its shape (oneDNN where built); "
+                              "'builtin': the same rule without oneDNN; 'xla': XLA's own "
+                              "everywhere", choices=kernels.CONV_ALGORITHMS),
+    "fusion_barrier": Setting(True, "CPU: keep each residual block's output in memory "
+                              "(fusion_barrier; 1.8x faster ResNet-56 v1 training); same values",
+                              example=False),
+}, renamed={"dtype": "dtype", "batchnorm": "batchnorm",
+            "model_kwargs.conv_padding": "conv_padding",
+            "model_kwargs.conv_algorithm": "conv_algorithm",
+            "model_kwargs.fusion_barrier": "fusion_barrier"})
 
-def build(config: ml_collections.ConfigDict, num_classes: int, norm_groups: int = 1
-          ) -> nn.Module:
+
+def build(config: ml_collections.ConfigDict, num_classes: int, norm_groups: int = 1,
+          backend: str | None = None) -> nn.Module:
   """The config's model: `config.model_kwargs` its architecture, `config.layers`
-  its LayerSpec; `norm_groups` > 1: per-device BatchNorm statistics in training."""
+  its LayerSpec, with the CPU kernels if `backend` (default: JAX's) is the
+  CPU; `norm_groups` > 1: per-device BatchNorm statistics in training."""
   layers = config.layers
-  spec = LayerSpec(dtype=layers.dtype, norm_groups=norm_groups,
-                   conv_padding=layers.conv_padding, conv_algorithm=layers.conv_algorithm,
-                   fusion_barrier=layers.fusion_barrier)
+  spec = LayerSpec(dtype=layers.dtype, conv=Conv(layers.conv_padding), norm=Norm(norm_groups))
+  spec = kernels.for_backend(spec, backend or jax.default_backend(), layers.conv_algorithm,
+                             layers.fusion_barrier)
   return create_model(config.model, num_classes=num_classes, spec=spec, **config.model_kwargs)
 
 
-CONFIG = Section("eval", "evaluation: the test accuracy, the predictor and the report", {
+EVAL = Section("eval", "evaluation: the test accuracy, the predictor and the report", {
     "flip": Setting(False, "test-time augmentation: average the logits of each image and its "
                     "mirror image (evaluation, predictor, report)", example=True),
     "batch_size": Setting(500, "images per evaluation batch (the last one padded)", positive,
@@ -47,6 +74,7 @@ CONFIG = Section("eval", "evaluation: the test accuracy, the predictor and the r
                                   "report draws", at_least(0), ">= 0"),
 }, renamed={"eval_flip": "flip", "eval_batch_size": "batch_size",
             "report_image_index": "report_image_index"})
+CONFIG = (LAYERS, EVAL)
 
 
 def logits(apply_fn: Callable[..., Any], variables: dict, images: jnp.ndarray,

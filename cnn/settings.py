@@ -28,7 +28,7 @@ import ml_collections
 from cnn.errors import UserError
 
 # The modules that declare a section (a `CONFIG` Section or a tuple of them).
-OWNERS = ("cnn.datasets", "cnn.augment", "cnn.models.layers", "cnn.optim", "cnn.model_fn",
+OWNERS = ("cnn.datasets", "cnn.augment", "cnn.optim", "cnn.model_fn",
           "cnn.robustness", "cnn.checkpoint", "cnn.metric_writers", "cnn.backend", "cnn.seeds")
 
 

@@ -1,4 +1,4 @@
-"""The CPU convolution algorithms (cnn/models/conv_algorithms.py): each equals
+"""The CPU convolution algorithms (cnn/kernels/conv_algorithms.py): each equals
 XLA's convolution within float32 tolerance, the rule is deterministic and
 matches the measured table, nothing changes on other backends, and models
 train identically with it (same seed, same metrics; resume is covered by
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnn.models import conv_algorithms as ca
-from cnn.models import onednn
+from cnn.kernels import conv_algorithms as ca
+from cnn.kernels import onednn
 from cnn.models import create_model
+from cnn import kernels
 from cnn.models.layers import LayerSpec
 from cnn.errors import UserError
 
@@ -121,7 +122,7 @@ def test_rule_choices_match_xla_on_every_model_shape(models):
   """Every distinct conv shape of the models (CI: those of CI_MODELS, the
   exhaustive suite: every registered model) where the rule picks something
   other than XLA, at batch 2, through the public entry point
-  (`conv_general_dilated` as flax calls it) against XLA's convolution."""
+  (`PlannedConv` as flax calls it) against XLA's convolution."""
   rng = np.random.default_rng(1)
   checked = 0
   for layer in model_layers(models):
@@ -134,7 +135,7 @@ def test_rule_choices_match_xla_on_every_model_shape(models):
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     k = jnp.asarray(rng.normal(size=k_shape) * 0.1, jnp.float32)
     dn = lax.conv_dimension_numbers(x_shape, k_shape, ("NHWC", "HWIO", "NHWC"))
-    ours = lambda x, k: ca.conv_general_dilated(  # noqa: E731
+    ours = lambda x, k: ca.PlannedConv(onednn.available())(  # noqa: E731
         x, k, strides, padding, dimension_numbers=dn, feature_group_count=groups)
     y, vjp = jax.vjp(ours, x, k)
     g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
@@ -160,7 +161,7 @@ def test_bf16_compute_stays_bf16_and_close():
   k = jnp.asarray(rng.normal(size=(3, 3, 32, 32)) * 0.1, jnp.bfloat16)
   dn = lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
   pad = [(1, 1), (1, 1)]
-  ours = ca.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dn)
+  ours = ca.PlannedConv(onednn.available())(x, k, (1, 1), pad, dimension_numbers=dn)
   want = lax.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dn)
   assert ours.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.float32(ours), np.float32(want), rtol=2e-2, atol=2e-2)
@@ -175,21 +176,21 @@ def test_the_rule_is_a_pure_function_of_the_shape():
 
 
 def test_no_effect_on_other_backends():
-  """On GPU and TPU every shape gets XLA's convolution itself, and an
-  XLA plan is `lax.conv_general_dilated` unchanged (the same jaxpr)."""
-  for layer in model_layers(("vgg16", "resnet20_v1")):
-    args = ((2, layer["height"], layer["width"], layer["in_channels"]),
-            (*layer["kernel"], layer["in_channels"], layer["out_channels"]),
-            layer["strides"])
-    for backend in ("gpu", "cuda", "rocm", "tpu"):
-      assert ca.plan_for(*args, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                         backend=backend) == ca.XLA_PLAN
+  """Built for a GPU or a TPU, a model's convolutions are flax's own (no
+  PlannedConv at all), and an XLA plan is `lax.conv_general_dilated`
+  unchanged (the same jaxpr)."""
+  from cnn import model_fn  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  for backend in ("gpu", "cuda", "rocm", "tpu"):
+    for algorithm in kernels.CONV_ALGORITHMS:
+      assert kernels.for_backend(LayerSpec(), backend, algorithm).conv.compute is None
+    assert model_fn.build(default.get_config(), 10, backend=backend).spec == LayerSpec()
   x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))  # the built-in rule keeps XLA
   dn = ("NHWC", "HWIO", "NHWC")
   assert ca.plan_for(x.shape, k.shape, (1, 1), dimension_numbers=dn,
                      use_onednn=False) == ca.XLA_PLAN
-  ours = jax.make_jaxpr(lambda x, k: ca.conv_general_dilated(
-      x, k, (1, 1), "SAME", dimension_numbers=dn, use_onednn=False))(x, k)
+  ours = jax.make_jaxpr(lambda x, k: ca.PlannedConv(onednn=False)(
+      x, k, (1, 1), "SAME", dimension_numbers=dn))(x, k)
   xla = jax.make_jaxpr(lambda x, k: lax.conv_general_dilated(
       x, k, (1, 1), "SAME", dimension_numbers=dn))(x, k)
   assert str(ours) == str(xla)
@@ -197,7 +198,7 @@ def test_no_effect_on_other_backends():
 
 def test_dilated_and_batch_grouped_convolutions_stay_with_xla():
   base = dict(lhs_shape=(2, 2, 2, 512), rhs_shape=(3, 3, 512, 512), window_strides=(1, 1),
-              dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu")
+              dimension_numbers=("NHWC", "HWIO", "NHWC"), use_onednn=onednn.available())
   assert ca.plan_for(**base) != ca.XLA_PLAN
   grouped = base | {"rhs_shape": (3, 3, 64, 512), "feature_group_count": 8}
   assert ca.plan_for(**grouped) == ca.choose(ca.ConvShape(2, 2, 512, 512, (3, 3), (1, 1), 8),
@@ -213,8 +214,8 @@ def test_models_give_the_same_logits_and_gradients_with_either_setting():
   kernel gradients use the alternatives): the "auto" model equals the "xla"
   model, parameters are interchangeable."""
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 28, 28, 1)), jnp.float32)
-  auto = create_model("vgg11", num_classes=10)
-  xla = create_model("vgg11", num_classes=10, spec=LayerSpec(conv_algorithm="xla"))
+  auto = create_model("vgg11", num_classes=10, spec=kernels.for_backend(LayerSpec(), "cpu"))
+  xla = create_model("vgg11", num_classes=10, spec=kernels.for_backend(LayerSpec(), "cpu", "xla"))
   variables = auto.init(jax.random.key(0), x, train=False)
   assert jax.tree.structure(variables) == jax.tree.structure(
       xla.init(jax.random.key(0), x, train=False))
@@ -233,15 +234,12 @@ def test_models_give_the_same_logits_and_gradients_with_either_setting():
 
 
 def test_unknown_algorithm_is_a_user_error():
-  """As a user sets it (`config.layers.conv_algorithm`): one line, when the model is
-  built, before anything is traced."""
-  from cnn import model_fn  # pylint: disable=import-outside-toplevel
+  """As a user sets it (`config.layers.conv_algorithm`): one line, from the setting's
+  declaration (checked once, before anything is built)."""
   from cnn.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.layers.conv_algorithm = "fast"
-  with pytest.raises(UserError, match="^unknown conv_algorithm 'fast'; valid: auto, builtin, xla$"):
-    model_fn.build(config, num_classes=10)
   with pytest.raises(UserError, match="^unknown config.layers.conv_algorithm 'fast'; valid: "
                      "auto, builtin, xla$"):
     validate_config(config)  # main.py says so first, before anything is built

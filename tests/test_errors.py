@@ -23,8 +23,6 @@ ROWS = {
         "test_main.py::test_bad_config_is_one_clear_line",
     "a flat key of an older config":
         "test_config_validation.py::test_a_config_file_with_a_flat_key_names_its_new_place",
-    "unknown model option value":
-        "test_conv_algorithms.py::test_unknown_algorithm_is_a_user_error",
     "batch size not divisible by the devices":
         "test_data_parallel.py::test_batch_size_not_divisible_by_devices_is_one_line",
     "workdir in use": ("test_workdir_lock.py::test_second_trainer_and_evaluation_refuse_and_a_"

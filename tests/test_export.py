@@ -12,6 +12,7 @@ from conftest import REPO
 from cnn import datasets
 from cnn.inference import export, predictor
 from cnn.models import create_model
+from cnn import kernels
 from cnn.models.layers import LayerSpec
 
 # Largest |logit difference| from JAX allowed per export (float32 logits of
@@ -45,12 +46,13 @@ def test_every_export_matches_jax_on_real_test_images(tiny_cifar_run, data_env, 
 
 
 def test_portable_model_changes_only_the_layer_spec():
-  """Exports compute with XLA's convolutions and no CPU fusion barrier; nothing else of
-  the model (its architecture, its dtype, its parameters) changes."""
+  """Exports compute with flax's own layers (XLA's convolutions, none of the CPU's
+  kernels); nothing else of the model (its architecture, its dtype, its parameters)
+  changes."""
   model = create_model("resnet8_v1", num_classes=10, shortcut="zero_pad",
-                       spec=LayerSpec(dtype="bfloat16"))
+                       spec=kernels.for_backend(LayerSpec(dtype="bfloat16"), "cpu"))
   exported = export.portable(model)
-  assert exported.spec == LayerSpec(dtype="bfloat16", conv_algorithm="xla", fusion_barrier=False)
+  assert exported.spec == LayerSpec(dtype="bfloat16")
   assert exported.clone(spec=model.spec) == model
 
 

@@ -2,6 +2,7 @@
 the split between a model (its architecture) and its LayerSpec (how its layers
 compute)."""
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 
 from cnn.errors import UserError
-from cnn import model_fn
+from cnn import kernels, model_fn
+from cnn.kernels.barrier import fusion_barrier
 from cnn.models import create_model, registry
-from cnn.models.layers import LayerSpec, fusion_barrier
+from cnn.models.layers import Conv, LayerSpec, Norm
 from cnn.models.resnet import zero_pad_shortcut
 from configs import default
 from cnn.models.vgg import VGG_LAYERS
@@ -118,30 +120,49 @@ def test_models_declare_their_architecture_only(name):
   assert not PLUMBING & set(fields), f"{module_class.__name__} declares {PLUMBING & set(fields)}"
   specs = [n for n, f in fields.items() if f.type is LayerSpec]
   assert specs == ["spec"] and fields["spec"].default == LayerSpec()
-  assert create_model(name, num_classes=10, spec=LayerSpec(norm_groups=2)).spec.norm_groups == 2
+  spec = LayerSpec(norm=Norm(groups=2))
+  assert create_model(name, num_classes=10, spec=spec).spec.norm.groups == 2
 
 
-def test_layer_spec_is_hashable_and_checks_its_values():
-  """Hashable and equal however the dtype is spelt, so a model stays a static jit
-  argument; a bad padding or algorithm is the one line listing the valid ones."""
+def test_layer_spec_is_hashable_by_value():
+  """Equal and hash-equal however the dtype is spelt and however often the CPU's
+  kernels are handed in, so a model stays a static jit argument (no recompiling)."""
   assert LayerSpec(dtype="bfloat16") == LayerSpec(dtype=jnp.bfloat16)
   assert hash(LayerSpec(dtype="float32")) == hash(LayerSpec())
-  assert hash(dataclasses.replace(LayerSpec(), conv_algorithm="xla")) != hash(LayerSpec())
-  with pytest.raises(UserError, match="^unknown conv_padding 'tf'; valid: symmetric, same$"):
-    LayerSpec(conv_padding="tf")
-  with pytest.raises(UserError, match="^unknown conv_algorithm 'fast'; valid: auto, builtin, xla$"):
-    LayerSpec(conv_algorithm="fast")
+  cpu = [kernels.for_backend(LayerSpec(), "cpu") for _ in range(2)]
+  assert cpu[0] == cpu[1] and hash(cpu[0]) == hash(cpu[1]) and cpu[0] != LayerSpec()
+  assert kernels.for_backend(LayerSpec(), "cpu", "xla") != cpu[0]
+  for backend in ("gpu", "tpu"):  # flax's own layers there
+    assert kernels.for_backend(LayerSpec(), backend) == LayerSpec()
+  assert LayerSpec(conv=Conv("same"), norm=Norm(2), dtype="bfloat16").portable() == LayerSpec(
+      conv=Conv("same"), norm=Norm(2), dtype=jnp.bfloat16)
+  assert cpu[0].portable() == LayerSpec()
+
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "cnn" / "models"
+
+
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_no_model_asks_where_it_runs(path):
+  """Models hold architecture only: none asks for the backend or the devices, and
+  none imports the CPU kernels (model_fn.build hands them in)."""
+  source = path.read_text()
+  for asked in ("default_backend", "device_count", "devices()", "cnn.kernels",
+                "from cnn import kernels"):
+    assert asked not in source, f"{path.name} has {asked!r}"
 
 
 def test_the_spec_changes_how_layers_compute_not_the_parameters_or_the_numbers():
   """Parameters are bitwise the same under any spec (checkpoints load under the export's
-  XLA-only spec); the fusion barrier leaves every value bitwise alone, in training too;
-  XLA's convolutions give bitwise the default's forward pass where the default computes
-  with them (any backend but the CPU), and within float32 rounding on the CPU, where it
-  takes oneDNN's or conv_algorithms.py's formulations."""
+  flax-only spec); the fusion barrier leaves every value bitwise alone, in training too;
+  with XLA's convolutions the CPU's kernels (pool, barrier) give bitwise flax's forward
+  pass, and with the per-shape algorithms (oneDNN's or conv_algorithms.py's) it is
+  within float32 rounding of it."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
-  specs = {"default": LayerSpec(), "xla": LayerSpec(conv_algorithm="xla"),
-           "no barrier": LayerSpec(fusion_barrier=False)}
+  specs = {"default": kernels.for_backend(LayerSpec(), "cpu"),
+           "xla": kernels.for_backend(LayerSpec(), "cpu", "xla"),
+           "no barrier": kernels.for_backend(LayerSpec(), "cpu", fusion_barrier=False),
+           "flax": LayerSpec()}
   models = {k: create_model("resnet8_v1", num_classes=10, spec=s) for k, s in specs.items()}
   inits = {k: m.init(jax.random.key(0), x, train=False) for k, m in models.items()}
   for variables in inits.values():
@@ -152,10 +173,8 @@ def test_the_spec_changes_how_layers_compute_not_the_parameters_or_the_numbers()
             for k, m in models.items()}
   np.testing.assert_array_equal(evals["no barrier"], evals["default"])
   jax.tree.map(np.testing.assert_array_equal, trains["no barrier"], trains["default"])
-  if jax.default_backend() == "cpu":
-    np.testing.assert_allclose(evals["xla"], evals["default"], rtol=1e-5, atol=1e-5)
-  else:
-    np.testing.assert_array_equal(evals["xla"], evals["default"])
+  np.testing.assert_array_equal(evals["xla"], evals["flax"])
+  np.testing.assert_allclose(evals["flax"], evals["default"], rtol=1e-5, atol=1e-5)
 
 
 def test_build_makes_the_spec_from_config_layers_and_the_architecture_from_model_kwargs():
@@ -165,9 +184,11 @@ def test_build_makes_the_spec_from_config_layers_and_the_architecture_from_model
   config.model = "resnet8_v1"
   config.layers.update({"dtype": "bfloat16", "conv_padding": "same", "fusion_barrier": False})
   config.model_kwargs = {"shortcut": "zero_pad"}
-  model = model_fn.build(config, num_classes=10, norm_groups=2)
-  assert model.spec == LayerSpec(dtype=jnp.bfloat16, norm_groups=2, conv_padding="same",
-                                 fusion_barrier=False)
+  model = model_fn.build(config, num_classes=10, norm_groups=2, backend="cpu")
+  flax_layers = LayerSpec(dtype=jnp.bfloat16, conv=Conv("same"), norm=Norm(groups=2))
+  assert model.spec == kernels.for_backend(flax_layers, "cpu", fusion_barrier=False)
+  assert model.spec.barrier is LayerSpec().barrier and model.spec.norm.training is None
+  assert model_fn.build(config, num_classes=10, norm_groups=2, backend="gpu").spec == flax_layers
   assert model.shortcut == "zero_pad"
   config.model_kwargs.nonsense = 1
   with pytest.raises(UserError, match="^bad config.model_kwargs for 'resnet8_v1': .*nonsense"):
@@ -191,7 +212,7 @@ def test_max_pool_is_nn_max_pool_bitwise_values_and_gradients(dtype, shape):
   """Ties included: after a ReLU, and small integers, many windows share their maximum;
   the gradient must go to the first of them (row-major), as select_and_scatter's does."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from cnn.models.layers import max_pool  # pylint: disable=import-outside-toplevel
+  from cnn.kernels.pool import max_pool  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   inputs = (np.maximum(rng.normal(size=shape), 0), rng.integers(0, 3, size=shape),
             rng.normal(size=shape))

@@ -9,7 +9,7 @@ import pytest
 
 from cnn.errors import UserError
 from cnn.models import create_model
-from cnn.models.layers import LayerSpec
+from cnn.models.layers import LayerSpec, Norm
 from cnn.models.inception import INCEPTION_SMALL
 from cnn.models.mobilenet import MOBILENET_V1
 
@@ -249,7 +249,7 @@ def test_forward_and_backward_shapes(name, shape):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bfloat16_compute_float32_params_and_per_device_bn(name):
   kwargs = {"depth": 40} if name.startswith("densenet") else {}  # as above
-  model, variables = variables_of(name, CIFAR, LayerSpec(dtype=jnp.bfloat16, norm_groups=2),
+  model, variables = variables_of(name, CIFAR, LayerSpec(dtype=jnp.bfloat16, norm=Norm(groups=2)),
                                  **kwargs)
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   logits, _ = jax.eval_shape(lambda v: model.apply(

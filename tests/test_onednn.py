@@ -1,4 +1,4 @@
-"""oneDNN's convolutions through XLA's FFI (native/onednn, cnn/models/onednn.py):
+"""oneDNN's convolutions through XLA's FFI (native/onednn, cnn/kernels/onednn.py):
 installed by requirements.txt on x86_64 Linux, equal to XLA's convolution
 (tests/test_conv_algorithms.py runs every algorithm, "onednn" among them, on
 every geometry and, with --exhaustive, every model shape), bitwise repeatable,
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnn.models import conv_algorithms as ca
-from cnn.models import onednn
+from cnn.kernels import conv_algorithms as ca
+from cnn.kernels import onednn
 from conftest import REPO
 
 ON_ITS_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -86,22 +86,30 @@ def test_vmap_over_a_leading_axis_equals_each_slice():
 def test_rule_uses_it_on_one_cpu_device_only():
   shape = dict(lhs_shape=(2, 8, 8, 16), rhs_shape=(3, 3, 16, 16), window_strides=(1, 1),
                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  from cnn import kernels  # pylint: disable=import-outside-toplevel
+  from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
   want = ca.ONEDNN_PLAN if onednn.available() else ca.XLA_PLAN
-  assert ca.plan_for(**shape, backend="cpu") == want
-  assert ca.plan_for(**shape, backend="cpu", use_onednn=False) == ca.XLA_PLAN
+  cpu = kernels.for_backend(LayerSpec(), "cpu")
+  assert cpu.conv.compute == ca.PlannedConv(onednn=onednn.available())
+  assert ca.plan_for(**shape, use_onednn=cpu.conv.compute.onednn) == want
+  assert ca.plan_for(**shape, use_onednn=False) == ca.XLA_PLAN
+  assert (cpu.norm.training is not None) == onednn.available()
   for backend in ("gpu", "tpu"):  # never on accelerators
-    assert ca.plan_for(**shape, backend=backend) == ca.XLA_PLAN
+    assert kernels.for_backend(LayerSpec(), backend) == LayerSpec()
 
 
 PROBE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 {setup}
-import jax.numpy as jnp
-from cnn.models import conv_algorithms as ca, onednn
+from cnn import kernels
+from cnn.kernels import conv_algorithms as ca
+from cnn.models.layers import LayerSpec
 shape = ((2, 8, 8, 16), (3, 3, 16, 16), (1, 1))
-print("PLAN", ca.plan_for(*shape, dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu"))
-print("PLAN", ca.plan_for(*shape, dimension_numbers=("NHWC", "HWIO", "NHWC"), backend="cpu"))
+for _ in range(2):  # as model_fn.build decides, once per model built
+  use_onednn = kernels.for_backend(LayerSpec(), "cpu").conv.compute.onednn
+  print("PLAN", ca.plan_for(*shape, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                            use_onednn=use_onednn))
 """
 
 
@@ -219,10 +227,12 @@ def test_models_train_with_it_on_the_same_variables_and_numbers():
   checkpoints and weights files are unchanged) and gives the builtin model's loss, gradients
   and running averages within float32 tolerance."""
   from cnn.models import create_model  # pylint: disable=import-outside-toplevel
+  from cnn import kernels  # pylint: disable=import-outside-toplevel
   from cnn.models.layers import LayerSpec  # pylint: disable=import-outside-toplevel
   x = jnp.asarray(np.random.default_rng(5).normal(size=(8, 16, 16, 3)), jnp.float32)
-  fast = create_model("resnet8_v1", num_classes=10)
-  builtin = create_model("resnet8_v1", num_classes=10, spec=LayerSpec(conv_algorithm="builtin"))
+  fast = create_model("resnet8_v1", num_classes=10, spec=kernels.for_backend(LayerSpec(), "cpu"))
+  builtin = create_model("resnet8_v1", num_classes=10,
+                         spec=kernels.for_backend(LayerSpec(), "cpu", "builtin"))
   variables = fast.init(jax.random.key(0), x, train=False)
 
   def loss(params, model):

@@ -12,7 +12,7 @@ from cnn import optim
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import create_model
-from cnn.models.layers import LayerSpec
+from cnn.models.layers import Conv, LayerSpec
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 HE_V1 = ("resnet20v1_cifar10", "resnet56v1_cifar10", "resnet110v1_cifar10")
@@ -98,7 +98,7 @@ def test_lr_drops_at_half_and_three_quarters_of_the_run(name):
 
 def strided_delta_conv(padding: str, x: jnp.ndarray) -> jnp.ndarray:
   """A 3x3 stride-2 conv whose kernel is 1 at the centre: it samples x."""
-  conv, _, _ = LayerSpec(conv_padding=padding).layers(train=False)
+  conv, _, _ = LayerSpec(conv=Conv(padding)).layers(train=False)
   module = conv(1, (3, 3), (2, 2))
   kernel = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
   return module.apply({"params": {"kernel": kernel}}, x)
@@ -115,11 +115,14 @@ def test_symmetric_padding_centres_strided_convs_on_the_shortcut_grid():
 def test_old_same_padding_stays_available_and_unknown_padding_is_refused():
   x = jnp.ones((2, 32, 32, 3))
   for padding in ("symmetric", "same"):
-    model = create_model("resnet20_v1", num_classes=10, spec=LayerSpec(conv_padding=padding))
+    model = create_model("resnet20_v1", num_classes=10, spec=LayerSpec(conv=Conv(padding)))
     variables = model.init(jax.random.key(0), x, train=False)
     assert model.apply(variables, x, train=False).shape == (2, 10)
-  with pytest.raises(UserError, match="^unknown conv_padding 'tf'; valid: symmetric, same$"):
-    LayerSpec(conv_padding="tf")
+  config = load("resnet20v1_cifar10")
+  config.layers.conv_padding = "tf"
+  with pytest.raises(UserError, match="^unknown config.layers.conv_padding 'tf'; valid: same, "
+                     "symmetric$"):
+    validate_config(config)
 
 
 def test_symmetric_and_same_padding_agree_at_stride_1_only():
@@ -127,7 +130,7 @@ def test_symmetric_and_same_padding_agree_at_stride_1_only():
   kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
   out = {}
   for padding in ("symmetric", "same"):
-    conv, _, _ = LayerSpec(conv_padding=padding).layers(train=False)
+    conv, _, _ = LayerSpec(conv=Conv(padding)).layers(train=False)
     for stride in (1, 2):
       out[padding, stride] = conv(5, (3, 3), (stride, stride)).apply(
           {"params": {"kernel": kernel}}, x)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnn import datasets, model_fn, optim, train
+from cnn import datasets, kernels, model_fn, optim, train
 from cnn.errors import UserError
 from cnn.models import create_model
 from cnn.models.layers import LayerSpec
@@ -124,7 +124,8 @@ def test_best_epoch_selects_on_validation_not_test():
 def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
   batch = real_mnist_batch(mnist, 32)
   config = make_config({"learning_rate": 0.05, "schedule.name": "constant", "num_epochs": 1})
-  model = create_model("resnet8_v1", num_classes=10, spec=LayerSpec(dtype=jnp.bfloat16))
+  spec = kernels.for_backend(LayerSpec(dtype=jnp.bfloat16), jax.default_backend())
+  model = create_model("resnet8_v1", num_classes=10, spec=spec)
   state = train.create_train_state(model, optim.make_optimizer(config, 10), jax.random.key(0),
                                    (28, 28, 1))
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}

@@ -16,15 +16,14 @@ and the weights embedded. Softmax the logits for probabilities.
   tflite      model.tflite: the SavedModel through TensorFlow's TFLite converter
   onnx        model.onnx: by `jax2onnx` (opset 21), run by onnxruntime
 
-Convolutions are XLA's own (`portable`: the model's `LayerSpec` with
-`conv_algorithm="xla"` and no fusion barriers): the CPU-only formulations of
-`conv_algorithms.py` are a training-speed matter, not part of the model. After
+Layers are flax's own (`portable`: the model's `LayerSpec.portable()`,
+XLA's convolutions and no fusion barriers): the CPU kernels of
+`cnn/kernels/` are a training-speed matter, not part of the model. After
 writing, each export runs on real test images (the dataset's first
 `--check_images` test images) and `export.json` records its largest absolute
 logit difference from JAX and its top-1 agreement.
 """
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -43,10 +42,9 @@ ONNX_OPSET = 21
 
 
 def portable(model: nn.Module) -> nn.Module:
-  """The same model with XLA's convolutions and no CPU fusion barriers (the
-  same parameters: only its `LayerSpec` changes)."""
-  return model.clone(spec=dataclasses.replace(model.spec, conv_algorithm="xla",
-                                              fusion_barrier=False))
+  """The same model with flax's own layers: XLA's convolutions, no CPU
+  kernels (the same parameters: only its `LayerSpec` changes)."""
+  return model.clone(spec=model.spec.portable())
 
 
 def serving_function(p: predictor.Predictor) -> Callable[[jnp.ndarray], jnp.ndarray]:

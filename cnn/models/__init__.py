@@ -2,10 +2,11 @@
 of name -> module factory) is picked up, so adding an architecture is one new
 file here plus one config in `configs/`.
 
-A model declares its architecture only; how its layers compute (dtype,
-per-device BatchNorm, conv padding and algorithm, the CPU fusion barrier) is
-the `LayerSpec` that `create_model` hands every factory as `spec`
-(layers.py), so a new file needs no such fields of its own.
+A model declares its architecture only; how its layers compute (dtype, the
+conv, norm and pool factories, the barrier after residual blocks) is the
+`LayerSpec` that `create_model` hands every factory as `spec` (layers.py),
+so a new file needs no such fields of its own. Nothing in this package asks
+which backend it runs on: `model_fn.build` decides that (cnn/kernels/).
 """
 import functools
 import importlib

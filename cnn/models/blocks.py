@@ -261,8 +261,8 @@ def residual_stages(x: jnp.ndarray, block: Callable[..., nn.Module],
   `block(filters=..., strides=..., name=...)` builds one block; call this from
   a compact `__call__`, whose module becomes the blocks' parent (names
   `stage{s}_block{b}`, as in the seed ResNets). Each block output passes
-  `barrier`, the model's `spec.barrier` (layers.fusion_barrier: a no-op except
-  for speed on CPU, unless the spec switches it off)."""
+  `barrier`, the model's `spec.barrier` (the identity, or on the CPU
+  cnn/kernels' fusion barrier: same values, faster)."""
   for stage, width in enumerate(widths):
     for b in range(blocks_per_stage):
       strides = 2 if stage > 0 and b == 0 else 1

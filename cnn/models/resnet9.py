@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn.models.blocks import ConvNormAct
-from cnn.models.layers import LayerSpec, max_pool
+from cnn.models.layers import LayerSpec
 
 
 class ResNet9(nn.Module):
@@ -25,7 +25,7 @@ class ResNet9(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     conv, norm, act = self.spec.layers(train)
     unit = functools.partial(ConvNormAct, conv=conv, norm=norm, act=act)
-    pool = functools.partial(max_pool, window_shape=(2, 2), strides=(2, 2), padding="SAME")
+    pool = functools.partial(self.spec.pool, window_shape=(2, 2), strides=(2, 2), padding="SAME")
     prep, w1, w2, w3 = self.widths
     x = unit(prep, name="prep")(x.astype(self.spec.dtype))
     for i, (width, residual) in enumerate(((w1, True), (w2, False), (w3, True)), start=1):

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn.models.layers import LayerSpec, classifier_head, max_pool, norm_act
+from cnn.models.layers import LayerSpec, classifier_head, norm_act
 
 # "M" is a 2x2 max-pool. Column A, B, D, E of the paper's Table 1.
 VGG_LAYERS = {
@@ -39,7 +39,7 @@ class VGG(nn.Module):
     x = x.astype(self.spec.dtype)
     for width in self.layers:
       if width == "M":
-        x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = self.spec.pool(x, (2, 2), (2, 2), "SAME")
       else:
         x = norm_act(norm, act, conv(width, (3, 3))(x))
     x = x.reshape((x.shape[0], -1))

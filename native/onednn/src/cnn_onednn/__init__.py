@@ -4,7 +4,7 @@
 puts it in the environment's lib folder, off the loader's path) and this
 package's handlers (`_kernels.so`, built from conv.cc and batchnorm.cc by
 pip), and registers them with JAX for the CPU platform, once per process. The
-calls themselves are made by the cnn project (cnn/models/onednn.py).
+calls themselves are made by the cnn project (cnn/kernels/onednn.py).
 """
 import ctypes
 import functools
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-# The handlers' names and signatures, as cnn/models/onednn.py calls them: it uses this
+# The handlers' names and signatures, as cnn/kernels/onednn.py calls them: it uses this
 # package only where its own API number is the same (an older build in the environment, from
 # before a change to the handlers, would otherwise fail inside XLA).
 API = 3

@@ -7,15 +7,16 @@ gradient of a 16x16x128 layer is 3x slower than a sum of per-tap matmuls
 (benchmarks/conv_shapes.py measures every conv shape of every registered
 model; benchmarks/README.md has the table).
 
-`conv_general_dilated` here is a drop-in for `lax.conv_general_dilated`
-(flax's `nn.Conv(conv_general_dilated=...)`). On the CPU backend it computes
-the forward pass, the input gradient and the kernel gradient each with the
+`PlannedConv` here is a drop-in for `lax.conv_general_dilated` (flax's
+`nn.Conv(conv_general_dilated=...)`, which `model_fn.build` hands a model
+as `layers.Conv(compute=...)` on the CPU backend only). It computes the
+forward pass, the input gradient and the kernel gradient each with the
 algorithm that `choose` names for the layer's shape, through a `custom_vjp`.
 `choose` is a deterministic rule on the shape (no timing at run time), so a
 seeded run gives the same numbers every time; its thresholds come from the
 measured table, and tests/test_conv_algorithms.py checks the rule against it.
-On any other backend, and for shapes the alternatives do not cover
-(dilated, batch-grouped, non-NHWC), it is `lax.conv_general_dilated` itself.
+For shapes the alternatives do not cover (dilated, batch-grouped,
+non-NHWC), it is `lax.conv_general_dilated` itself.
 
 The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
 - "xla": XLA's own convolution (and its transpose rules for the gradients).
@@ -31,25 +32,22 @@ The algorithms (x: N,H,W,C input, w: kh,kw,C,O kernel, the `kh*kw` "taps"):
   concatenated; each group's products use the algorithms `choose` names for
   the per-group plain shape (XLA for most 3x3 layers).
 - "onednn": oneDNN's convolution, forward and both gradients, through XLA's
-  FFI (cnn/models/onednn.py; built from native/onednn by pip on x86_64
+  FFI (cnn/kernels/onednn.py; built from native/onednn by pip on x86_64
   Linux): the library PyTorch's CPU convolutions use, on the NHWC/HWIO
-  buffers as they are. Where it is installed and JAX has one CPU device, the
-  rule picks it (`choose(..., onednn=True)`); elsewhere the built-in rule.
+  buffers as they are. Where it is installed and JAX has one CPU device,
+  `PlannedConv(onednn=True)` picks it (`choose(..., onednn=True)`);
+  elsewhere the built-in rule.
 """
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn.models import onednn
+from cnn.kernels import onednn
 
 ALGORITHMS = ("xla", "im2col", "taps", "split", "onednn")
-# Model option: the rule (with oneDNN where installed), the rule without oneDNN, or XLA
-# everywhere.
-CONV_ALGORITHM_CHOICES = ("auto", "builtin", "xla")
-
-
 class ConvShape(NamedTuple):
   """What the rule looks at: one layer's shape (the batch size is not used)."""
   height: int  # of the input, before padding
@@ -333,25 +331,27 @@ def _planned_conv(plan: Plan, strides, pads, out_hw, groups):
   return conv
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision=None, preferred_element_type=None, use_onednn: bool = True):
-  """`lax.conv_general_dilated`, with per-shape algorithms on the CPU backend
-  (oneDNN's among them where available, unless `use_onednn` is False)."""
-  xla = lambda: lax.conv_general_dilated(  # pylint: disable=unnecessary-lambda-assignment
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-      precision=precision, preferred_element_type=preferred_element_type)
-  plan = plan_for(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation,
-                  dimension_numbers, feature_group_count, batch_group_count,
-                  preferred_element_type,
-                  use_onednn=use_onednn and onednn.supports(lhs.dtype)
-                  and lhs.dtype == rhs.dtype)
-  if plan == XLA_PLAN:
-    return xla()
-  return planned_conv(plan, lhs.shape, rhs.shape, window_strides, padding)(lhs, rhs)
+@dataclasses.dataclass(frozen=True)
+class PlannedConv:
+  """`lax.conv_general_dilated` with per-shape algorithms (oneDNN's among them
+  if `onednn`: installed and one CPU device, `kernels.for_backend` decides).
+  Frozen, so equal ones hash alike (a model's `LayerSpec` is a jit key)."""
+  onednn: bool = False
+
+  def __call__(self, lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
+               rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+               batch_group_count: int = 1, precision=None, preferred_element_type=None):
+    plan = plan_for(lhs.shape, rhs.shape, window_strides, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, batch_group_count,
+                    preferred_element_type, use_onednn=self.onednn and onednn.supports(lhs.dtype)
+                    and lhs.dtype == rhs.dtype)
+    if plan == XLA_PLAN:
+      return lax.conv_general_dilated(
+          lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+          rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+          feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+          precision=precision, preferred_element_type=preferred_element_type)
+    return planned_conv(plan, lhs.shape, rhs.shape, window_strides, padding)(lhs, rhs)
 
 
 def planned_conv(plan: Plan, lhs_shape, rhs_shape, window_strides, padding):
@@ -381,17 +381,14 @@ def _is_nhwc(dimension_numbers) -> bool:
 
 def plan_for(lhs_shape, rhs_shape, window_strides, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-             preferred_element_type=None, backend: str | None = None,
-             use_onednn: bool = True) -> Plan:
-  """The plan for one call: `choose`'s on the CPU backend (`backend`, default
-  JAX's default backend) for 2-D NHWC convolutions, grouped or not, with
-  oneDNN if `use_onednn` and it is available; XLA everywhere else (dilated,
-  batch-grouped, other layouts or backends: GPUs and TPUs never call it)."""
+             preferred_element_type=None, use_onednn: bool = False) -> Plan:
+  """The plan for one call on the CPU: `choose`'s for 2-D NHWC convolutions,
+  grouped or not (oneDNN's if `use_onednn`); XLA's for everything else
+  (dilated, batch-grouped, other layouts)."""
   plain = (len(lhs_shape) == 4 and _is_nhwc(dimension_numbers) and batch_group_count == 1
            and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1))))
-  if not plain or (backend or jax.default_backend()) != "cpu":
+  if not plain:
     return XLA_PLAN
-  return choose(layer_shape(lhs_shape, rhs_shape, window_strides),
-                onednn=use_onednn and onednn.available())
+  return choose(layer_shape(lhs_shape, rhs_shape, window_strides), onednn=use_onednn)
