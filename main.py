@@ -104,11 +104,9 @@ def main(argv):
       sweep.train_seeds(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.config.sweep.seeds:
-      sweep.write_reports(FLAGS.config, FLAGS.workdir)
     else:
       from cnn.report import analysis  # pylint: disable=import-outside-toplevel
-      analysis.write_report(FLAGS.config, FLAGS.workdir)
+      analysis.write_reports(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)

@@ -179,7 +179,7 @@ class AugmentAlone:
     self.calls = 0
     self.fns, self.compile_s, self.n_calls = {}, {}, {}
     for key, (overrides, _) in AUGMENT_ALONE.items():
-      fn = jax.jit(make_augment(experiment_config(overrides), spec))
+      fn = jax.jit(make_augment(experiment_config(overrides).augment, spec))
       start = time.perf_counter()
       self._run(fn, 1)
       self.compile_s[key] = round(time.perf_counter() - start, 2)

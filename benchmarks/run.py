@@ -85,15 +85,17 @@ class JaxStepper:
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from cnn import augment, datasets, model_fn, optim, train  # pylint: disable=import-outside-toplevel
+    from cnn import augment, datasets, model_fn, optim  # pylint: disable=import-outside-toplevel
+    from cnn import train  # pylint: disable=import-outside-toplevel
     from configs import default  # pylint: disable=import-outside-toplevel
     self._jax = jax
     config = default.get_config()
     config.optim.nesterov, config.optim.weight_decay = True, 5e-4
-    config.model = model_name
     config.layers.update({"dtype": dtype, **layer_options})
-    model = model_fn.build(config, num_classes=10)
-    tx = optim.make_optimizer(config, steps_per_epoch=100)
+    model = model_fn.build(model_name, {}, config.layers, num_classes=10)
+    tx = optim.make_optimizer(config.optim, config.schedule,
+                              learning_rate=config.learning_rate,
+                              num_epochs=config.num_epochs, steps_per_epoch=100)
     self.state = train.create_train_state(model, tx, jax.random.key(0), (32, 32, 3))
     self.sums = train.zero_sums()
     rng = np.random.default_rng(0)
@@ -101,7 +103,7 @@ class JaxStepper:
                   "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
     config.augment.geometry = "none"  # the twin trains on a fixed batch: normalised only
     step = functools.partial(train.train_step, augment=augment.make_augment(
-        config, datasets.get_spec("cifar10")), seed=0, steps_per_epoch=100,
+        config.augment, datasets.get_spec("cifar10")), seed=0, steps_per_epoch=100,
                              dropout_key=jax.random.key(1), label_smoothing=0.0)
     self._step = jax.jit(step, donate_argnums=(0, 1))
     self.batch_size = batch_size

@@ -40,9 +40,11 @@ class StackedStepper:
     config = default.get_config()
     config.optim.nesterov, config.optim.weight_decay = True, 5e-4
     config.augment.geometry = "none"  # as JaxStepper: the fixed batch, normalised only
-    config.model, config.layers.dtype = model_name, str(jnp.dtype(dtype))
-    model = model_fn.build(config, num_classes=10)
-    tx = optim.make_optimizer(config, steps_per_epoch=100)
+    config.layers.dtype = str(jnp.dtype(dtype))
+    model = model_fn.build(model_name, {}, config.layers, num_classes=10)
+    tx = optim.make_optimizer(config.optim, config.schedule,
+                              learning_rate=config.learning_rate,
+                              num_epochs=config.num_epochs, steps_per_epoch=100)
     states = [train.create_train_state(model, tx, jax.random.key(s), (32, 32, 3))
               for s in range(num_seeds)]
     self.state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
@@ -56,7 +58,7 @@ class StackedStepper:
     self.keys = jnp.stack([jax.random.key_data(jax.random.key(100 + s))
                            for s in range(num_seeds)])
     mesh = sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("seed", "data"))
-    settings = {"augment": augment.make_augment(config, datasets.get_spec("cifar10")),
+    settings = {"augment": augment.make_augment(config.augment, datasets.get_spec("cifar10")),
                 "steps_per_epoch": 100, "label_smoothing": 0.0}
     self._step = jax.jit(functools.partial(
         sweep.stacked_train_step, settings=settings,

@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, MutableMapping
 
 import ml_collections
 
-from cnn.settings import Section, Setting
+from cnn.schema import Section, Setting
 
 DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
 

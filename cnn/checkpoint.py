@@ -32,8 +32,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from cnn import workdir as workdirs
 from cnn.errors import UserError
-from cnn import settings
-from cnn.settings import Section, Setting, at_least
+from cnn.schema import Section, Setting, at_least
 
 STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step metadata file (its commit time)
 METRICS = "metrics"  # the item (and file) holding an end-of-epoch checkpoint's val_accuracy
@@ -144,11 +143,12 @@ def finalized_steps(workdir: str) -> list[int]:
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def check_compatible(meta: dict, fingerprint: dict, workdir: str) -> None:
-  """Refuses to resume a checkpoint of another model, dataset or shape."""
-  stored = dict(meta.get("fingerprint", {}))
-  if "model_kwargs" in stored:  # older runs kept layer settings there (settings.upgrade)
-    stored["model_kwargs"] = settings.architecture_kwargs(stored["model_kwargs"])
+def check_compatible(meta: dict, fingerprint: dict, workdir: str,
+                     upgrade: Callable[[dict], dict] = dict) -> None:
+  """Refuses to resume a checkpoint of another model, dataset or shape; the
+  stored fingerprint is read through `upgrade` (older runs kept layer settings
+  in model_kwargs: settings.upgrade_fingerprint)."""
+  stored = upgrade(dict(meta.get("fingerprint", {})))
   diff = {k: (stored.get(k), v) for k, v in fingerprint.items() if stored.get(k) != v}
   if diff:
     what = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
@@ -285,7 +285,8 @@ def move_aside(workdir: str, name: str) -> str:
 
 
 def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, epoch_sums: Any,
-                      is_primary: bool = True, barrier: Callable[[], None] = lambda: None
+                      is_primary: bool = True, barrier: Callable[[], None] = lambda: None,
+                      upgrade: Callable[[dict], dict] = dict
                       ) -> tuple[ocp.CheckpointManager, tuple[Any, Any, dict, int] | None]:
   """The trainer's manager, and (state, epoch_sums, meta, step) of the newest
   checkpoint that reads (None: there is none).
@@ -295,8 +296,9 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
   metrics and the validation protocol restores the best one at the end). A
   step that does not read and every unfinished write is moved aside by the
   primary process, with one warning line each; a checkpoint of another model
-  is refused (UserError), as that is no damage. `barrier` lets the other
-  processes wait for the moves."""
+  is refused (UserError), as that is no damage (its fingerprint read through
+  `upgrade`, see `check_compatible`). `barrier` lets the other processes wait
+  for the moves."""
   directory = workdirs.Workdir.of(workdir).checkpoints
   for name in unfinished(workdir):
     where = move_aside(workdir, name) if is_primary else "aside"
@@ -307,7 +309,7 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
     try:
       meta = read(workdir, step, meta=True)["meta"]  # first: another model's is no damage
       if restored is None:
-        check_compatible(meta, fingerprint, workdir)
+        check_compatible(meta, fingerprint, workdir, upgrade)
       items = read(workdir, step, state=state, epoch_sums=epoch_sums, metrics=True)
     except Damaged as e:
       where = move_aside(workdir, str(step)) if is_primary else "aside"

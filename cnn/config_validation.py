@@ -8,7 +8,7 @@ checks what involves several settings at once.
 """
 import ml_collections
 
-from cnn import settings
+from cnn import checkpoint, model_fn, settings
 from cnn.errors import UserError
 
 
@@ -24,6 +24,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserError("config.optim.sam_rho and config.optim.grad_accum_steps > 1 do not combine "
                     "(SAM needs the whole batch's gradient twice); set "
                     "--config.optim.grad_accum_steps=1")
+  checkpoint.check_every_epochs(config.checkpoint.every_epochs,
+                                model_fn.reports_final_model(config.protocol))
   if config.protocol == "paper" and config.data.validation_split:
     raise UserError("config.protocol='paper' reports the final model and holds nothing out: "
                     "set --config.data.validation_split='' or use --config.protocol=validation")

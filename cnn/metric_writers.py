@@ -15,7 +15,7 @@ import numpy as np
 from etils import epath
 
 from cnn import workdir as workdirs
-from cnn.settings import Section, Setting, positive
+from cnn.schema import Section, Setting, positive
 
 CONFIG = Section("log", "progress lines", {
     "every_steps": Setting(100, "a progress line (loss, accuracy, images/s, ETA) every this "

@@ -1,8 +1,9 @@
 """A trained model, defined once: what training, evaluation, the predictor,
 weights files and exports all mean by it.
 
-- `build(config, num_classes)`: the flax module a config names, with its
-  `model_kwargs` (the architecture) and a `LayerSpec` from `config.layers`
+- `build(config.model, config.model_kwargs, config.layers, num_classes)`: the
+  flax module a config names, with its `model_kwargs` (the architecture) and
+  a `LayerSpec` from its `layers` section
   (how its layers compute: dtype, per-device BatchNorm, conv padding), with
   the CPU's kernels (`cnn/kernels/`: conv algorithm, oneDNN, fusion barrier)
   when it is built for the CPU backend. The one place that asks where it runs.
@@ -16,7 +17,7 @@ weights files and exports all mean by it.
 
 Nothing here knows about training loops, checkpoints or files.
 """
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from cnn import kernels
 from cnn.augment import normalize
 from cnn.models import create_model
 from cnn.models.layers import CONV_PADDINGS, Conv, LayerSpec, Norm
-from cnn.settings import Section, Setting, at_least, positive
+from cnn.schema import Section, Setting, at_least, positive
 
 DTYPES = ("float32", "bfloat16", "float16")
 BATCHNORM_MODES = ("global", "per_device")
@@ -53,16 +54,16 @@ LAYERS = Section("layers", "how every layer computes: each model's LayerSpec (mo
             "model_kwargs.fusion_barrier": "fusion_barrier"})
 
 
-def build(config: ml_collections.ConfigDict, num_classes: int, norm_groups: int = 1,
-          backend: str | None = None) -> nn.Module:
-  """The config's model: `config.model_kwargs` its architecture, `config.layers`
-  its LayerSpec, with the CPU kernels if `backend` (default: JAX's) is the
-  CPU; `norm_groups` > 1: per-device BatchNorm statistics in training."""
-  layers = config.layers
+def build(name: str, model_kwargs: Mapping[str, Any], layers: ml_collections.ConfigDict,
+          num_classes: int, norm_groups: int = 1, backend: str | None = None) -> nn.Module:
+  """The registered model `name` (a config's `model`): `model_kwargs` its
+  architecture, `layers` (the config's section) its LayerSpec, with the CPU
+  kernels if `backend` (default: JAX's) is the CPU; `norm_groups` > 1:
+  per-device BatchNorm statistics in training."""
   spec = LayerSpec(dtype=layers.dtype, conv=Conv(layers.conv_padding), norm=Norm(norm_groups))
   spec = kernels.for_backend(spec, backend or jax.default_backend(), layers.conv_algorithm,
                              layers.fusion_barrier)
-  return create_model(config.model, num_classes=num_classes, spec=spec, **config.model_kwargs)
+  return create_model(name, num_classes=num_classes, spec=spec, **model_kwargs)
 
 
 EVAL = Section("eval", "evaluation: the test accuracy, the predictor and the report", {

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cnn.settings import Section, Setting, at_least, between, unknown_value
+from cnn.schema import Section, Setting, at_least, between, unknown_value
 
 Builder = Callable[[ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation]
+# (the `optim` section, the learning-rate schedule) -> the optimiser
 
 
 def decay_mask(params: Any) -> Any:
@@ -30,50 +31,50 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def _sgd(config, schedule):
+def _sgd(optim, schedule):
   """SGD with coupled weight decay (PyTorch, the ResNet papers) and optional
   momentum/Nesterov."""
   return optax.chain(
-      optax.add_decayed_weights(config.optim.weight_decay),
-      optax.sgd(schedule, momentum=config.optim.momentum or None, nesterov=config.optim.nesterov))
+      optax.add_decayed_weights(optim.weight_decay),
+      optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
 
 
-def _adam(config, schedule):
+def _adam(optim, schedule):
   """Adam with coupled L2: the decay goes through the adaptive scaling."""
-  return optax.chain(optax.add_decayed_weights(config.optim.weight_decay), optax.adam(schedule))
+  return optax.chain(optax.add_decayed_weights(optim.weight_decay), optax.adam(schedule))
 
 
-def _adamw(config, schedule):
+def _adamw(optim, schedule):
   """AdamW: decay decoupled from the adaptive scaling, on every parameter."""
-  return optax.adamw(schedule, weight_decay=config.optim.weight_decay)
+  return optax.adamw(schedule, weight_decay=optim.weight_decay)
 
 
-def _lars(config, schedule):
+def _lars(optim, schedule):
   """LARS (You et al. 2017): per-layer trust ratio 0.001 * |w| / |g + wd w|,
   momentum/Nesterov from the config; kernels only are decayed and adapted
   (`decay_mask`). `learning_rate` is the global rate, so it is much larger
   than SGD's (e.g. several units for big batches)."""
-  return optax.lars(schedule, weight_decay=config.optim.weight_decay, weight_decay_mask=decay_mask,
-                    trust_ratio_mask=decay_mask, momentum=config.optim.momentum,
-                    nesterov=config.optim.nesterov)
+  return optax.lars(schedule, weight_decay=optim.weight_decay, weight_decay_mask=decay_mask,
+                    trust_ratio_mask=decay_mask, momentum=optim.momentum,
+                    nesterov=optim.nesterov)
 
 
-def _lamb(config, schedule):
+def _lamb(optim, schedule):
   """LAMB (You et al. 2020): optax.lamb's chain with its defaults, except that
   1-D parameters skip both the decay and the trust ratio (`decay_mask`);
   optax.lamb can only mask the decay."""
   return optax.chain(
       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
-      optax.add_decayed_weights(config.optim.weight_decay, mask=decay_mask),
+      optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
       optax.masked(optax.scale_by_trust_ratio(), decay_mask),
       optax.scale_by_learning_rate(schedule))
 
 
-def _lion(config, schedule):
+def _lion(optim, schedule):
   """Lion (Chen et al. 2023) with decoupled decay on every parameter, like
   AdamW. Its sign updates want a rate ~3-10x smaller and a decay as much
   larger than AdamW's."""
-  return optax.lion(schedule, weight_decay=config.optim.weight_decay)
+  return optax.lion(schedule, weight_decay=optim.weight_decay)
 
 
 OPTIMIZERS: dict[str, Builder] = {
@@ -81,40 +82,43 @@ OPTIMIZERS: dict[str, Builder] = {
 }
 
 
-def _step(config, total, warmup):
+def _step(schedule, peak, total, warmup):
   factors: dict[int, float] = {}  # boundaries that round to one step compound
-  for boundary in config.schedule.boundaries:
+  for boundary in schedule.boundaries:
     step = int(boundary * total) - warmup
-    factors[step] = factors.get(step, 1.0) * config.schedule.decay_factor
-  return optax.piecewise_constant_schedule(config.learning_rate, factors)
+    factors[step] = factors.get(step, 1.0) * schedule.decay_factor
+  return optax.piecewise_constant_schedule(peak, factors)
 
 
-def _cosine(config, total, warmup):
-  return optax.cosine_decay_schedule(config.learning_rate, max(total - warmup, 1))
+def _cosine(schedule, peak, total, warmup):
+  del schedule
+  return optax.cosine_decay_schedule(peak, max(total - warmup, 1))
 
 
-def _linear(config, total, warmup):
+def _linear(schedule, peak, total, warmup):
   """After a warmup: the one-cycle triangle, down to 0 at the end."""
-  return optax.linear_schedule(config.learning_rate, 0.0, max(total - warmup, 1))
+  del schedule
+  return optax.linear_schedule(peak, 0.0, max(total - warmup, 1))
 
 
-def _constant(config, total, warmup):
+def _constant(schedule, peak, total, warmup):
   """Also the base of "plateau", which scales the updates itself."""
-  del total, warmup
-  return optax.constant_schedule(config.learning_rate)
+  del schedule, total, warmup
+  return optax.constant_schedule(peak)
 
 
-# name -> (config, total steps, warmup steps) -> the schedule after the warm phase.
+# name -> (the schedule section, peak rate, total steps, warmup steps) -> the schedule
+# after the warm phase.
 SCHEDULES = {
     "constant": _constant, "step": _step, "cosine": _cosine, "linear": _linear,
     "plateau": _constant,
 }
 
-# name -> (config, warmup steps) -> the warm phase.
+# name -> (the schedule section, peak rate, warmup steps) -> the warm phase.
 WARMUP_SHAPES = {
-    "linear": lambda config, warmup: optax.linear_schedule(0.0, config.learning_rate, warmup),
-    "constant": lambda config, warmup: optax.constant_schedule(
-        config.learning_rate * config.schedule.warmup_factor),
+    "linear": lambda schedule, peak, warmup: optax.linear_schedule(0.0, peak, warmup),
+    "constant": lambda schedule, peak, warmup: optax.constant_schedule(
+        peak * schedule.warmup_factor),
 }
 
 
@@ -182,30 +186,34 @@ CONFIG = (
 )
 
 
-def make_lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """Per-step learning rate: an optional warm phase, then the schedule.
+def make_lr_schedule(schedule: ml_collections.ConfigDict, learning_rate: float,
+                     num_epochs: float, steps_per_epoch: int) -> optax.Schedule:
+  """Per-step learning rate of a config's `schedule` section, peaking at
+  `learning_rate`, over `num_epochs` epochs: an optional warm phase, then the
+  schedule.
 
   The warm phase lasts `warmup_epochs` (rounded to whole steps) and is either
   a linear ramp from 0 to the peak (Goyal et al. 2017) or, with
   `warmup_shape="constant"`, the peak times `warmup_factor` (He et al.'s 0.01
   for ResNet-110). Boundaries stay fractions of the whole run, warm phase
   included."""
-  if config.schedule.name not in SCHEDULES:
-    raise unknown_value("schedule.name", config.schedule.name, SCHEDULES)
-  if config.schedule.warmup_shape not in WARMUP_SHAPES:
-    raise unknown_value("schedule.warmup_shape", config.schedule.warmup_shape, WARMUP_SHAPES)
-  total = int(config.num_epochs * steps_per_epoch)
-  warmup = round(config.schedule.warmup_epochs * steps_per_epoch)
-  main = SCHEDULES[config.schedule.name](config, total, warmup)
+  if schedule.name not in SCHEDULES:
+    raise unknown_value("schedule.name", schedule.name, SCHEDULES)
+  if schedule.warmup_shape not in WARMUP_SHAPES:
+    raise unknown_value("schedule.warmup_shape", schedule.warmup_shape, WARMUP_SHAPES)
+  total = int(num_epochs * steps_per_epoch)
+  warmup = round(schedule.warmup_epochs * steps_per_epoch)
+  main = SCHEDULES[schedule.name](schedule, learning_rate, total, warmup)
   if warmup == 0:
     return main
-  warm = WARMUP_SHAPES[config.schedule.warmup_shape](config, warmup)
+  warm = WARMUP_SHAPES[schedule.warmup_shape](schedule, learning_rate, warmup)
   return optax.join_schedules([warm, main], [warmup])
 
 
-def uses_sam(config: ml_collections.ConfigDict) -> bool:
-  """Whether `tx.update` needs SAM's `grad_fn` (see `make_optimizer`)."""
-  return config.optim.sam_rho > 0
+def uses_sam(optim: ml_collections.ConfigDict) -> bool:
+  """Whether `tx.update` needs SAM's `grad_fn` (see `make_optimizer`); `optim`
+  is a config's `optim` section."""
+  return optim.sam_rho > 0
 
 
 def _sam(optimizer: optax.GradientTransformationExtraArgs, rho: float
@@ -240,9 +248,11 @@ def _accumulate(tx: optax.GradientTransformationExtraArgs, k: int
   return optax.GradientTransformationExtraArgs(multi.init, multi.update)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+def make_optimizer(optim: ml_collections.ConfigDict, schedule: ml_collections.ConfigDict, *,
+                   learning_rate: float, num_epochs: float, steps_per_epoch: int
                    ) -> optax.GradientTransformationExtraArgs:
-  """The optimiser named by `config.optim.name` (see OPTIMIZERS), composed as
+  """The optimiser a config's `optim` section names (see OPTIMIZERS), with the
+  learning rate of its `schedule` section (`make_lr_schedule`), composed as
 
     clip_by_global_norm (grad_clip_norm > 0) -> optimiser -> reduce-on-plateau
     (lr_schedule="plateau") -> SAM (sam_rho > 0) -> MultiSteps (grad_accum_steps > 1)
@@ -250,7 +260,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   Call it as `tx.update(grads, state, params, value=loss, **extra)`:
     * `value`: the training loss, read by reduce-on-plateau (fed each update,
       deciding once per epoch of `steps_per_epoch` updates); ignored otherwise.
-    * SAM (`uses_sam(config)`): also `grad_fn=grad_fn`, where `grad_fn(params, i)`
+    * SAM (`uses_sam(optim)`): also `grad_fn=grad_fn`, where `grad_fn(params, i)`
       returns the gradient of the same loss (same batch, same augmentation and
       dropout keys) at `params`, a tree like `grads` (no loss, no aux). SAM
       calls it once per update, with the ascent point w + rho g/|g| and i = 0
@@ -264,22 +274,22 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
       so the schedule and the plateau count global batches. The plateau sees
       the `value` passed with the k-th micro-batch.
   `plateau_scale(state)` finds the plateau inside any of these wrappers."""
-  if config.optim.name not in OPTIMIZERS:
-    raise unknown_value("optim.name", config.optim.name, OPTIMIZERS)
-  schedule = make_lr_schedule(config, steps_per_epoch)
-  tx = OPTIMIZERS[config.optim.name](config, schedule)
-  if config.optim.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(config.optim.grad_clip_norm), tx)
-  if config.schedule.name == "plateau":
+  if optim.name not in OPTIMIZERS:
+    raise unknown_value("optim.name", optim.name, OPTIMIZERS)
+  rates = make_lr_schedule(schedule, learning_rate, num_epochs, steps_per_epoch)
+  tx = OPTIMIZERS[optim.name](optim, rates)
+  if optim.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+  if schedule.name == "plateau":
     tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
-        factor=config.schedule.plateau_factor, patience=config.schedule.plateau_patience,
-        cooldown=config.schedule.plateau_cooldown, min_scale=config.schedule.plateau_min_scale,
+        factor=schedule.plateau_factor, patience=schedule.plateau_patience,
+        cooldown=schedule.plateau_cooldown, min_scale=schedule.plateau_min_scale,
         accumulation_size=steps_per_epoch))
   tx = optax.with_extra_args_support(tx)
-  if uses_sam(config):
-    tx = _sam(tx, config.optim.sam_rho)
-  if config.optim.grad_accum_steps > 1:
-    tx = _accumulate(tx, config.optim.grad_accum_steps)
+  if uses_sam(optim):
+    tx = _sam(tx, optim.sam_rho)
+  if optim.grad_accum_steps > 1:
+    tx = _accumulate(tx, optim.grad_accum_steps)
   return tx
 
 

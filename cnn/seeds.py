@@ -15,7 +15,7 @@ from typing import Sequence
 import ml_collections
 
 from cnn.errors import UserError
-from cnn.settings import Section, Setting, at_least, defaults
+from cnn.schema import Section, Setting, at_least, defaults
 
 PLACEMENTS = ("auto", "vmap", "sequential")
 SEEDS_FORMAT = "e.g. '0-4' or '0,3,7' or '0-2,9'"

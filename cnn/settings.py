@@ -6,11 +6,13 @@ A config is a `ConfigDict` with the few settings nearly every run touches at
 the top (`TOP`: seed, protocol, model, model_kwargs, num_epochs, batch_size,
 learning_rate) and one section per concern (`config.data`, `config.augment`,
 `config.layers`, `config.optim`, `config.schedule`, `config.eval`,
-`config.robustness`, `config.checkpoint`, `config.log`, `config.backend`). Each section is a
-`Section` constant named `CONFIG` in the module that owns its registry
-(`cnn/optim.py` declares `optim` and `schedule` next to `OPTIMIZERS` and
-`SCHEDULES`, ...); `OWNERS` lists those modules, so `configs/default.py` is
-`default_config()` and `python -m cnn.settings` prints every setting.
+`config.robustness`, `config.checkpoint`, `config.log`, `config.backend`,
+`config.sweep`). Each section is a `Section` (cnn/schema.py) declared in the
+module that owns its registry (`cnn/optim.py` declares `optim` and `schedule`
+next to `OPTIMIZERS` and `SCHEDULES`, ...); this module sits above them all
+and gathers them (`SECTIONS`), so `configs/default.py` is `default_config()`
+and `python -m cnn.settings` prints every setting. Nothing it imports imports
+it back: the owners know only the vocabulary.
 
 Older configs were flat (`config.momentum`, `config.lr_schedule`, ...): each
 section names the flat keys it replaced (`Section.renamed`), so `upgrade`
@@ -18,86 +20,15 @@ reads every saved config (results/*.json, weights headers, checkpoints) into
 today's form, and a flat key in a config file or on the command line gets one
 line naming its new place (`renamed_message`).
 """
-import dataclasses
-import functools
-import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import ml_collections
 
+from cnn import (augment, backend, checkpoint, datasets, metric_writers, model_fn, optim,
+                 robustness, seeds)
 from cnn.errors import UserError
-
-# The modules that declare a section (a `CONFIG` Section or a tuple of them).
-OWNERS = ("cnn.datasets", "cnn.augment", "cnn.optim", "cnn.model_fn",
-          "cnn.robustness", "cnn.checkpoint", "cnn.metric_writers", "cnn.backend", "cnn.seeds")
-
-
-def unknown_value(path: str, value: Any, valid) -> UserError:
-  """`unknown config.optim.name 'sgdd'; valid: adam, ..., sgd` (one line)."""
-  return UserError(f"unknown config.{path} {value!r}; valid: {', '.join(sorted(valid))}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  """One knob. `default` also fixes its type (an int is accepted for a float,
-  a list for a tuple). Either `choices` (names, or a function returning them:
-  a registry) or `ok` (a predicate) with `expect` (what it means, for the
-  error line); `example` is a good value for the fix (default: `default`)."""
-  default: Any
-  doc: str
-  ok: Callable[[Any], bool] = lambda v: True
-  expect: str = ""
-  choices: tuple | Mapping | Callable[[], Any] | None = None
-  example: Any = None
-
-  def kinds(self) -> tuple[type, ...]:
-    kind = type(self.default)
-    return {int: (int,), float: (int, float), tuple: (tuple, list)}.get(kind, (kind,))
-
-  def check(self, path: str, value: Any) -> None:
-    """Raises UserError (one line, naming the fix) if `value` is not valid."""
-    example = self.default if self.example is None else self.example
-    if isinstance(example, tuple):
-      example = "'(" + ",".join(map(str, example)) + ")'"
-    kinds = self.kinds()
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-      names = " or ".join(k.__name__ for k in kinds)
-      raise UserError(f"config.{path}={value!r} must be a {names}, e.g. --config.{path}={example}")
-    if self.choices is not None:
-      valid = self.choices() if callable(self.choices) else self.choices
-      if value not in valid:
-        raise unknown_value(path, value, valid)
-    elif not self.ok(value):
-      raise UserError(f"config.{path}={value!r} must be {self.expect}, e.g. "
-                      f"--config.{path}={example}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Section:
-  """`config.<name>`: its settings, and the flat keys of older configs it
-  replaced (old key -> key here; "model_kwargs.x" for one that lived there)."""
-  name: str
-  doc: str
-  settings: Mapping[str, Setting]
-  renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-# Checks shared by the sections.
-def at_least(low: float) -> Callable[[Any], bool]:
-  return lambda v: v >= low
-
-
-def between(low: float, high: float, high_open: bool = True) -> Callable[[Any], bool]:
-  return lambda v: low <= v < high if high_open else low <= v <= high
-
-
-def positive(v) -> bool:
-  return v > 0
-
-
-def _models():
-  from cnn.models import registry  # pylint: disable=import-outside-toplevel (flax)
-  return registry()
+from cnn.models import registry
+from cnn.schema import Section, Setting, at_least, defaults, positive
 
 
 PROTOCOLS = ("validation", "paper")
@@ -109,7 +40,7 @@ TOP = Section("", "the experiment", {
                         "data.validation_split (held out of train); 'paper' = train on the full "
                         "training split and report the final model (no selection)",
                         choices=PROTOCOLS),
-    "model": Setting("resnet20_v1", "a registered model name (cnn/models/)", choices=_models),
+    "model": Setting("resnet20_v1", "a registered model name (cnn/models/)", choices=registry),
     "model_kwargs": Setting(ml_collections.ConfigDict(), "architecture arguments of the model, "
                             "e.g. {'shortcut': 'zero_pad'}", example="{}"),
     "num_epochs": Setting(182, "passes over the training split (182 = 64k iterations of "
@@ -119,22 +50,14 @@ TOP = Section("", "the experiment", {
 })
 
 
-@functools.cache
+# Every section, in the order of `configs/default.py` and docs/configuration.md.
+SECTIONS: tuple[Section, ...] = (
+    datasets.CONFIG, augment.CONFIG, model_fn.LAYERS, *optim.CONFIG, model_fn.EVAL,
+    robustness.CONFIG, checkpoint.CONFIG, metric_writers.CONFIG, backend.CONFIG, seeds.CONFIG)
+
+
 def sections() -> tuple[Section, ...]:
-  """The sections, in `OWNERS` order (imports their modules)."""
-  found: list[Section] = []
-  for owner in OWNERS:
-    declared = importlib.import_module(owner).CONFIG
-    found.extend(declared if isinstance(declared, tuple) else (declared,))
-  return tuple(found)
-
-
-def defaults(section: Section) -> ml_collections.ConfigDict:
-  """The section's settings at their defaults (a fresh copy)."""
-  return ml_collections.ConfigDict(
-      {k: (s.default.copy_and_resolve_references() if isinstance(
-          s.default, ml_collections.ConfigDict) else s.default)
-       for k, s in section.settings.items()})
+  return SECTIONS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -145,10 +68,12 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-@functools.cache
 def renames() -> dict[str, str]:
   """Flat key of an older config -> its dotted place today."""
-  return {old: f"{s.name}.{new}" for s in sections() for old, new in s.renamed.items()}
+  return RENAMES
+
+
+RENAMES = {old: f"{s.name}.{new}" for s in SECTIONS for old, new in s.renamed.items()}
 
 
 def renamed_message(old: str) -> str | None:
@@ -245,6 +170,14 @@ def architecture_kwargs(model_kwargs: Mapping[str, Any]) -> dict:
   return {k: v for k, v in dict(model_kwargs).items() if f"model_kwargs.{k}" not in renames()}
 
 
+def upgrade_fingerprint(stored: dict) -> dict:
+  """A checkpoint's stored fingerprint with its `model_kwargs` as today's
+  (`architecture_kwargs`): what `checkpoint.check_compatible` compares."""
+  if "model_kwargs" in stored:
+    stored = {**stored, "model_kwargs": architecture_kwargs(stored["model_kwargs"])}
+  return stored
+
+
 def reference() -> str:
   """Every setting as markdown: key, default, meaning (`python -m cnn.settings`)."""
   lines = ["| setting | default | meaning |", "|---|---|---|"]
@@ -268,7 +201,7 @@ checks it is current). A config file starts from `configs/default.py` and
 sets a few of these; the command line overrides any of them with
 `--config.<setting>=<value>`, e.g. `--config.optim.weight_decay=5e-4`. Each
 section is declared next to the code that uses it (`cnn/settings.py`,
-`OWNERS`); configs saved before the sections (flat keys such as
+`SECTIONS`); configs saved before the sections (flat keys such as
 `weight_decay`) are read by `settings.upgrade`, and a flat key given today
 gets one line naming its new place.
 

@@ -317,11 +317,3 @@ def sweep_summary(config: ml_collections.ConfigDict, seeds: list[int], results: 
       "protocol": config.protocol, "epochs": results[seeds[0]]["epochs"],
       "num_params": results[seeds[0]]["num_params"], "config": config.to_dict(),
   }
-
-
-def write_reports(config: ml_collections.ConfigDict, workdir: "str | workdirs.Workdir") -> None:
-  """--mode=evaluate of a sweep: each seed's report in its own workdir."""
-  from cnn.report import analysis  # pylint: disable=import-outside-toplevel
-  workdir = workdirs.Workdir.of(workdir)
-  for s in seedlib.parse_seeds(config.sweep.seeds):
-    analysis.write_report(seedlib.seed_config(config, s), workdir.seed(s))

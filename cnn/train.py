@@ -29,11 +29,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from cnn import (backend, batching, checkpoint, datasets, device_pipeline, distributed,
-                 metric_writers, model_fn, optim, preemption)
+                 metric_writers, model_fn, optim, preemption, settings)
 from cnn.augment import make_augment, step_key
 from cnn import workdir as workdirs
 from cnn import workdir_lock
-from cnn.config_validation import validate_config
 from cnn.errors import Preempted, UserError
 
 
@@ -272,9 +271,6 @@ class Experiment:
     """`shared`: an experiment of the same config but for its seed (a seed
     sweep's first), whose loaded splits, training data on the devices and
     compiled evaluation this one reuses: nothing that depends on the seed."""
-    validate_config(config)
-    checkpoint.check_every_epochs(config.checkpoint.every_epochs,
-                                  model_fn.reports_final_model(config.protocol))
     self.config = config
     self.spec = datasets.get_spec(config.data.name)
     if not config.data.on_device:
@@ -286,9 +282,10 @@ class Experiment:
                                 jax.device_count(), "batch_size / config.optim.grad_accum_steps")
     self.eval_batch_size = fit_eval_batch_size(config.eval.batch_size, jax.device_count())
     norm_groups = jax.device_count() if config.layers.batchnorm == "per_device" else 1
-    self.model = model_fn.build(config, self.spec.num_classes, norm_groups)
+    self.model = model_fn.build(config.model, config.model_kwargs, config.layers,
+                                self.spec.num_classes, norm_groups)
     if shared is None:
-      source = datasets.open_data(config)
+      source = datasets.open_data(config.data)
       self.class_names = source.class_names()
       self.splits = {name: source.load_split(split) for name, split in (
           ("train", config.data.train_split), ("validation", config.data.validation_split),
@@ -301,8 +298,10 @@ class Experiment:
       raise UserError(f"train split {config.data.train_split!r} has fewer examples than "
                       f"batch_size={config.batch_size}")
     self.total_steps = config.num_epochs * self.steps_per_epoch
-    self.schedule = optim.make_lr_schedule(config, self.steps_per_epoch)
-    self.tx = optim.make_optimizer(config, self.steps_per_epoch)
+    rates = {"learning_rate": config.learning_rate, "num_epochs": config.num_epochs,
+             "steps_per_epoch": self.steps_per_epoch}
+    self.schedule = optim.make_lr_schedule(config.schedule, **rates)
+    self.tx = optim.make_optimizer(config.optim, config.schedule, **rates)
     self.train_shard = batching.Shard(config.batch_size, jax.process_index(),
                                       jax.process_count())
     self.eval_shard = batching.Shard(self.eval_batch_size, jax.process_index(),
@@ -330,7 +329,7 @@ class Experiment:
   def step_settings(self) -> dict:
     """`train_step`'s keyword arguments besides the seed's (`seed`, `dropout_key`)."""
     c = self.config
-    return {"augment": make_augment(c, self.spec), "steps_per_epoch": self.steps_per_epoch,
+    return {"augment": make_augment(c.augment, self.spec), "steps_per_epoch": self.steps_per_epoch,
             "label_smoothing": c.optim.label_smoothing, "ema_decay": c.optim.ema_decay,
             "accum_steps": c.optim.grad_accum_steps, "sam": c.optim.sam_rho > 0}
 
@@ -420,7 +419,8 @@ class Run:
     self.history, self.timing, self.steps, self.window = [], [], [], []
     self.manager, restored = checkpoint.open_for_training(
         workdir, exp.config.checkpoint.keep, exp.fingerprint, self.state, self.sums,
-        is_primary=jax.process_index() == 0, barrier=_barrier)
+        is_primary=jax.process_index() == 0, barrier=_barrier,
+        upgrade=settings.upgrade_fingerprint)
     if restored is not None:
       self.state, self.sums, meta, step = restored
       self.history, self.timing = meta["history"], meta["timing"]

@@ -86,6 +86,20 @@ def mnist_train_step(**overrides):
   return functools.partial(train.train_step, **{**args, **overrides})
 
 
+def make_tx(config, steps_per_epoch: int):
+  """`optim.make_optimizer` with a whole config's sections, as train.py calls it."""
+  from cnn import optim  # pylint: disable=import-outside-toplevel
+  return optim.make_optimizer(config.optim, config.schedule, learning_rate=config.learning_rate,
+                              num_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch)
+
+
+def lr_schedule(config, steps_per_epoch: int):
+  """`optim.make_lr_schedule` with a whole config's section and rates, as train.py calls it."""
+  from cnn import optim  # pylint: disable=import-outside-toplevel
+  return optim.make_lr_schedule(config.schedule, config.learning_rate, config.num_epochs,
+                                steps_per_epoch)
+
+
 def shared_run(tmp_path_factory, name: str, env: dict, *args: str):
   """`main.py ARGS --workdir=<shared>/NAME` once per test run: under pytest-xdist the
   first worker to ask trains it while the others wait on a lock, then all read the

@@ -171,7 +171,7 @@ def make_config(overrides=None):
 ])
 def test_the_batch_is_a_pure_function_of_the_key(overrides, cifar10):
   images, labels = cifar10.load_split("train[:64]")
-  fn = jax.jit(augment.make_augment(make_config(overrides), CIFAR))
+  fn = jax.jit(augment.make_augment(make_config(overrides).augment, CIFAR))
   key = augment.step_key(0, 3, 7)
   a, b = fn(images, labels, key), fn(images, labels, key)
   np.testing.assert_array_equal(a["image"], b["image"])
@@ -185,8 +185,8 @@ def test_the_batch_is_a_pure_function_of_the_key(overrides, cifar10):
 
 def test_without_augmentation_the_batch_is_the_normalised_images(cifar10):
   images, labels = cifar10.load_split("train[:16]")
-  out = augment.make_augment(make_config({"augment.geometry": "none"}), CIFAR)(images, labels,
-                                                                 jax.random.key(0))
+  unaugmented = augment.make_augment(make_config({"augment.geometry": "none"}).augment, CIFAR)
+  out = unaugmented(images, labels, jax.random.key(0))
   np.testing.assert_array_equal(out["image"], augment.normalize(images, CIFAR.mean, CIFAR.std))
   np.testing.assert_array_equal(out["target"], jax.nn.one_hot(labels, 10))
 
@@ -195,10 +195,10 @@ def test_stages_draw_from_their_own_keys(cifar10):
   """Switching Cutout on changes nothing but the holes: the crops are the same."""
   images, labels = cifar10.load_split("train[:64]")
   key = augment.step_key(1, 0, 0)
-  plain = np.asarray(augment.make_augment(make_config(), CIFAR)(images, labels, key)["image"])
-  cut = np.asarray(
-      augment.make_augment(make_config({"augment.cutout": 16}), CIFAR)(images, labels,
-                                                                       key)["image"])
+  plain = augment.make_augment(make_config().augment, CIFAR)
+  plain = np.asarray(plain(images, labels, key)["image"])
+  cut = augment.make_augment(make_config({"augment.cutout": 16}).augment, CIFAR)
+  cut = np.asarray(cut(images, labels, key)["image"])
   same = np.all(plain == cut, axis=-1)
   assert np.all(cut[~same] == 0)  # changed pixels are zero: the mean after normalising
   assert 0.05 < 1 - same.mean() < 0.3  # a 16x16 hole is a quarter of the image at most
@@ -206,6 +206,6 @@ def test_stages_draw_from_their_own_keys(cifar10):
 
 def test_unknown_names_list_the_valid_ones():
   with pytest.raises(UserError, match="none, pad_crop, pad_crop_flip"):
-    augment.make_augment(make_config({"augment.geometry": "crop"}), CIFAR)
+    augment.make_augment(make_config({"augment.geometry": "crop"}).augment, CIFAR)
   with pytest.raises(UserError, match="randaugment"):
-    augment.make_augment(make_config({"augment.policy": "randaug"}), CIFAR)
+    augment.make_augment(make_config({"augment.policy": "randaug"}).augment, CIFAR)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from cnn import datasets, optim
+from cnn import datasets
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import registry
-from conftest import run_main
+from conftest import make_tx, run_main
 from configs import default
 
 CONFIG_FILES = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.py")
@@ -37,7 +37,7 @@ def test_config_loads_and_is_valid(path):
   validate_config(config)
   assert config.model in registry()
   datasets.get_spec(config.data.name)
-  optim.make_optimizer(config, steps_per_epoch=10)
+  make_tx(config, steps_per_epoch=10)
   if not path.stem.startswith("_") and path.stem != "default":
     assert "python main.py --config=configs/" + path.name in open(path).read()
 

@@ -184,7 +184,8 @@ def test_no_effect_on_other_backends():
   for backend in ("gpu", "cuda", "rocm", "tpu"):
     for algorithm in kernels.CONV_ALGORITHMS:
       assert kernels.for_backend(LayerSpec(), backend, algorithm).conv.compute is None
-    assert model_fn.build(default.get_config(), 10, backend=backend).spec == LayerSpec()
+    config = default.get_config()
+    assert model_fn.build(config.model, {}, config.layers, 10, backend=backend).spec == LayerSpec()
   x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 16))  # the built-in rule keeps XLA
   dn = ("NHWC", "HWIO", "NHWC")
   assert ca.plan_for(x.shape, k.shape, (1, 1), dimension_numbers=dn,

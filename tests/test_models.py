@@ -184,15 +184,17 @@ def test_build_makes_the_spec_from_config_layers_and_the_architecture_from_model
   config.model = "resnet8_v1"
   config.layers.update({"dtype": "bfloat16", "conv_padding": "same", "fusion_barrier": False})
   config.model_kwargs = {"shortcut": "zero_pad"}
-  model = model_fn.build(config, num_classes=10, norm_groups=2, backend="cpu")
+  model = model_fn.build(config.model, config.model_kwargs, config.layers, num_classes=10,
+                         norm_groups=2, backend="cpu")
   flax_layers = LayerSpec(dtype=jnp.bfloat16, conv=Conv("same"), norm=Norm(groups=2))
   assert model.spec == kernels.for_backend(flax_layers, "cpu", fusion_barrier=False)
   assert model.spec.barrier is LayerSpec().barrier and model.spec.norm.training is None
-  assert model_fn.build(config, num_classes=10, norm_groups=2, backend="gpu").spec == flax_layers
+  assert model_fn.build(config.model, {}, config.layers, num_classes=10, norm_groups=2,
+                        backend="gpu").spec == flax_layers
   assert model.shortcut == "zero_pad"
   config.model_kwargs.nonsense = 1
   with pytest.raises(UserError, match="^bad config.model_kwargs for 'resnet8_v1': .*nonsense"):
-    model_fn.build(config, num_classes=10)
+    model_fn.build(config.model, config.model_kwargs, config.layers, num_classes=10)
 
 
 def test_fusion_barrier_is_the_identity_for_values_and_gradients():

@@ -12,6 +12,7 @@ import pytest
 from cnn import optim
 from cnn.errors import UserError
 from configs import default
+from conftest import lr_schedule, make_tx
 
 
 def make_config(overrides=None) -> ml_collections.ConfigDict:
@@ -56,7 +57,7 @@ def test_every_optimizer_has_a_test_rate():
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_every_optimizer_reduces_a_least_squares_loss(name):
   params, loss, _, _ = least_squares()
-  tx = optim.make_optimizer(make_config({"optim.name": name, "learning_rate": RATES[name]}), 10)
+  tx = make_tx(make_config({"optim.name": name, "learning_rate": RATES[name]}), 10)
   assert float(loss(run(tx, params, loss, 20))) < 0.9 * float(loss(params))
 
 
@@ -67,7 +68,7 @@ def test_lars_and_lamb_leave_1d_params_undecayed_and_unadapted(name):
   grads = jax.grad(loss)(params)
 
   def first_update(weight_decay):
-    tx = optim.make_optimizer(
+    tx = make_tx(
         make_config({
             "optim.name": name,
             "optim.weight_decay": weight_decay
@@ -85,7 +86,7 @@ def test_lamb_is_optax_lamb_on_kernels():
   params, loss, _, _ = least_squares()
   kernels = {"w": params["w"]}
   loss_w = lambda p: loss({**p, "b": params["b"]})
-  ours = optim.make_optimizer(make_config({"optim.name": "lamb", "optim.weight_decay": 0.3}), 10)
+  ours = make_tx(make_config({"optim.name": "lamb", "optim.weight_decay": 0.3}), 10)
   reference = optax.lamb(0.1, weight_decay=0.3)
   np.testing.assert_allclose(run(ours, kernels, loss_w, 3)["w"],
                              run(reference, kernels, loss_w, 3)["w"], rtol=1e-6)
@@ -94,7 +95,7 @@ def test_lamb_is_optax_lamb_on_kernels():
 def test_clipping_bounds_the_first_sgd_step():
   params = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e6), params)
-  tx = optim.make_optimizer(
+  tx = make_tx(
       make_config({
           "optim.momentum": 0.0,
           "optim.weight_decay": 0.0,
@@ -103,7 +104,7 @@ def test_clipping_bounds_the_first_sgd_step():
       }), 10)
   updates, _ = tx.update(grads, tx.init(params), params, value=0.0)
   assert float(optax.tree.norm(updates)) == pytest.approx(0.1 * 2.0, rel=1e-5)
-  unclipped = optim.make_optimizer(
+  unclipped = make_tx(
       make_config({
           "optim.momentum": 0.0,
           "optim.weight_decay": 0.0
@@ -129,8 +130,8 @@ def test_sam_step_is_the_gradient_at_the_ascent_point():
       "optim.weight_decay": wd,
       "optim.momentum": 0.9
   })
-  assert optim.uses_sam(config) and not optim.uses_sam(make_config())
-  tx = optim.make_optimizer(config, 10)
+  assert optim.uses_sam(config.optim) and not optim.uses_sam(make_config().optim)
+  tx = make_tx(config, 10)
   params = {"w": jnp.array([1.0, -2.0, 0.5])}
   g = jax.grad(quadratic)(params)
   seen = []
@@ -146,7 +147,7 @@ def test_sam_step_is_the_gradient_at_the_ascent_point():
 
 
 def test_sam_works_under_jit_and_needs_grad_fn():
-  tx = optim.make_optimizer(make_config({"optim.sam_rho": 0.05, "optim.name": "adamw"}), 10)
+  tx = make_tx(make_config({"optim.sam_rho": 0.05, "optim.name": "adamw"}), 10)
   params = {"w": jnp.array([1.0, -2.0, 0.5])}
 
   @jax.jit
@@ -164,9 +165,9 @@ def test_sam_works_under_jit_and_needs_grad_fn():
 
 
 @pytest.mark.parametrize("table,field,builder", [
-    (optim.OPTIMIZERS, "optim.name", lambda c: optim.make_optimizer(c, 10)),
-    (optim.SCHEDULES, "schedule.name", lambda c: optim.make_lr_schedule(c, 10)),
-    (optim.WARMUP_SHAPES, "schedule.warmup_shape", lambda c: optim.make_lr_schedule(c, 10)),
+    (optim.OPTIMIZERS, "optim.name", lambda c: make_tx(c, 10)),
+    (optim.SCHEDULES, "schedule.name", lambda c: lr_schedule(c, 10)),
+    (optim.WARMUP_SHAPES, "schedule.warmup_shape", lambda c: lr_schedule(c, 10)),
 ])
 def test_unknown_names_list_exactly_the_table(table, field, builder):
   with pytest.raises(UserError, match=f"unknown config.{field} 'nope'") as error:
@@ -186,8 +187,8 @@ def test_accumulated_micro_batches_equal_the_mean_gradient(name):
       "optim.grad_accum_steps": k,
       "learning_rate": 0.05
   })
-  micro, whole = (optim.make_optimizer(micro_config, 10),
-                  optim.make_optimizer(
+  micro, whole = (make_tx(micro_config, 10),
+                  make_tx(
                       make_config({
                           "optim.name": name,
                           "learning_rate": 0.05
@@ -216,8 +217,8 @@ def test_the_schedule_counts_global_batches():
       "optim.weight_decay": 0.0,
       "optim.grad_accum_steps": k
   })
-  schedule = optim.make_lr_schedule(config, steps_per_epoch=4)
-  tx = optim.make_optimizer(config, steps_per_epoch=4)
+  schedule = lr_schedule(config, steps_per_epoch=4)
+  tx = make_tx(config, steps_per_epoch=4)
   params = {"w": jnp.zeros(2)}
   update, state, emitted = jax.jit(tx.update), tx.init(params), []
   for _ in range(3 * k):
@@ -229,7 +230,7 @@ def test_the_schedule_counts_global_batches():
 
 def flat_plateau_scales(config, calls_per_update: int, extra: dict) -> list[float]:
   """plateau_scale after each of 6 epochs of 3 updates at a flat loss."""
-  tx = optim.make_optimizer(config, steps_per_epoch=3)
+  tx = make_tx(config, steps_per_epoch=3)
   update = jax.jit(functools.partial(tx.update, **extra))
   params = {"w": jnp.ones(3)}
   state, scales = tx.init(params), []

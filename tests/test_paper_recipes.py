@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import optim
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import create_model
 from cnn.models.layers import Conv, LayerSpec
+from conftest import lr_schedule
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 HE_V1 = ("resnet20v1_cifar10", "resnet56v1_cifar10", "resnet110v1_cifar10")
@@ -71,7 +71,7 @@ def test_unknown_protocol_names_the_valid_ones():
 
 def schedule(config):
   steps_per_epoch = (50_000 if config.protocol == "paper" else 45_000) // config.batch_size
-  fn = optim.make_lr_schedule(config, steps_per_epoch)
+  fn = lr_schedule(config, steps_per_epoch)
   return lambda step: float(fn(step))
 
 

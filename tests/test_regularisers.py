@@ -11,11 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from cnn import augment, datasets, model_fn, optim, train
+from cnn import augment, datasets, model_fn, train
 from cnn.config_validation import validate_config
 from cnn.errors import UserError
 from cnn.models import create_model
-from conftest import mnist_train_step
+from conftest import lr_schedule, make_tx, mnist_train_step
 from configs import default
 
 
@@ -30,7 +30,7 @@ def test_mixup_in_the_train_step_is_the_mixed_loss_of_the_paper():
   """The step's loss with mixup equals lam * CE(own label) + (1 - lam) *
   CE(partner's label) on the mixed images, from the keys the step derives."""
   model = create_model("resnet8_v1", num_classes=10)
-  tx = optim.make_optimizer(make_config({"schedule.name": "constant"}), steps_per_epoch=10)
+  tx = make_tx(make_config({"schedule.name": "constant"}), steps_per_epoch=10)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
   batch = {"image": np.random.default_rng(1).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
            "label": np.arange(8, dtype=np.int32)}
@@ -96,7 +96,7 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_mirror():
 
 
 def test_linear_schedule_is_one_cycle_with_warmup():
-  schedule = optim.make_lr_schedule(
+  schedule = lr_schedule(
       make_config({
           "schedule.name": "linear",
           "learning_rate": 0.4,

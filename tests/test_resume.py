@@ -255,11 +255,12 @@ def test_saving_only_at_the_end_and_at_sigterm_changes_no_number(paper_tiny, tmp
 
 
 def test_skipping_epoch_saves_is_refused_where_the_best_epoch_is_reported(paper_tiny):
-  from cnn import train  # pylint: disable=import-outside-toplevel
+  """A cross-setting check of config_validation (main.py's one validation)."""
+  from cnn.config_validation import validate_config  # pylint: disable=import-outside-toplevel
   from cnn.errors import UserError  # pylint: disable=import-outside-toplevel
   config = paper_tiny(**{"checkpoint.every_epochs": 0, "protocol": "validation",
                          "data.validation_split": "train[55000:56000]"})
   with pytest.raises(UserError, match=r"^config.checkpoint.every_epochs=0 skips epochs, but "
                      r"config.protocol='validation' tests the best epoch's checkpoint; set "
                      r"--config.checkpoint.every_epochs=1 or use --config.protocol=paper$"):
-    train.Experiment(config)
+    validate_config(config)

@@ -11,7 +11,7 @@ from cnn import datasets, kernels, model_fn, optim, train
 from cnn.errors import UserError
 from cnn.models import create_model
 from cnn.models.layers import LayerSpec
-from conftest import mnist_train_step
+from conftest import lr_schedule, make_tx, mnist_train_step
 from configs import default
 
 
@@ -30,7 +30,7 @@ def test_loss_falls_on_a_real_mnist_batch(mnist):
   batch = real_mnist_batch(mnist, 64)
   config = make_config({"learning_rate": 0.05, "schedule.name": "constant", "num_epochs": 1})
   model = create_model("resnet8_v1", num_classes=10)
-  tx = optim.make_optimizer(config, steps_per_epoch=30)
+  tx = make_tx(config, steps_per_epoch=30)
   state = train.create_train_state(model, tx, jax.random.key(0), (28, 28, 1))
   step = jax.jit(mnist_train_step())
   sums, losses = train.zero_sums(), []
@@ -63,20 +63,20 @@ def test_eval_step_ignores_padding():
 
 
 def test_step_schedule_follows_he_et_al():
-  schedule = optim.make_lr_schedule(make_config({"num_epochs": 4}), steps_per_epoch=100)
+  schedule = lr_schedule(make_config({"num_epochs": 4}), steps_per_epoch=100)
   assert [float(schedule(s)) for s in (0, 199, 200, 299, 300, 399)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
 def test_step_boundaries_on_the_same_step_compound():
   """A run too short for its boundaries still gets every decay."""
-  schedule = optim.make_lr_schedule(
+  schedule = lr_schedule(
       make_config({"num_epochs": 1, "schedule.boundaries": (0.5, 0.51, 0.75)}), steps_per_epoch=10)
   assert float(schedule(9)) == pytest.approx(0.1 * 0.1 ** 3)
 
 
 def test_cosine_with_warmup():
-  schedule = optim.make_lr_schedule(
+  schedule = lr_schedule(
       make_config({
           "schedule.name": "cosine",
           "schedule.warmup_epochs": 1.0,
@@ -95,7 +95,7 @@ def test_reduce_on_plateau_cuts_the_rate_after_patience_epochs():
       "schedule.plateau_patience": 2,
       "schedule.plateau_factor": 0.5
   })
-  tx = optim.make_optimizer(config, steps_per_epoch=3)
+  tx = make_tx(config, steps_per_epoch=3)
   params = {"w": jnp.ones(3)}
   opt_state = tx.init(params)
   scales = []
@@ -109,9 +109,9 @@ def test_reduce_on_plateau_cuts_the_rate_after_patience_epochs():
 def test_unknown_optimizer_and_schedule_list_valid_names():
   with pytest.raises(
       UserError, match="unknown config.optim.name 'sgdd'.*adam, adamw, lamb, lars, lion, sgd"):
-    optim.make_optimizer(make_config({"optim.name": "sgdd"}), 10)
+    make_tx(make_config({"optim.name": "sgdd"}), 10)
   with pytest.raises(UserError, match="unknown config.schedule.name 'triangle'.*cosine, linear"):
-    optim.make_lr_schedule(make_config({"schedule.name": "triangle"}), 10)
+    lr_schedule(make_config({"schedule.name": "triangle"}), 10)
 
 
 def test_best_epoch_selects_on_validation_not_test():
@@ -126,7 +126,7 @@ def test_bfloat16_compute_keeps_float32_params_and_learns(mnist):
   config = make_config({"learning_rate": 0.05, "schedule.name": "constant", "num_epochs": 1})
   spec = kernels.for_backend(LayerSpec(dtype=jnp.bfloat16), jax.default_backend())
   model = create_model("resnet8_v1", num_classes=10, spec=spec)
-  state = train.create_train_state(model, optim.make_optimizer(config, 10), jax.random.key(0),
+  state = train.create_train_state(model, make_tx(config, 10), jax.random.key(0),
                                    (28, 28, 1))
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
   hidden = jax.eval_shape(lambda: model.apply(
@@ -156,7 +156,7 @@ class LinearProbe(flax.linen.Module):
 
 
 def _linear_state(config, steps_per_epoch=10):
-  tx = optim.make_optimizer(config, steps_per_epoch)
+  tx = make_tx(config, steps_per_epoch)
   return train.create_train_state(LinearProbe(), tx, jax.random.key(0), (28, 28, 1))
 
 
@@ -200,7 +200,7 @@ def test_accumulation_trains_a_batchnorm_resnet_like_the_whole_batch(mnist):
         "num_epochs": 1
     })
     model = create_model("resnet8_v1", num_classes=10)
-    state = train.create_train_state(model, optim.make_optimizer(config, 30),
+    state = train.create_train_state(model, make_tx(config, 30),
                                      jax.random.key(0), (28, 28, 1))
     step = jax.jit(mnist_train_step(accum_steps=k))
     sums, curves[k] = train.zero_sums(), []

@@ -2,7 +2,7 @@
 
 Both feeds (tf.data on the host, input_pipeline.py; the split kept on the
 devices, device_pipeline.py) deliver uint8 images and int labels. Inside the
-jitted train step, `make_augment(config, spec)` turns them into the float32
+jitted train step, `make_augment(config.augment, spec)` turns them into the float32
 normalised images and soft targets the loss sees, through the stages of
 `STAGES`, in this order (settings: `config.augment.*`):
 
@@ -35,7 +35,7 @@ from cnn.augment import basic, mixing
 from cnn.augment.basic import normalize
 from cnn.augment.policies import POLICIES, make_policy
 from cnn.datasets import DatasetSpec
-from cnn.settings import Section, Setting, at_least, between, defaults, unknown_value
+from cnn.schema import Section, Setting, at_least, between, defaults, unknown_value
 
 __all__ = ["CONFIG", "GEOMETRY", "POLICIES", "STAGES", "augment_batch", "make_augment",
            "normalize", "settings", "step_key"]
@@ -167,12 +167,11 @@ def augment_batch(images: jnp.ndarray, labels: jnp.ndarray, key: jax.Array, *,
   return batch
 
 
-def make_augment(config: ml_collections.ConfigDict, spec: DatasetSpec
+def make_augment(section: ml_collections.ConfigDict, spec: DatasetSpec
                  ) -> Callable[[jnp.ndarray, jnp.ndarray, jax.Array], Batch]:
-  """`augment_batch` with the config's `augment` section: (uint8 images,
+  """`augment_batch` with a config's `augment` section: (uint8 images,
   labels, key) -> batch. Unknown names raise the one-line error listing the
   valid ones."""
-  section = config.augment
   if section.geometry not in GEOMETRY:
     raise unknown_value("augment.geometry", section.geometry, GEOMETRY)
   if section.policy not in POLICIES:

@@ -16,60 +16,19 @@ holds the original files, one sub-directory per dataset:
                                                           cifar-10-batches-bin/)
 
 Both readers check each file against its published checksum. A new dataset
-is a row of DATASETS, plus a reader in archives.READERS.
+is a row of DATASETS (table.py), plus a reader in archives.READERS.
 """
-import dataclasses
 import functools
-import os
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from cnn.datasets import archives, splits
+from cnn.datasets.table import (  # noqa: F401 (the package's names for them)
+    ARCHIVE_DIR_ENV, DATASETS, DatasetSpec, find_archives, get_spec, resolve_archive_dir,
+    where_to_put)
 from cnn.errors import UserError, unknown_name
-from cnn.settings import Section, Setting, at_least
-
-ARCHIVE_DIR_ENV = "CNN_ARCHIVE_DIR"
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What the pipeline needs to know about one image dataset."""
-  tfds_name: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  mean: tuple[float, ...]  # per channel, on [0, 1] pixels, of the train split
-  std: tuple[float, ...]
-  archives: tuple[tuple[str, ...], ...]  # alternative sets of original files
-  class_names: tuple[str, ...] = ()  # () = read from the dataset's own files
-
-
-_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-_CIFAR10_BINS = tuple(f"cifar-10-batches-bin/{f}" for f in (
-    "data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
-    "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"))
-_CIFAR100_BINS = tuple(f"cifar-100-binary/{f}" for f in (
-    "train.bin", "test.bin", "coarse_label_names.txt", "fine_label_names.txt"))
-_DIGITS = tuple(str(i) for i in range(10))
-_FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-            "Sneaker", "Bag", "Ankle boot")  # tfds's names
-
-DATASETS = {
-    "mnist":
-        DatasetSpec("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), (_MNIST_FILES,), _DIGITS),
-    "fashion_mnist":
-        DatasetSpec("fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), (_MNIST_FILES,),
-                    _FASHION),
-    "cifar10":
-        DatasetSpec("cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                    (("cifar-10-binary.tar.gz",), _CIFAR10_BINS)),
-    "cifar100":
-        DatasetSpec("cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409),
-                    (0.2673, 0.2564, 0.2762), (("cifar-100-binary.tar.gz",), _CIFAR100_BINS)),
-}
-
+from cnn.schema import Section, Setting, at_least
 
 class Source(Protocol):
   """A dataset ready to read."""
@@ -79,33 +38,6 @@ class Source(Protocol):
 
   def class_names(self) -> list[str]:
     """The label names, in label order."""
-
-
-def get_spec(name: str) -> DatasetSpec:
-  if name not in DATASETS:
-    raise unknown_name("dataset", name, DATASETS)
-  return DATASETS[name]
-
-
-def resolve_archive_dir(config_value: str) -> str:
-  """`config.data.archive_dir` if set, else `$CNN_ARCHIVE_DIR`, else ''."""
-  return config_value or os.environ.get(ARCHIVE_DIR_ENV, "")
-
-
-def where_to_put(spec: DatasetSpec, archive_dir: str) -> str:
-  options = " OR ".join(", ".join(files) for files in spec.archives)
-  target = (f"{archive_dir}/{spec.tfds_name}/" if archive_dir
-            else f"${ARCHIVE_DIR_ENV}/{spec.tfds_name}/ (and set {ARCHIVE_DIR_ENV})")
-  return f"put {options} in {target}"
-
-
-def find_archives(spec: DatasetSpec, archive_dir: str) -> Path | None:
-  """The directory holding a complete set of original files, or None."""
-  for candidate in (Path(archive_dir) / spec.tfds_name, Path(archive_dir)):
-    for files in spec.archives:
-      if all((candidate / f).is_file() for f in files):
-        return candidate
-  return None
 
 
 class ArchiveSource:
@@ -191,23 +123,24 @@ def open_source(spec: DatasetSpec, data_dir: str | None, archive_dir: str,
   return SOURCES[source](spec, data_dir, archive_dir)
 
 
-def open_from_config(config) -> Source:
-  """The dataset a config names, through the reader `config.data.source` names."""
-  data = config.data
+def open_dataset(data) -> Source:
+  """The dataset `data` (a config's `data` section) names, through the reader
+  its `source` names."""
   return open_source(get_spec(data.name), data.tfds_dir or None,
                      resolve_archive_dir(data.archive_dir), data.source)
 
 
-def open_data(config) -> Source:
-  """The config's dataset, prepared (tfds) by process 0 while the others wait:
-  processes sharing one TFDS_DATA_DIR never write it at the same time, and
-  hosts with their own directories each prepare theirs afterwards."""
+def open_data(data) -> Source:
+  """`open_dataset(data)` (`data`: a config's `data` section), prepared
+  (tfds) by process 0 while the others wait: processes sharing one
+  TFDS_DATA_DIR never write it at the same time, and hosts with their own
+  directories each prepare theirs afterwards."""
   import jax  # pylint: disable=import-outside-toplevel
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
-    source = open_from_config(config)
+    source = open_dataset(data)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("dataset prepared by process 0")
   if jax.process_index() != 0:
-    source = open_from_config(config)
+    source = open_dataset(data)
   return source

@@ -22,7 +22,8 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import cifar
 
-from cnn.datasets import DatasetSpec, archives, find_archives, where_to_put
+from cnn.datasets import archives
+from cnn.datasets.table import DatasetSpec, find_archives, where_to_put
 from cnn.errors import UserError
 
 

@@ -194,7 +194,7 @@ def export(p: predictor.Predictor, out: Path, formats: Sequence[str],
 def test_images(p: predictor.Predictor, count: int) -> np.ndarray:
   """The first `count` images of the dataset's test split."""
   from cnn import datasets  # pylint: disable=import-outside-toplevel
-  return datasets.open_from_config(p.config).load_split("test")[0][:count]
+  return datasets.open_dataset(p.config.data).load_split("test")[0][:count]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,7 +119,7 @@ def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:
 
 def _class_names_from_dataset(config) -> list[str]:
   """For checkpoints written before they recorded their class names."""
-  return datasets.open_from_config(config).class_names()
+  return datasets.open_dataset(config.data).class_names()
 
 
 def abstract_variables(model: nn.Module, image_shape) -> dict:
@@ -145,7 +145,8 @@ def from_weights(path: str, sha256: str | None = None) -> Predictor:
   checked against its recorded `sha256` when given."""
   from cnn.inference import weights  # pylint: disable=import-outside-toplevel (safetensors)
   contents = weights.read(path, sha256)
-  model = model_fn.build(contents.config, len(contents.class_names))
+  model = model_fn.build(contents.config.model, contents.config.model_kwargs,
+                         contents.config.layers, len(contents.class_names))
   variables = jax.tree.map(jnp.asarray, contents.variables)
   weights.check_shapes(path, variables, abstract_variables(model, contents.image_shape))
   return Predictor(
@@ -174,7 +175,7 @@ def load(workdir: str, which: str = "best", sha256: str | None = None) -> Predic
   config = _config_of(workdir, meta)
   record = choose_step(meta, steps, which, config.protocol)
   spec = datasets.get_spec(config.data.name)
-  model = model_fn.build(config, spec.num_classes)
+  model = model_fn.build(config.model, config.model_kwargs, config.layers, spec.num_classes)
   # Onto this process's first device: on a multi-process job each process
   # reads its own copy, so prediction needs no other process.
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

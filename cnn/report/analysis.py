@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn import datasets, metric_writers, robustness
+from cnn import datasets, metric_writers, robustness, seeds as seedlib
 from cnn.report import pages as report_pages, plots
 from cnn.inference import predictor
 from cnn import workdir as workdirs
@@ -177,7 +177,7 @@ def evaluation_splits(config: ml_collections.ConfigDict
                       ) -> tuple[tuple[np.ndarray, np.ndarray], tuple | None]:
   """The config's test split (uint8 images, labels) and its held-out validation
   split (None when there is none), for temperature scaling; no training split."""
-  source = datasets.open_data(config)
+  source = datasets.open_data(config.data)
   held_out = (source.load_split(config.data.validation_split) if config.data.validation_split
               else None)
   return source.load_split(config.data.test_split), held_out
@@ -270,3 +270,14 @@ def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Wor
       list(figures)))
   logging.info("report written to %s (test accuracy %.4f)", out, report["accuracy"])
   return report
+
+
+def write_reports(config: ml_collections.ConfigDict, workdir: "str | workdirs.Workdir") -> None:
+  """--mode=evaluate: the run's report, or for a sweep (`config.sweep.seeds`)
+  each seed's report in its own workdir."""
+  if not config.sweep.seeds:
+    write_report(config, workdir)
+    return
+  workdir = workdirs.Workdir.of(workdir)
+  for s in seedlib.parse_seeds(config.sweep.seeds):
+    write_report(seedlib.seed_config(config, s), workdir.seed(s))

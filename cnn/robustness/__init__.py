@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from cnn.robustness import adversarial, calibration, corruptions
-from cnn.settings import Section, Setting, at_least
+from cnn.schema import Section, Setting, at_least
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ def run(source: str, sections: str | None, examples: int | None, which: str) -> 
     config.robustness.sections = sections
   if examples is not None:
     config.robustness.examples = examples
-  data = datasets.open_from_config(config)
+  data = datasets.open_dataset(config.data)
   held_out = (data.load_split(config.data.validation_split) if config.data.validation_split
               else None)
   report = robustness.evaluate(
