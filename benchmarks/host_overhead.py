@@ -196,7 +196,7 @@ def sweep_loop_once(exps: list, workdir: Path) -> dict:
     synced = time.perf_counter()
     stack.sync()
     synced = time.perf_counter() - synced
-    stack.manager.wait_until_finished()
+    stack.wait_for_saves()
     wall = time.perf_counter() - start
   finally:
     for r in runs:
@@ -215,9 +215,9 @@ def bare_sweep(exps: list, workdir: Path) -> BareStep:
   batches = [next(iter(e.device_batches(0, 0))) for e in exps]
 
   def feed(steps: int):
-    return fed_batches(stack.exp.device_batches, exps[0].steps_per_epoch, steps)
+    return fed_batches(stack.batches, exps[0].steps_per_epoch, steps)
 
-  bare = BareStep(stack.exp.train_step, stack.state, stack.sums, batches, feed,
+  bare = BareStep(stack.train_step, stack.state, stack.sums, batches, feed,
                   len(exps) * exps[0].config.batch_size)
   warm_up(bare)
   return bare

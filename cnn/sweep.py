@@ -16,8 +16,8 @@ Two placements (`config.sweep.placement`):
   statistics, optimiser state and random streams per seed). The devices form
   a 2-D mesh (`seed`, `data`): the stacked state is split along `seed`, each
   seed's batch along `data`, so 8 GPUs train 8 seeds side by side, or 4 seeds
-  x 2-way data parallel, or all seeds on each device. `SeedStack` stands in
-  for `train.Run` in `train.train_epochs` (the one training loop); at every
+  x 2-way data parallel, or all seeds on each device. `SeedStack` is a
+  `train.TrainingRun` of `train.train_epochs` (the one training loop); at every
   sync point (a progress line, a checkpoint, an epoch's end) it hands each
   seed's slice back to that seed's own `Run`, which evaluates, checkpoints and
   writes its metrics exactly as alone.
@@ -27,12 +27,11 @@ on resume that step is moved aside (`damaged_checkpoints/`, never deleted)
 and retrained with the rest, so every seed resumes from the same step.
 """
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -91,38 +90,12 @@ def stacked_train_step(states, sums, batches: list[dict], seeds: jax.Array,
           states, sums, batch, seeds, dropout_keys)
 
 
-@dataclasses.dataclass
-class StackedSteps:
-  """What `train.train_epochs` asks of `run.exp`, for the stacked seeds."""
-  config: ml_collections.ConfigDict
-  total_steps: int
-  steps_per_epoch: int
-  train_step: Callable
-  experiments: list
-
-  def device_batches(self, epoch: int, start_step: int) -> Iterator[list[dict]]:
-    return map(list, zip(*(e.device_batches(epoch, start_step) for e in self.experiments)))
-
-
-@dataclasses.dataclass
-class Managers:
-  """The seeds' checkpoint managers, as `train.train_epochs` uses one."""
-  managers: list
-  directory: str
-
-  def reached_preemption(self, step: int) -> bool:
-    return any(m.reached_preemption(step) for m in self.managers)
-
-  def wait_until_finished(self) -> None:
-    for m in self.managers:
-      m.wait_until_finished()
-
-
 class SeedStack:
-  """The runs of a vmapped sweep as one `train.Run` for `train.train_epochs`:
-  their states and epoch sums stacked on a leading seed axis, split over the
-  mesh's `seed` axis. Every sync point hands each seed's slice back to its
-  own Run (`sync`), which records, evaluates and checkpoints it."""
+  """The runs of a vmapped sweep as one `train.TrainingRun` for
+  `train.train_epochs`: their states and epoch sums stacked on a leading seed
+  axis, split over the mesh's `seed` axis; each step trains every seed on its
+  own batch. Every sync point hands each seed's slice back to its own Run
+  (`sync`), which records, evaluates and checkpoints it."""
 
   def __init__(self, runs: list[train.Run], mesh: Mesh, workdir: workdirs.Workdir):
     self.runs = runs
@@ -137,9 +110,8 @@ class SeedStack:
         out_shardings=(self.stacked,) * 3, donate_argnums=(0, 1))
     seeds = self.put(np.array([e.config.seed for e in exps], np.int32))
     keys = self.put(np.stack([jax.random.key_data(e.dropout_key) for e in exps]))
-    self.exp = StackedSteps(first.config, first.total_steps, first.steps_per_epoch,
-                            lambda st, su, batches: step(st, su, batches, seeds, keys), exps)
-    self.manager = Managers([r.manager for r in runs], str(workdir))
+    self._step = lambda states, sums, batches: step(states, sums, batches, seeds, keys)
+    self.pacing, self.checkpoints = first.pacing, str(workdir)
     self.state = self.stack([r.state for r in runs])
     self.sums = self.stack([r.sums for r in runs])
     # The batch losses since the last step record, one [seeds] array per step (a run resumed
@@ -149,6 +121,20 @@ class SeedStack:
   @property
   def step(self) -> int:
     return self.runs[0].step
+
+  def train_step(self, states, sums, batches: list[dict]):
+    return self._step(states, sums, batches)
+
+  def batches(self, epoch: int, start_step: int) -> Iterator[list[dict]]:
+    """Each step's batch of every seed (each exactly the batch it gets alone)."""
+    return map(list, zip(*(r.batches(epoch, start_step) for r in self.runs)))
+
+  def reached_preemption(self, step: int) -> bool:
+    return any(r.reached_preemption(step) for r in self.runs)
+
+  def wait_for_saves(self) -> None:
+    for r in self.runs:
+      r.wait_for_saves()
 
   def host_sums(self) -> dict:
     """The seeds' running sums of the epoch ([seeds] each), read on every host."""
@@ -265,7 +251,7 @@ def train_stacked(configs: dict[int, ml_collections.ConfigDict], workdir: workdi
       with preemption.sigterm_flag() as stop_requested:
         compile_time = train.train_epochs(stack, stop_requested)
       stack.sync()
-      stack.manager.wait_until_finished()
+      stack.wait_for_saves()
       results = {s: train.final_results(r, compile_time) for s, r in zip(configs, runs)}
     finally:
       for r in runs:

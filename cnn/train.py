@@ -10,11 +10,12 @@ collectives. BatchNorm therefore normalises over the global batch, exactly as
 on one device.
 """
 import collections
+import dataclasses
 import functools
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import flax
 import jax
@@ -264,6 +265,56 @@ def evaluate(eval_fn: Callable, state: TrainState, batches: Iterator[dict],
           "count": int(count)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Pacing:
+  """When the training loop does what, counted in steps (optimiser updates)."""
+  total_steps: int
+  steps_per_epoch: int
+  batch_size: int  # global: the progress line's images/s
+  log_every_steps: int  # a progress line and a step record
+  every_epochs: int  # saves: checkpoint.due
+  every_steps: int
+
+
+class TrainingRun(Protocol):
+  """What `train_epochs` needs of a run. `Run` (one seed) meets it, and so does
+  `sweep.SeedStack` (the stacked seeds of a vmapped sweep)."""
+  pacing: Pacing
+  state: Any  # the train state(s) the step threads through
+  sums: Any  # the epoch's running sums
+  window: list  # the batch losses since the last step record
+  checkpoints: str  # where the checkpoints go (for the stop message)
+
+  @property
+  def step(self) -> int:
+    """The steps trained, read once at the start (the loop counts on the host)."""
+
+  def train_step(self, state: Any, sums: Any, batch: Any) -> tuple[Any, Any, jax.Array]:
+    """(state, sums, loss) after one step; dispatched ahead, never waited for."""
+
+  def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
+    """The epoch's batches from `start_step` of it, already on the devices."""
+
+  def host_sums(self) -> dict:
+    """The running sums, read on the host (a sync point)."""
+
+  def close_window(self) -> None:
+    """Turns `window` into the next step record."""
+
+  def save(self) -> None:
+    """Checkpoints the state mid-epoch (asynchronously)."""
+
+  def end_epoch(self, epoch: int, train_seconds: float, timed_steps: int, started: float,
+                save: bool) -> None:
+    """Records the epoch (validation too), restarts `sums`, saves if `save`."""
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether the cluster asks to stop at `step` (orbax's preemption check)."""
+
+  def wait_for_saves(self) -> None:
+    """Waits for the checkpoint writes in flight."""
+
+
 class Experiment:
   """Everything built once from the config: data, model, optimizer, steps."""
 
@@ -332,6 +383,12 @@ class Experiment:
     return {"augment": make_augment(c.augment, self.spec), "steps_per_epoch": self.steps_per_epoch,
             "label_smoothing": c.optim.label_smoothing, "ema_decay": c.optim.ema_decay,
             "accum_steps": c.optim.grad_accum_steps, "sam": c.optim.sam_rho > 0}
+
+  @functools.cached_property
+  def pacing(self) -> Pacing:
+    c = self.config
+    return Pacing(self.total_steps, self.steps_per_epoch, c.batch_size, c.log.every_steps,
+                  c.checkpoint.every_epochs, c.checkpoint.every_steps)
 
   @functools.cached_property
   def fingerprint(self) -> dict:
@@ -414,7 +471,7 @@ class Run:
   """
 
   def __init__(self, exp: Experiment, workdir: "str | workdirs.Workdir"):
-    self.exp, self.workdir = exp, workdirs.Workdir.of(workdir)
+    self.exp, self.workdir, self.pacing = exp, workdirs.Workdir.of(workdir), exp.pacing
     self.state, self.sums = exp.initial_state, exp.zero_sums()
     self.history, self.timing, self.steps, self.window = [], [], [], []
     self.manager, restored = checkpoint.open_for_training(
@@ -429,10 +486,23 @@ class Run:
                    step // exp.steps_per_epoch)
     self.writer = (metric_writers.MetricWriter(workdir, steps_written=len(self.steps))
                    if jax.process_index() == 0 else None)
+    self.checkpoints = str(self.manager.directory)
 
   @property
   def step(self) -> int:
     return int(self.state.step)
+
+  def train_step(self, state: TrainState, sums: dict, batch: dict):
+    return self.exp.train_step(state, sums, batch)
+
+  def batches(self, epoch: int, start_step: int) -> Iterator[dict[str, jax.Array]]:
+    return self.exp.device_batches(epoch, start_step)
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait_for_saves(self) -> None:
+    self.manager.wait_until_finished()
 
   def host_sums(self) -> dict:
     """The epoch's running sums, read on the host."""
@@ -517,36 +587,35 @@ def no_host_sync():
   return jax.transfer_guard_device_to_host("log")
 
 
-def _preempted(run: Run, step: int) -> Preempted:
-  run.manager.wait_until_finished()
+def _preempted(run: TrainingRun, step: int) -> Preempted:
+  run.wait_for_saves()
   return Preempted(f"stopped by SIGTERM at step {step}: checkpoint saved in "
-                   f"{run.manager.directory}; rerun the same command to resume")
+                   f"{run.checkpoints}; rerun the same command to resume")
 
 
-def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
-  """Trains until the last step, saving the ends of epochs as
-  `config.checkpoint.every_epochs` says (the last one always) and every
-  `config.checkpoint.every_steps`; returns the first step's compile seconds
-  (None if nothing was left to train). Raises Preempted after saving."""
-  exp, config = run.exp, run.exp.config
+def train_epochs(run: TrainingRun, stop_requested: Callable[[], bool]) -> float | None:
+  """Trains `run` until its last step, saving the ends of epochs as
+  `pacing.every_epochs` says (the last one always) and every
+  `pacing.every_steps` steps; returns the first step's compile seconds (None
+  if nothing was left to train). Raises Preempted after saving."""
+  pace = run.pacing
   step = run.step  # host-side copy: reading state.step would sync every step
-  progress = metric_writers.Progress(exp.total_steps, exp.steps_per_epoch, config.batch_size, step)
-  save_due = functools.partial(checkpoint.due, steps_per_epoch=exp.steps_per_epoch,
-                               total_steps=exp.total_steps,
-                               every_epochs=config.checkpoint.every_epochs,
-                               every_steps=config.checkpoint.every_steps)
+  progress = metric_writers.Progress(pace.total_steps, pace.steps_per_epoch, pace.batch_size, step)
+  save_due = functools.partial(checkpoint.due, steps_per_epoch=pace.steps_per_epoch,
+                               total_steps=pace.total_steps, every_epochs=pace.every_epochs,
+                               every_steps=pace.every_steps)
   compile_time = None
-  while step < exp.total_steps:
-    epoch, offset = divmod(step, exp.steps_per_epoch)
+  while step < pace.total_steps:
+    epoch, offset = divmod(step, pace.steps_per_epoch)
     epoch_start = train_start = time.perf_counter()
     timed_steps, stop = 0, False
-    batches = iter(exp.device_batches(epoch, offset))
+    batches = iter(run.batches(epoch, offset))
     while True:
       with no_host_sync():  # steps are dispatched ahead; only sync points wait for them
         batch = next(batches, None)
         if batch is None:
           break
-        run.state, run.sums, loss = exp.train_step(run.state, run.sums, batch)
+        run.state, run.sums, loss = run.train_step(run.state, run.sums, batch)
         run.window.append(loss)
         step += 1
       if compile_time is None:  # the first step compiles: keep it out of the speed
@@ -556,16 +625,16 @@ def train_epochs(run: Run, stop_requested: Callable[[], bool]) -> float | None:
         progress.reset_clock(step)
       else:
         timed_steps += 1
-      at_sync_point = step % config.log.every_steps == 0 or step % exp.steps_per_epoch == 0
-      if step % config.log.every_steps == 0 or step == exp.total_steps:
+      at_sync_point = step % pace.log_every_steps == 0 or step % pace.steps_per_epoch == 0
+      if step % pace.log_every_steps == 0 or step == pace.total_steps:
         partial = run.host_sums()
         check_finite(partial)
         progress.report(step, partial["loss"] / partial["count"],
                         partial["correct"] / partial["count"])
         run.close_window()
       stop = (preemption.stop_now(stop_requested, at_sync_point)
-              or run.manager.reached_preemption(step))
-      if step % exp.steps_per_epoch == 0:
+              or run.reached_preemption(step))
+      if step % pace.steps_per_epoch == 0:
         break  # the end of the epoch saves if it is due or stopped
       if stop or save_due(step):
         run.save()
