@@ -9,10 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cnn import augment, datasets, robustness, settings
+from cnn import augment, datasets, settings
 from cnn.config_validation import validate_config
-from cnn.inference import predictor
-from cnn.report import pages
 from configs import default
 
 # Its module-scoped fixtures are made once: the whole file runs on one xdist worker.
@@ -100,31 +98,6 @@ def test_every_config_file_uses_the_sections():
 def test_the_settings_reference_is_up_to_date():
   text = (REPO / "docs" / "configuration.md").read_text()
   assert settings.reference() in text, "regenerate: python -m cnn.settings --write"
-
-
-@pytest.fixture(scope="module")
-def tiny_predictor(tiny_run):
-  return predictor.load(str(tiny_run[0]), "best")
-
-
-def _toy(p, inputs: robustness.Inputs) -> dict:
-  """A section as a user would add it: one function of the predictor and the inputs."""
-  del p
-  return {"examples": int(len(inputs.few_labels)), "mean_label": float(inputs.labels.mean())}
-
-
-def test_a_new_robustness_section_is_one_function_and_one_table_line(monkeypatch, tiny_predictor):
-  monkeypatch.setitem(robustness.SECTIONS, "toy", _toy)
-  config = default.get_config()
-  config.robustness.sections = "toy"
-  config.robustness.examples = 3
-  validate_config(config)  # the name is valid because it is in the table
-  labels = np.arange(10) % 3
-  images = np.zeros((10, *tiny_predictor.image_shape), np.uint8)
-  out = robustness.evaluate(tiny_predictor, config, (images, labels), None)
-  assert out["toy"] == {"examples": 3, "mean_label": pytest.approx(labels.mean())}
-  assert "## Toy\n" in pages.robustness_markdown(out)  # shown without a table of its own
-  assert "mean_label" in pages.robustness_html(out)
 
 
 def _invert(batch, key, s, spec):

@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
+from scipy import special
 
 from cnn import augment, batching, checkpoint, datasets, model_fn, settings
 from cnn import workdir as workdirs
 from cnn.errors import UserError, unknown_name
-from cnn.robustness import calibration
 
 WHICH = ("best", "last")
 
@@ -101,7 +101,9 @@ class Predictor:
     return softmax(self.logits(images))
 
 
-softmax = calibration.softmax  # float64, stable for large logits (scipy)
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """scipy's, in float64 (stable for large logits; calibration's too)."""
+  return special.softmax(np.asarray(logits, np.float64), axis=-1)
 
 
 def _config_of(workdir: str, meta: dict) -> ml_collections.ConfigDict:

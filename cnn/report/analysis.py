@@ -183,33 +183,11 @@ def evaluation_splits(config: ml_collections.ConfigDict
   return source.load_split(config.data.test_split), held_out
 
 
-def _reliability_figure(cal: dict):
-  panels = [("as trained", cal["reliability"])]
-  if cal.get("reliability_scaled"):
-    panels.append((f"temperature-scaled (T = {cal['temperature']:.3f})",
-                   cal["reliability_scaled"]))
-  return plots.reliability_figure(panels)
-
-
-def _corruptions_figure(corr: dict):
-  return plots.corruption_figure(
-      corr["per_corruption"], corr["clean_accuracy"], corr["mean"],
-      ("CIFAR-10-C" if not corr["generated"] else "generated corruptions")
-      + f", {corr['examples']} test images")
-
-
-# robustness section (cnn.robustness.SECTIONS) -> (file name, figure of its result); a
-# section without one is shown by its table alone (cnn/report/pages.py TABLES).
-FIGURES = {
-    "calibration": ("reliability.png", _reliability_figure),
-    "corruptions": ("corruptions.png", _corruptions_figure),
-}
-
-
 def robustness_figures(robust: dict) -> dict:
-  """The figure of each measured section that has one."""
-  return {filename: figure(robust[name]) for name, (filename, figure) in FIGURES.items()
-          if robust.get(name)}
+  """file name -> figure, of each measured section that has one (ReportSection.figure)."""
+  return {section.figure_file: section.figure(robust[name])
+          for name, section in robustness.SECTIONS.items()
+          if section.figure is not None and robust.get(name)}
 
 
 def write_report(config: ml_collections.ConfigDict, workdir: "str | workdirs.Workdir") -> dict:

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from cnn import robustness
 from cnn import workdir as workdirs
 from cnn.errors import UserError
 
@@ -58,32 +59,22 @@ COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("seeds", "seeds", str),
     ("wall time", "wall_time_s", _seconds),
     ("images/s", "images_per_s", lambda v: f"{v:,.0f}"),
-    # Beyond accuracy (cnn/robustness; --mode=evaluate): calibration on the whole test split,
-    # corruptions and PGD on the images the report states.
-    ("ECE %", "ece", _percent),
-    ("ECE % (T-scaled)", "ece_scaled", _percent),
-    ("NLL", "nll", lambda v: f"{v:.4f}"),
-    ("corruption acc %", "corruption_accuracy", _percent),
-    ("corruptions", "corruption_source", str),
-    ("PGD 2/255 %", "pgd_2", _percent),
-    ("PGD 8/255 %", "pgd_8", _percent),
 )
 MISSING = "—"
 
 
-def robustness_headline(robustness: dict) -> dict:
+def columns() -> tuple[tuple[str, str, Callable[[Any], str]], ...]:
+  """`COLUMNS`, then beyond accuracy (--mode=evaluate) each robustness section's
+  (`ReportSection.compare_columns`: calibration on the whole test split,
+  corruptions and attacks on the images the report states)."""
+  return COLUMNS + tuple((c.header, c.key, c.format) for s in robustness.SECTIONS.values()
+                         for c in s.compare_columns)
+
+
+def robustness_headline(report: dict) -> dict:
   """The comparison's numbers from a robustness report (`cnn.robustness.evaluate`)."""
-  cal = robustness.get("calibration") or {}
-  corr = robustness.get("corruptions") or {}
-  pgd = (robustness.get("adversarial") or {}).get("pgd") or {}
-  source = None
-  if corr:
-    source = "generated" if corr.get("generated") else "CIFAR-10-C"
-  return {"ece": (cal.get("test") or {}).get("ece"),
-          "ece_scaled": (cal.get("test_scaled") or {}).get("ece"),
-          "nll": (cal.get("test") or {}).get("nll"),
-          "corruption_accuracy": corr.get("mean"), "corruption_source": source,
-          "pgd_2": pgd.get("2/255"), "pgd_8": pgd.get("8/255")}
+  return {c.key: c.value(report[s.name]) if report.get(s.name) else None
+          for s in robustness.SECTIONS.values() for c in s.compare_columns}
 
 
 def load_results(workdir: str) -> dict:
@@ -102,8 +93,8 @@ def load_results(workdir: str) -> dict:
                     f"(python main.py --config=... --workdir={workdir})")
   results = _read_json(path)
   report = workdirs.Workdir.of(workdir).report / "robustness.json"
-  robustness = _read_json(report) if report.is_file() else {}
-  return {**results, **robustness_headline(robustness), "seeds": 1,
+  measured = _read_json(report) if report.is_file() else {}
+  return {**results, **robustness_headline(measured), "seeds": 1,
           "seed_accuracies": [results["test_accuracy"]]}
 
 
@@ -133,11 +124,11 @@ def _read_json(path) -> dict:
 
 def markdown_row(workdir: str, results: dict) -> list[str]:
   return [workdir] + [MISSING if results.get(key) is None else fmt(results[key])
-                      for _, key, fmt in COLUMNS]
+                      for _, key, fmt in columns()]
 
 
 def markdown(workdirs: Sequence[str], results: Sequence[dict]) -> str:
-  header = ["workdir"] + [name for name, _, _ in COLUMNS]
+  header = ["workdir"] + [name for name, _, _ in columns()]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
   lines += ["| " + " | ".join(markdown_row(w, r)) + " |" for w, r in zip(workdirs, results)]
@@ -169,10 +160,10 @@ def csv_text(workdirs: Sequence[str], results: Sequence[dict]) -> str:
   """Raw values (accuracies as fractions, times in seconds) for spreadsheets."""
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(["workdir"] + [key for _, key, _ in COLUMNS])
+  writer.writerow(["workdir"] + [key for _, key, _ in columns()])
   for workdir, result in zip(workdirs, results):
     writer.writerow([workdir] + ["" if result.get(key) is None else result[key]
-                                 for _, key, _ in COLUMNS])
+                                 for _, key, _ in columns()])
   return buffer.getvalue()
 
 

@@ -6,6 +6,9 @@ import html as html_lib
 import json
 from typing import Any, Sequence
 
+from cnn import robustness
+from cnn.robustness.section import Table, generic_table
+
 SUMMARY_ROWS = ("accuracy", "macro avg", "weighted avg")
 METRICS = ("precision", "recall", "f1-score")
 
@@ -25,13 +28,11 @@ HEADLINE = (
     ("compile_time_s", "compile time", lambda v: f"{v:.1f} s"),
 )
 
+# figure file -> its caption; a robustness section's figure has its own (ReportSection.caption).
 CAPTIONS = {
     "curves.png": "Training curves: train vs validation per epoch, learning rate.",
     "confusion_matrix.png": "Confusion matrix on the test set: counts and row-normalised.",
     "misclassified.png": "The test images misclassified with the highest confidence.",
-    "reliability.png": "Reliability diagrams on the test set (15 equal-width confidence "
-                       "bins), before and after temperature scaling.",
-    "corruptions.png": "Accuracy under each corruption, averaged over the 5 severities.",
     "activations.png": "Feature maps of the first convolution and of each stage's output "
                        "(strongest channels) for {image} (config.eval.report_image_index).",
 }
@@ -132,7 +133,9 @@ def html(report: dict, results: dict, config: dict[str, Any], images: Sequence[s
               if report["most_confused"]
               else "<p>No misclassified test images.</p>\n")
   image = report.get("activations_image")
-  caption = lambda name: CAPTIONS.get(name, name).format(
+  captions = {**CAPTIONS, **{s.figure_file: s.caption for s in robustness.SECTIONS.values()
+                             if s.figure is not None}}
+  caption = lambda name: captions.get(name, name).format(
       image=activations_title(image) if image else "one test image")
   figures = "".join(
       f'<figure><img src="{esc(name)}" alt="{esc(name)}">'
@@ -156,78 +159,24 @@ def html(report: dict, results: dict, config: dict[str, Any], images: Sequence[s
       "</body>\n</html>\n")
 
 
-# --- robustness (cnn/robustness) ---------------------------------------------------------
+# --- robustness (cnn/robustness: each section's table) ------------------------------------
 
-CALIBRATION_ROWS = (("accuracy", "accuracy", _PERCENT), ("ece", "ECE (15 bins)", _PERCENT),
-                    ("adaptive_ece", "adaptive ECE (15 bins)", _PERCENT),
-                    ("nll", "NLL (nats)", lambda v: f"{v:.4f}"),
-                    ("brier", "Brier score", lambda v: f"{v:.4f}"))
-
-
-Table = tuple[str, str, list[str], list[list[str]], int]  # heading, note, header, rows, text cols
-
-
-def _calibration_table(cal: dict) -> Table:
-  scaled = cal.get("test_scaled")
-  header = ["metric (test split)", "as trained"] + (
-      [f"temperature-scaled (T = {cal['temperature']:.3f})"] if scaled else [])
-  rows = [[label, fmt(cal["test"][key])] + ([fmt(scaled[key])] if scaled else [])
-          for key, label, fmt in CALIBRATION_ROWS]
-  note = (f"Temperature fitted on {cal['fitted_on']} (never on test)." if scaled
-          else cal.get("temperature_note", ""))
-  return "Calibration", note, header, rows, 1
-
-
-def _corruptions_table(corr: dict) -> Table:
-  header = ["corruption"] + [f"severity {s}" for s in corr["severities"]] + ["mean"]
-  rows = [[name.replace("_", " "), *(f"{100 * a:.2f}" for a in row),
-           f"{100 * corr['per_corruption'][name]:.2f}"]
-          for name, row in corr["accuracy"].items()]
-  rows.append(["mean", *[""] * len(corr["severities"]), f"{100 * corr['mean']:.2f}"])
-  note = (f"Accuracy % on {corr['examples']} test images; source: {corr['source']}. "
-          f"Clean accuracy on the same images: {100 * corr['clean_accuracy']:.2f}%.")
-  return "Corruption robustness", note, header, rows, 1
-
-
-def _adversarial_table(adv: dict) -> Table:
-  header = ["eps (L-inf, pixels in [0, 1])", "FGSM acc %", f"PGD-{adv['pgd_steps']} acc %"]
-  rows = [[eps, f"{100 * adv['fgsm'][eps]:.2f}", f"{100 * adv['pgd'][eps]:.2f}"]
-          for eps in adv["fgsm"]]
-  note = (f"{adv['examples']} test images; PGD: random start, step {adv['pgd_step_size']}, "
-          "robust only if no iterate is misclassified.")
-  return "Adversarial robustness", note, header, rows, 1
-
-
-def _generic_table(name: str, result: dict) -> Table:
-  """A section without its own table: its numbers and strings, key by key."""
-  rows = [[key, f"{value:.4f}" if isinstance(value, float) else str(value)]
-          for key, value in result.items() if isinstance(value, (int, float, str))]
-  return name.replace("_", " ").capitalize(), "", ["", "value"], rows, 1
-
-
-# robustness section (cnn.robustness.SECTIONS) -> its table; others get `_generic_table`.
-TABLES = {
-    "calibration": _calibration_table,
-    "corruptions": _corruptions_table,
-    "adversarial": _adversarial_table,
-}
-
-
-def robustness_tables(robustness: dict) -> list[Table]:
-  """The table of each measured section, in the order they were run."""
-  measured = [name for name, result in robustness.items()
+def robustness_tables(results: dict) -> list[Table]:
+  """The table of each measured section, in the order they were run (a result
+  whose section is no longer registered: its numbers key by key)."""
+  measured = [name for name, result in results.items()
               if name not in ("sections", "seconds") and isinstance(result, dict) and result]
-  return [TABLES[name](robustness[name]) if name in TABLES
-          else _generic_table(name, robustness[name]) for name in measured]
+  return [robustness.SECTIONS[name].table(results[name]) if name in robustness.SECTIONS
+          else generic_table(name, results[name]) for name in measured]
 
 
-def robustness_markdown(robustness: dict) -> str:
+def robustness_markdown(results: dict) -> str:
   return "".join(f"\n## {heading}\n\n{note}\n\n" + markdown_table(header, rows, text)
-                 for heading, note, header, rows, text in robustness_tables(robustness))
+                 for heading, note, header, rows, text in robustness_tables(results))
 
 
-def robustness_html(robustness: dict) -> str:
+def robustness_html(results: dict) -> str:
   esc = html_lib.escape
   return "".join(f"<h2>{esc(heading)}</h2>\n<p>{esc(note)}</p>\n"
                  + html_table(header, rows, text)
-                 for heading, note, header, rows, text in robustness_tables(robustness))
+                 for heading, note, header, rows, text in robustness_tables(results))

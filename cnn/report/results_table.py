@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cnn import robustness
 from cnn import workdir as workdirs
 from cnn.report.compare import load_results
 from cnn.errors import UserError
@@ -204,36 +205,24 @@ def _pct(value) -> str:
 
 
 def robustness_row(path: str, entry: dict) -> str:
+  """The run, each robustness section's cells (`ReportSection.results_columns`)
+  and the evaluation's time."""
   rob = entry["robustness"]
-  cal = rob.get("calibration") or {}
-  corr = rob.get("corruptions") or {}
-  adv = rob.get("adversarial") or {}
-  test, scaled = cal.get("test") or {}, cal.get("test_scaled") or {}
-  temperature = f" (T = {cal['temperature']:.2f})" if cal.get("temperature") else ""
-  if cal and cal.get("temperature") is None and cal.get("temperature_note"):
-    temperature = " (no held-out split to fit T on)"
-  corruption = "—"
-  if corr:
-    source = "generated" if corr["generated"] else "CIFAR-10-C"
-    corruption = f"{_pct(corr['mean'])} ({source}, {corr['examples']:,} images)"
-  eps = lambda kind, e: _pct((adv.get(kind) or {}).get(e))
-  attacks = (f"{eps('fgsm', '2/255')} / {eps('pgd', '2/255')} / {eps('pgd', '8/255')}"
-             if adv else "—")
+  cells = [cell(rob.get(section.name)) for section in robustness.SECTIONS.values()
+           for _, cell, _ in section.results_columns]
   minutes = sum((rob.get("seconds") or {}).values()) / 60
   when = f"{minutes:.0f} min" if minutes >= 1 else f"{60 * minutes:.0f} s"
-  attacked = f"{adv['examples']:,}" if adv else "—"
-  return (f"| [{entry['name']} seed {entry.get('seed', 0)}]({path}) | {_pct(test.get('accuracy'))} "
-          f"| {_pct(test.get('ece'))} | {_pct(scaled.get('ece'))}{temperature} "
-          f"| {test.get('nll', 0):.4f} | {corruption} | {attacks} "
-          f"| {attacked} | {when} |")
+  return " | ".join([f"| [{entry['name']} seed {entry.get('seed', 0)}]({path})", *cells,
+                     f"{when} |"])
 
 
 def render_robustness(results_dir: Path = RESULTS_DIR) -> str:
-  """Calibration and robustness of every recorded run that has them."""
-  lines = ["| run | test acc % | ECE % | ECE % after temperature scaling | NLL "
-           "| mean corruption acc % | FGSM 2/255 / PGD 2/255 / PGD 8/255 acc % "
-           "| attacked images | evaluation time |",
-           "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+  """Calibration and robustness of every recorded run that has them: one column
+  per cell a section declares."""
+  columns = [(header, number) for section in robustness.SECTIONS.values()
+             for header, _, number in section.results_columns]
+  lines = ["| " + " | ".join(["run", *(h for h, _ in columns), "evaluation time"]) + " |",
+           "|---|" + "".join("---:|" if number else "---|" for _, number in columns) + "---:|"]
   for path in sorted(results_dir.glob("*.json")):
     entry = json.loads(path.read_text())
     if entry.get("robustness"):

@@ -9,66 +9,25 @@
 `<workdir>/report/robustness.json` and the report's pages, and `python -m cnn.robustness`
 does the same for a published weights file.
 
-A section is one function `(predictor, Inputs) -> dict` and one line of `SECTIONS`; the
-name is then valid in `config.robustness.sections` and its result lands in
-`robustness.json` under that name (the report's pages show the sections they know).
+A section is one registered object (`section.ReportSection`: what it computes, its table,
+its figure and caption, its columns in the compare and results tables), in one file of this
+package, and one line of `SECTIONS`; the name is then valid in `config.robustness.sections`,
+its result lands in `robustness.json` under that name, and every page and table shows it
+(docs/extending.md has a worked example).
 """
-import dataclasses
-import logging
 import time
-from typing import Callable
 
 import ml_collections
 import numpy as np
 
 from cnn.robustness import adversarial, calibration, corruptions
+from cnn.robustness.section import Inputs, ReportSection
 from cnn.schema import Section, Setting, at_least
 
 
-@dataclasses.dataclass(frozen=True)
-class Inputs:
-  """What a section may use: the test split (uint8 images, labels), its first
-  `robustness.examples` images (`few_*`, for the slow sections), the held-out
-  split for temperature scaling (None: not fitted) and the run's config."""
-  images: np.ndarray
-  labels: np.ndarray
-  few_images: np.ndarray
-  few_labels: np.ndarray
-  held_out: tuple[np.ndarray, np.ndarray] | None
-  config: ml_collections.ConfigDict
-  archive_dir: str
-  test_logits: np.ndarray | None
-
-
-def _calibration(p, x: Inputs) -> dict:
-  logits = p.logits(x.images) if x.test_logits is None else x.test_logits
-  held = None if x.held_out is None else (p.logits(x.held_out[0]), x.held_out[1])
-  return calibration.report(logits, x.labels, held, x.config.data.validation_split)
-
-
-def _corruptions(p, x: Inputs) -> dict:
-  data = x.config.data
-  released = (corruptions.released_dir(x.archive_dir)
-              if data.name == "cifar10" and data.test_split == "test" else None)
-  out = corruptions.report(p.logits, x.few_images, x.few_labels, released=released,
-                           seed=x.config.seed)
-  out["clean_accuracy"] = float((p.logits(x.few_images).argmax(-1) == x.few_labels).mean())
-  logging.info("corruptions: mean accuracy %.4f (%s)", out["mean"], out["source"])
-  return out
-
-
-def _adversarial(p, x: Inputs) -> dict:
-  settings = x.config.robustness
-  return adversarial.report(p, x.few_images, x.few_labels, tuple(settings.attack_eps),
-                            int(settings.pgd_steps), x.config.seed)
-
-
-# name -> (predictor, Inputs) -> its part of robustness.json; run in this order.
-SECTIONS: dict[str, Callable[..., dict]] = {
-    "calibration": _calibration,
-    "corruptions": _corruptions,
-    "adversarial": _adversarial,
-}
+# name -> the section (one file of this package each); run, shown and compared in this order.
+SECTIONS: dict[str, ReportSection] = {
+    s.name: s for s in (calibration.SECTION, corruptions.SECTION, adversarial.SECTION)}
 
 
 def _known_sections(value: str) -> bool:
@@ -116,6 +75,6 @@ def evaluate(p, config: ml_collections.ConfigDict, test: tuple[np.ndarray, np.nd
   out: dict = {"sections": list(chosen), "seconds": {}}
   for name in (n for n in SECTIONS if n in chosen):
     started = time.perf_counter()
-    out[name] = SECTIONS[name](p, inputs)
+    out[name] = SECTIONS[name].compute(p, inputs)
     out["seconds"][name] = time.perf_counter() - started
   return out

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn.robustness.section import MISSING, Column, Inputs, ReportSection, Table, percent
+
 STEP_FRACTION = 0.25  # PGD step size = eps * STEP_FRACTION
 
 
@@ -124,3 +126,44 @@ def report(p, images: np.ndarray, labels: np.ndarray, eps_255: Sequence[float],
       out[kind][eps_name(e)] = float(
           attacker.robust_correct(images, labels, eps, steps, seed, i).mean())
   return out
+
+
+# --- the report's section -----------------------------------------------------------------
+
+def compute(p, x: Inputs) -> dict:
+  """FGSM and PGD on the first `robustness.examples` test images, at the
+  config's radii and PGD steps."""
+  settings = x.config.robustness
+  return report(p, x.few_images, x.few_labels, tuple(settings.attack_eps),
+                int(settings.pgd_steps), x.config.seed)
+
+
+def table(adv: dict) -> Table:
+  header = ["eps (L-inf, pixels in [0, 1])", "FGSM acc %", f"PGD-{adv['pgd_steps']} acc %"]
+  rows = [[eps, f"{100 * adv['fgsm'][eps]:.2f}", f"{100 * adv['pgd'][eps]:.2f}"]
+          for eps in adv["fgsm"]]
+  note = (f"{adv['examples']} test images; PGD: random start, step {adv['pgd_step_size']}, "
+          "robust only if no iterate is misclassified.")
+  return "Adversarial robustness", note, header, rows, 1
+
+
+def _accuracy(adv: dict | None, attack: str, eps: str) -> float | None:
+  return ((adv or {}).get(attack) or {}).get(eps)
+
+
+def _attacks_cell(adv: dict | None) -> str:
+  if not adv:
+    return MISSING
+  return " / ".join(percent(_accuracy(adv, attack, eps))
+                    for attack, eps in (("fgsm", "2/255"), ("pgd", "2/255"), ("pgd", "8/255")))
+
+
+SECTION = ReportSection(
+    "adversarial", compute, table,
+    compare_columns=(
+        Column("PGD 2/255 %", "pgd_2", lambda a: _accuracy(a, "pgd", "2/255"), percent),
+        Column("PGD 8/255 %", "pgd_8", lambda a: _accuracy(a, "pgd", "8/255"), percent)),
+    results_columns=(
+        ("FGSM 2/255 / PGD 2/255 / PGD 8/255 acc %", _attacks_cell, False),
+        ("attacked images", lambda a: f"{a['examples']:,}" if a else MISSING, True)))
+

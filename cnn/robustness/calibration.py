@@ -20,8 +20,12 @@ Pure numpy on (N, classes) logits and (N,) integer labels:
 `tests/test_calibration.py` checks each on hand-made logits with known answers and
 against an independent implementation (Kumar et al.'s `uncertainty-calibration`, sklearn).
 """
+from typing import Sequence
+
 import numpy as np
 from scipy import optimize, special
+
+from cnn.robustness.section import Column, Inputs, ReportSection, Table, percent
 
 NUM_BINS = 15
 # Search interval for the temperature: 1/20 .. 20 covers every network we train.
@@ -131,3 +135,106 @@ def report(test_logits: np.ndarray, test_labels: np.ndarray,
               "test_scaled": metrics(scaled, test_labels),
               "reliability_scaled": reliability_bins(softmax(scaled), test_labels)})
   return out
+
+
+# --- the report's section -----------------------------------------------------------------
+
+def compute(p, x: Inputs) -> dict:
+  """The section of predictor `p`: its test logits (the report's, if computed),
+  and the held-out split's for the temperature."""
+  logits = p.logits(x.images) if x.test_logits is None else x.test_logits
+  held = None if x.held_out is None else (p.logits(x.held_out[0]), x.held_out[1])
+  return report(logits, x.labels, held, x.config.data.validation_split)
+
+
+_PERCENT = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+TABLE_ROWS = (("accuracy", "accuracy", _PERCENT), ("ece", "ECE (15 bins)", _PERCENT),
+              ("adaptive_ece", "adaptive ECE (15 bins)", _PERCENT),
+              ("nll", "NLL (nats)", lambda v: f"{v:.4f}"),
+              ("brier", "Brier score", lambda v: f"{v:.4f}"))
+
+
+def table(cal: dict) -> Table:
+  scaled = cal.get("test_scaled")
+  header = ["metric (test split)", "as trained"] + (
+      [f"temperature-scaled (T = {cal['temperature']:.3f})"] if scaled else [])
+  rows = [[label, fmt(cal["test"][key])] + ([fmt(scaled[key])] if scaled else [])
+          for key, label, fmt in TABLE_ROWS]
+  note = (f"Temperature fitted on {cal['fitted_on']} (never on test)." if scaled
+          else cal.get("temperature_note", ""))
+  return "Calibration", note, header, rows, 1
+
+
+def reliability_figure(panels: Sequence[tuple[str, dict]]):
+  """One reliability diagram per (title, `calibration.reliability_bins` dict): the
+  accuracy of each confidence bin against the diagonal of perfect calibration, with
+  the gap to each bin's mean confidence shaded and the bin sizes below."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel (slow)
+  figure = Figure(figsize=(4.2 * len(panels), 5.2))
+  grid = figure.add_gridspec(2, len(panels), height_ratios=(3, 1), hspace=0.08)
+  for column, (title, bins) in enumerate(panels):
+    top = figure.add_subplot(grid[0, column])
+    bottom = figure.add_subplot(grid[1, column], sharex=top)
+    edges = np.asarray(bins["edges"])
+    width = np.diff(edges)
+    count = np.asarray(bins["count"], float)
+    filled = count > 0
+    accuracy = np.nan_to_num(np.asarray(bins["accuracy"], float))
+    confidence = np.nan_to_num(np.asarray(bins["confidence"], float))
+    top.bar(edges[:-1][filled], accuracy[filled], width[filled], align="edge",
+            color="tab:blue", edgecolor="black", label="accuracy")
+    top.bar(edges[:-1][filled], (confidence - accuracy)[filled], width[filled],
+            bottom=accuracy[filled], align="edge", color="tab:red", alpha=0.3,
+            edgecolor="tab:red", hatch="//", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(title)
+    top.legend(loc="upper left", fontsize=8)
+    top.tick_params(labelbottom=False)
+    bottom.bar(edges[:-1], count / max(count.sum(), 1), width, align="edge",
+               color="grey", edgecolor="black")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("confidence (top label)")
+    bottom.set_ylabel("fraction")
+  return figure
+
+
+def figure(cal: dict):
+  panels = [("as trained", cal["reliability"])]
+  if cal.get("reliability_scaled"):
+    panels.append((f"temperature-scaled (T = {cal['temperature']:.3f})",
+                   cal["reliability_scaled"]))
+  return reliability_figure(panels)
+
+
+def _test(cal: dict) -> dict:
+  return cal.get("test") or {}
+
+
+def _scaled_ece_cell(cal: dict | None) -> str:
+  """The ECE after temperature scaling, with T (or why there is none)."""
+  if not cal:
+    return percent(None)
+  temperature = f" (T = {cal['temperature']:.2f})" if cal.get("temperature") else ""
+  if cal.get("temperature") is None and cal.get("temperature_note"):
+    temperature = " (no held-out split to fit T on)"
+  return percent((cal.get("test_scaled") or {}).get("ece")) + temperature
+
+
+SECTION = ReportSection(
+    "calibration", compute, table, figure, "reliability.png",
+    "Reliability diagrams on the test set (15 equal-width confidence bins), before and "
+    "after temperature scaling.",
+    compare_columns=(
+        Column("ECE %", "ece", lambda c: _test(c).get("ece"), percent),
+        Column("ECE % (T-scaled)", "ece_scaled", lambda c: (c.get("test_scaled") or {}).get("ece"),
+               percent),
+        Column("NLL", "nll", lambda c: _test(c).get("nll"), lambda v: f"{v:.4f}")),
+    results_columns=(
+        ("test acc %", lambda c: percent(_test(c or {}).get("accuracy")), True),
+        ("ECE %", lambda c: percent(_test(c or {}).get("ece")), True),
+        ("ECE % after temperature scaling", _scaled_ece_cell, True),
+        ("NLL", lambda c: f"{_test(c).get('nll', 0):.4f}" if c else percent(None), True)))
+

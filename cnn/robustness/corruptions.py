@@ -23,12 +23,15 @@ is saved before and restored after, so nothing outside changes.
 """
 import contextlib
 import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from cnn.errors import UserError
+from cnn.robustness.section import (MISSING, Column, Inputs, ReportSection, Table,
+                                    percent)
 
 CORRUPTIONS = (  # CIFAR-10-C's order: noise, blur, weather, digital
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -143,3 +146,76 @@ def report(logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray, label
           "examples": examples, "severities": list(severities),
           "accuracy": accuracy, "per_corruption": per_corruption,
           "mean": float(np.mean(list(per_corruption.values())))}
+
+
+# --- the report's section -----------------------------------------------------------------
+
+def compute(p, x: Inputs) -> dict:
+  """The section of predictor `p` on the first `robustness.examples` test images:
+  CIFAR-10-C itself where it is on disk and the whole test split is evaluated,
+  else generated."""
+  data = x.config.data
+  released = (released_dir(x.archive_dir)
+              if data.name == "cifar10" and data.test_split == "test" else None)
+  out = report(p.logits, x.few_images, x.few_labels, released=released, seed=x.config.seed)
+  out["clean_accuracy"] = float((p.logits(x.few_images).argmax(-1) == x.few_labels).mean())
+  logging.info("corruptions: mean accuracy %.4f (%s)", out["mean"], out["source"])
+  return out
+
+
+def table(corr: dict) -> Table:
+  header = ["corruption"] + [f"severity {s}" for s in corr["severities"]] + ["mean"]
+  rows = [[name.replace("_", " "), *(f"{100 * a:.2f}" for a in row),
+           f"{100 * corr['per_corruption'][name]:.2f}"]
+          for name, row in corr["accuracy"].items()]
+  rows.append(["mean", *[""] * len(corr["severities"]), f"{100 * corr['mean']:.2f}"])
+  note = (f"Accuracy % on {corr['examples']} test images; source: {corr['source']}. "
+          f"Clean accuracy on the same images: {100 * corr['clean_accuracy']:.2f}%.")
+  return "Corruption robustness", note, header, rows, 1
+
+
+def corruption_figure(per_corruption: dict[str, float], clean: float, mean: float,
+                      title: str):
+  """Accuracy per corruption (mean over severities) with the clean accuracy and the mean."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel (slow)
+  names = list(per_corruption)
+  figure = Figure(figsize=(max(6.0, 0.55 * len(names) + 2), 4.2))
+  ax = figure.add_subplot()
+  ax.bar(np.arange(len(names)), [100 * per_corruption[n] for n in names], color="tab:blue")
+  ax.axhline(100 * clean, color="black", linestyle="--", label=f"clean {100 * clean:.1f}%")
+  ax.axhline(100 * mean, color="tab:red", linestyle=":", label=f"mean {100 * mean:.1f}%")
+  ax.set_xticks(np.arange(len(names)), [n.replace("_", " ") for n in names], rotation=45,
+                ha="right")
+  ax.set_ylim(0, 100)
+  ax.set_ylabel("accuracy % (mean over severities)")
+  ax.set_title(title, fontsize=9)
+  ax.legend(loc="lower left", fontsize=8)
+  return figure
+
+
+def figure(corr: dict):
+  return corruption_figure(
+      corr["per_corruption"], corr["clean_accuracy"], corr["mean"],
+      ("CIFAR-10-C" if not corr["generated"] else "generated corruptions")
+      + f", {corr['examples']} test images")
+
+
+def source_label(corr: dict) -> str:
+  """The result's source in a table cell."""
+  return "generated" if corr.get("generated") else "CIFAR-10-C"
+
+
+def _mean_cell(corr: dict | None) -> str:
+  if not corr:
+    return MISSING
+  return f"{percent(corr['mean'])} ({source_label(corr)}, {corr['examples']:,} images)"
+
+
+SECTION = ReportSection(
+    "corruptions", compute, table, figure, "corruptions.png",
+    "Accuracy under each corruption, averaged over the 5 severities.",
+    compare_columns=(
+        Column("corruption acc %", "corruption_accuracy", lambda c: c.get("mean"), percent),
+        Column("corruptions", "corruption_source", source_label)),
+    results_columns=(("mean corruption acc %", _mean_cell, False),))
+
