@@ -1,0 +1,87 @@
+"""`python -m cnn.speedrun`: N seeds of the speedrun back to back on one device.
+
+  CNN_ARCHIVE_DIR=../shared/datasets python -m cnn.speedrun --seeds 25 --out speedrun.json
+
+Prints and writes (--out) each seed's test accuracy and training seconds, their
+mean and standard deviation, the compile seconds (before any clock starts) and
+the device. At CPU size, e.g.:
+  python -m cnn.speedrun --seeds 2 --train-images 4000 --test-images 1000 --epochs 1 \\
+      --batch-size 500 --widths 16,32,32
+"""
+import argparse
+import datetime
+import json
+import statistics
+import sys
+
+import jax
+import ml_collections
+
+from cnn import datasets
+from cnn.errors import UserError
+from cnn.speedrun.train import Recipe, Speedrun
+
+
+def load(train_images: int, test_images: int) -> tuple[tuple, tuple]:
+  """CIFAR-10's training and test splits (the first N of each if given)."""
+  source = datasets.open_dataset(ml_collections.ConfigDict(
+      {"name": "cifar10", "tfds_dir": "", "archive_dir": "", "source": "auto"}))
+  train = source.load_split(f"train[:{train_images}]" if train_images else "train")
+  test = source.load_split(f"test[:{test_images}]" if test_images else "test")
+  return train, test
+
+
+def summary(runs: list[dict], key: str) -> dict:
+  values = [r[key] for r in runs]
+  return {"mean": statistics.fmean(values),
+          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+          "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--seeds", type=int, default=5, help="runs, seeds 0..N-1")
+  parser.add_argument("--out", help="write the runs and their summary here (JSON)")
+  parser.add_argument("--train-images", type=int, default=0, help="0 = all 50,000")
+  parser.add_argument("--test-images", type=int, default=0, help="0 = all 10,000")
+  parser.add_argument("--epochs", type=int, default=Recipe.epochs)
+  parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+  parser.add_argument("--widths", default=",".join(map(str, Recipe.widths)))
+  parser.add_argument("--dtype", default=Recipe.dtype, choices=("bfloat16", "float32"))
+  args = parser.parse_args(argv)
+  try:
+    train, test = load(args.train_images, args.test_images)
+    recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
+                    widths=tuple(int(w) for w in args.widths.split(",")),
+                    eval_batch_size=min(Recipe.eval_batch_size, len(test[1])))
+    if len(test[1]) % recipe.eval_batch_size or len(train[1]) < recipe.batch_size:
+      raise UserError(f"--test-images must be a multiple of {recipe.eval_batch_size} and "
+                      f"--train-images at least --batch-size={recipe.batch_size}")
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  speedrun = Speedrun(train, test, recipe)
+  print(f"compiled in {speedrun.compile_s:.1f} s on {jax.devices()[0].device_kind}", flush=True)
+  runs = []
+  for seed in range(args.seeds):
+    runs.append(speedrun.run(seed))
+    print(f"seed {seed}: test accuracy {100 * runs[-1]['test_accuracy']:.2f}%, "
+          f"{runs[-1]['train_seconds']:.3f} s", flush=True)
+  result = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+            "backend": jax.default_backend(), "jax": jax.__version__, "recipe": vars(recipe),
+            "train_images": len(train[1]), "test_images": len(test[1]),
+            "compile_seconds": speedrun.compile_s, "runs": runs,
+            "test_accuracy": summary(runs, "test_accuracy"),
+            "train_seconds": summary(runs, "train_seconds")}
+  acc, sec = result["test_accuracy"], result["train_seconds"]
+  print(f"{acc['n']} runs: test accuracy {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}%, "
+        f"{sec['mean']:.3f} ± {sec['std']:.3f} s (compile {speedrun.compile_s:.1f} s apart)")
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2, default=str)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
