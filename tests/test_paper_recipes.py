@@ -15,7 +15,8 @@ from cnn.models.layers import Conv, LayerSpec
 from conftest import lr_schedule
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-HE_V1 = ("resnet20v1_cifar10", "resnet56v1_cifar10", "resnet110v1_cifar10")
+HE_V1 = ("resnet20v1_cifar10", "resnet32v1_cifar10", "resnet44v1_cifar10",
+         "resnet56v1_cifar10", "resnet110v1_cifar10")
 HE_V2 = ("resnet20v2_cifar10", "resnet56v2_cifar10", "resnet110v2_cifar10")
 
 
@@ -29,7 +30,10 @@ def load(name: str, *args):
 
 @pytest.mark.parametrize("name", HE_V1)
 def test_he_v1_configs_use_option_a_shortcuts(name):
-  assert load(name).model_kwargs.shortcut == "zero_pad"
+  config = load(name)
+  assert config.model_kwargs.shortcut == "zero_pad"
+  depth = int(name.removeprefix("resnet").split("v")[0])
+  assert config.model == f"resnet{depth}_v1"
 
 
 @pytest.mark.parametrize("name", HE_V2)
@@ -83,7 +87,7 @@ def test_warm_phase_is_lr_0_01_for_400_iterations_then_0_1(name):
     assert lr(400) == pytest.approx(0.1) and lr(20_000) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("name", ("resnet20v1_cifar10", "resnet56v1_cifar10"))
+@pytest.mark.parametrize("name", HE_V1[:-1])  # all but ResNet-110
 def test_shallow_v1_nets_start_at_0_1(name):
   assert schedule(load(name))(0) == pytest.approx(0.1)
 

@@ -60,10 +60,16 @@ EXPERIMENTS = {
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88", "~2 h of a 2-core CPU"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
                            "64k iterations (164 epochs): 4.6 h of the 2-core AMD EPYC"),
+    "resnet32v1_cifar10": ("—", "92.49 (He)", "≥ 92.5",
+                           "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
+                           "queue"),
+    "resnet44v1_cifar10": ("—", "92.83 (He)", "≥ 92.8",
+                           "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
+                           "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "in progress, 1st of the queue, started at commit 718d8dc: "
-                           "64k iterations, about 9 h of the 2-core AMD EPYC at the 260 "
-                           "images/s (median) of its first 38 epochs"),
+                           "in progress, 1st of the CPU queue: restarted 2026-12-04 at commit "
+                           "472dbce on a new machine, 51 of 164 epochs on 2026-12-05; first "
+                           "for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 11 h of the 2-core CPU at "
                            "201 images/s"),
