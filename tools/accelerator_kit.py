@@ -41,7 +41,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -121,6 +120,11 @@ class Size:
   overhead: float  # main.py's seconds per step over the bare step's (measured at CPU size)
   startup_s: float  # a row's start: imports, data to the device, compiles
   main_s: int  # the main command's queue ends this long after the command starts
+  # After the rows: `python -m cnn.speedrun` (these arguments), up to this many seeds,
+  # started only with this much time left (it writes its JSON after every seed).
+  speedrun: tuple[str, ...] = ()
+  speedrun_seeds: int = 0
+  speedrun_min_s: float = 0
 
 
 # Saves only at a row's end and at SIGTERM (checkpoint.every_epochs=0): each
@@ -147,7 +151,7 @@ def box_size() -> Size:
             Row("vgg16_cifar10", "configs/vgg16_cifar10.py", (*BOX_RUN, *PAPER_SPLITS), "vgg16",
                 115)),
       seed_choices=(5, 4, 3), margin_s=45, min_row_s=120, overhead=1.1, startup_s=60,
-      main_s=570)
+      main_s=570, speedrun_seeds=25, speedrun_min_s=120)
 
 
 TINY_ROW = ("--config.num_epochs=1", "--config.data.train_split=train[:1024]",
@@ -167,7 +171,10 @@ def cpu_size() -> Size:
                 0.2),
             Row("tiny_cifar10_long", "configs/tiny_cifar10.py",
                 (*BOX_RUN, *TINY_ROW, "--config.num_epochs=400"), "resnet8_v1", 0.2)),
-      seed_choices=(2,), margin_s=40, min_row_s=60, overhead=1.3, startup_s=30, main_s=330)
+      seed_choices=(2,), margin_s=40, min_row_s=60, overhead=1.3, startup_s=30, main_s=330,
+      speedrun=("--train-images", "1000", "--test-images", "500", "--epochs", "1",
+                "--batch-size", "250", "--widths", "8,16,16", "--dtype", "float32"),
+      speedrun_seeds=2, speedrun_min_s=60)
 
 
 SIZES: dict[str, Callable[[], Size]] = {"box": box_size, "cpu": cpu_size}
@@ -555,11 +562,43 @@ class Visit:
         say(f"{row.name}: recorded by an earlier visit; skipped")
         continue
       self.train_row(row)
+    speedrun_piece(self)
     self.back.visit["ended"] = now_iso()
     self.back.publish()
     say(f"main: done, {self.left():.0f} s left; {VISIT_JSON} and "
         f"{len(self.back.visit['back']['parts'])} back parts in $OUT")
     return 0
+
+
+def speedrun_piece(visit: Visit) -> None:
+  """After the rows (the speedrun issue's box time comes after a visit's rows):
+  `python -m cnn.speedrun`, stopped `margin_s` before the end; the seeds that
+  finished return in speedrun.json (it is rewritten after every seed)."""
+  size = visit.size
+  left = visit.left() - size.margin_s
+  if not size.speedrun_seeds or left < size.speedrun_min_s:
+    visit.piece("speedrun", status=f"not started: {max(left, 0):.0f} s left, "
+                f"{size.speedrun_min_s:.0f} s needed")
+    return
+  out = visit.scratch / "speedrun.json"
+  command = [sys.executable, "-m", "cnn.speedrun", "--seeds", str(size.speedrun_seeds),
+             f"--out={out}", *size.speedrun]
+  say(f"speedrun: {' '.join(command[1:])}, {left:.0f} s left")
+  (visit.scratch / "logs").mkdir(parents=True, exist_ok=True)
+  start = time.monotonic()
+  code, _ = bench.supervise(command, visit.scratch / "logs" / "speedrun.log", cwd=ROOT,
+                            stop_at=start + left, kill_at=start + left + 15)
+  wall = time.monotonic() - start
+  if out.exists():
+    shutil.copy(out, visit.back.root / "speedrun.json")
+    result = json.loads(out.read_text())
+    acc, sec = result["test_accuracy"], result["train_seconds"]
+    say(f"speedrun: {acc['n']} seeds, test accuracy {100 * acc['mean']:.2f} ± "
+        f"{100 * acc['std']:.2f}%, {sec['mean']:.3f} ± {sec['std']:.3f} s each")
+    visit.piece("speedrun", status="done" if code == 0 else f"stopped ({code})",
+                seeds=acc["n"], wall_s=round(wall))
+  else:
+    visit.piece("speedrun", status=f"failed ({code}), nothing finished", wall_s=round(wall))
 
 
 def unpack_resumes(scratch: Path) -> None:
@@ -842,6 +881,14 @@ def command_land(args: argparse.Namespace) -> int:
         "carries it")
   if (payload / "throughput.json").exists():
     keep_speeds(json.loads((payload / "throughput.json").read_text()), Path(args.speeds))
+  if (payload / "speedrun.json").exists():
+    result = json.loads((payload / "speedrun.json").read_text())
+    kept = Path(args.bench_dir) / f"speedrun_box_{result['date']}.json"
+    shutil.copy(payload / "speedrun.json", kept)
+    acc = result["test_accuracy"]
+    say(f"speedrun: {acc['n']} seeds on {result['device']}, test accuracy "
+        f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}%, "
+        f"{result['train_seconds']['mean']:.3f} s each; kept in {kept}")
   if args.readme and list((payload / "records").glob("*.json")):
     from cnn.report import results_table  # pylint: disable=import-outside-toplevel
     results_table.rewrite_readme(args.readme, results_table.render(results_dir))
@@ -892,6 +939,8 @@ def parser() -> argparse.ArgumentParser:
                     help="render its results table again ('' : leave it)")
   land.add_argument("--resume-dir", default=str(ROOT / RESUME),
                     help="where a stopped row's checkpoint waits for the next visit")
+  land.add_argument("--bench-dir", default=str(ROOT / "benchmarks" / "results"),
+                    help="where the speedrun's returned JSON is kept")
   smoke = sub.add_parser("smoke", help="on the box: versions, devices, a train step")
   smoke.add_argument("--out", required=True)
   main = sub.add_parser("main", help="on the box: the time-boxed queue")

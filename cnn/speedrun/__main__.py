@@ -41,8 +41,9 @@ def summary(runs: list[dict], key: str) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--seeds", type=int, default=5, help="runs, seeds 0..N-1")
-  parser.add_argument("--out", help="write the runs and their summary here (JSON)")
+  parser.add_argument("--seeds", type=int, default=5, help="runs, seeds 0..N-1 (>= 1)")
+  parser.add_argument("--out", help="write the runs and their summary here (JSON), after "
+                      "every seed")
   parser.add_argument("--train-images", type=int, default=0, help="0 = all 50,000")
   parser.add_argument("--test-images", type=int, default=0, help="0 = all 10,000")
   parser.add_argument("--epochs", type=int, default=Recipe.epochs)
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
     recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
                     widths=tuple(int(w) for w in args.widths.split(",")),
                     eval_batch_size=min(Recipe.eval_batch_size, len(test[1])))
+    if args.seeds < 1:
+      raise UserError("--seeds must be at least 1")
     if len(test[1]) % recipe.eval_batch_size or len(train[1]) < recipe.batch_size:
       raise UserError(f"--test-images must be a multiple of {recipe.eval_batch_size} and "
                       f"--train-images at least --batch-size={recipe.batch_size}")
@@ -68,18 +71,18 @@ def main(argv=None) -> int:
     runs.append(speedrun.run(seed))
     print(f"seed {seed}: test accuracy {100 * runs[-1]['test_accuracy']:.2f}%, "
           f"{runs[-1]['train_seconds']:.3f} s", flush=True)
-  result = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-            "backend": jax.default_backend(), "jax": jax.__version__, "recipe": vars(recipe),
-            "train_images": len(train[1]), "test_images": len(test[1]),
-            "compile_seconds": speedrun.compile_s, "runs": runs,
-            "test_accuracy": summary(runs, "test_accuracy"),
-            "train_seconds": summary(runs, "train_seconds")}
+    result = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+              "backend": jax.default_backend(), "jax": jax.__version__, "recipe": vars(recipe),
+              "train_images": len(train[1]), "test_images": len(test[1]),
+              "compile_seconds": speedrun.compile_s, "seeds_asked": args.seeds, "runs": runs,
+              "test_accuracy": summary(runs, "test_accuracy"),
+              "train_seconds": summary(runs, "train_seconds")}
+    if args.out:  # after every seed: a run stopped early still leaves what finished
+      with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=str)
   acc, sec = result["test_accuracy"], result["train_seconds"]
   print(f"{acc['n']} runs: test accuracy {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}%, "
         f"{sec['mean']:.3f} ± {sec['std']:.3f} s (compile {speedrun.compile_s:.1f} s apart)")
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2, default=str)
   return 0
 
 
