@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn import augment, datasets
 from cnn.speedrun import data, net, optim, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def real_images(cifar10):
   images, labels = cifar10.load_split("train[:300]")
-  return np.asarray(data.normalize(images)), labels
+  spec = datasets.get_spec("cifar10")
+  return np.asarray(augment.normalize(images, spec.mean, spec.std)), labels
 
 
 def test_whitening_maps_patch_covariance_to_identity(real_images):

@@ -50,10 +50,7 @@ def model_prints(name: str, dtype: str, norm_groups: int) -> dict:
   from configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   config.model, config.layers.dtype = name, dtype
-  try:
-    model = model_fn.build(name, {}, config.layers, 10, norm_groups)
-  except TypeError:  # before model_fn.build took the config's sections
-    model = model_fn.build(config, 10, norm_groups)
+  model = model_fn.build(name, {}, config.layers, 10, norm_groups)
   x = jnp.asarray(np.random.default_rng(0).normal(size=SMALL_INPUT["cifar"]), jnp.float32)
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   variables = jax.jit(lambda: model.init(rngs, x, train=False))()

@@ -15,7 +15,6 @@ import statistics
 import sys
 
 import jax
-import ml_collections
 
 from cnn import datasets
 from cnn.errors import UserError
@@ -24,8 +23,8 @@ from cnn.speedrun.train import Recipe, Speedrun
 
 def load(train_images: int, test_images: int) -> tuple[tuple, tuple]:
   """CIFAR-10's training and test splits (the first N of each if given)."""
-  source = datasets.open_dataset(ml_collections.ConfigDict(
-      {"name": "cifar10", "tfds_dir": "", "archive_dir": "", "source": "auto"}))
+  source = datasets.open_source(datasets.get_spec("cifar10"), None,
+                                datasets.resolve_archive_dir(""))
   train = source.load_split(f"train[:{train_images}]" if train_images else "train")
   test = source.load_split(f"test[:{test_images}]" if test_images else "test")
   return train, test

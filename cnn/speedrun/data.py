@@ -12,16 +12,6 @@ translations of reflect-padded images.
 import jax
 import jax.numpy as jnp
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-def normalize(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 NHWC -> standardised with CIFAR-10's channel statistics."""
-  x = images.astype(jnp.float32) / 255
-  return ((x - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)).astype(dtype)
-
-
 def flip_mask(key: jax.Array, count: int) -> jnp.ndarray:
   """The images mirrored in even epochs (each with probability 1/2), fixed for a run."""
   return jax.random.uniform(key, (count,)) < 0.5

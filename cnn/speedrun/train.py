@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnn.augment import normalize
+from cnn.datasets import DatasetSpec, get_spec
 from cnn.speedrun import data, net, optim
 
 LABEL_SMOOTHING = 0.2
@@ -65,12 +67,12 @@ class Speedrun:
   trains and evaluates one seed."""
 
   def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-               recipe: Recipe = Recipe(), num_classes: int = 10):
-    self.recipe, self.num_classes = recipe, num_classes
-    self.model = net.CifarNet(num_classes, recipe.widths, jnp.dtype(recipe.dtype))
-    self.train_images = jax.device_put(data.normalize(train[0]))
+               recipe: Recipe = Recipe(), spec: DatasetSpec = get_spec("cifar10")):
+    self.recipe, self.num_classes = recipe, spec.num_classes
+    self.model = net.CifarNet(spec.num_classes, recipe.widths, jnp.dtype(recipe.dtype))
+    self.train_images = jax.device_put(normalize(train[0], spec.mean, spec.std))
     self.train_labels = jax.device_put(jnp.asarray(train[1], jnp.int32))
-    self.test_images = jax.device_put(data.normalize(test[0]))
+    self.test_images = jax.device_put(normalize(test[0], spec.mean, spec.std))
     self.test_labels = np.asarray(test[1])
     self.steps_per_epoch = len(train[1]) // recipe.batch_size
     self.total_steps = recipe.epochs * self.steps_per_epoch
@@ -121,7 +123,6 @@ class Speedrun:
     """Compiles the epoch and the evaluation ahead of time; returns the seconds."""
     start = time.perf_counter()
     variables, opt_state = self.init(jax.random.key(0))
-    variables = {**variables, "whiten": {"kernel": jnp.zeros_like(variables["whiten"]["kernel"])}}
     self.data_fn = jax.jit(self._epoch_data).lower(0, jax.random.key(0)).compile()
     images, order = self.data_fn(0, jax.random.key(0))
     self.step_fn = jax.jit(self._step, donate_argnums=(0, 1, 2)).lower(
