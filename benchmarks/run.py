@@ -213,18 +213,21 @@ def _term_with_parent(libc: ctypes.CDLL) -> Callable[[], None]:
 
 
 def supervise(command: list[str], log: Path | None = None, stop_at: float | None = None,
-              kill_at: float | None = None, **popen) -> tuple[int, float]:
+              kill_at: float | None = None, stop_when: Callable[[], bool] | None = None,
+              **popen) -> tuple[int, float]:
   """Runs `command` to its end; returns (exit status, negative for a signal;
   peak RSS in MiB). Its output is appended to `log` if given. At `stop_at`
-  (a time.monotonic() value) it gets SIGTERM, at `kill_at` SIGKILL. It runs
-  in its own session (a Ctrl-C reaches only us: we pass SIGTERM on and wait)."""
+  (a time.monotonic() value), or once `stop_when()` (checked every second)
+  is true, it gets SIGTERM (SIGKILL 15 s later at most), at `kill_at`
+  SIGKILL. It runs in its own session (a Ctrl-C reaches only us: we pass
+  SIGTERM on and wait)."""
   libc = ctypes.CDLL(None) if sys.platform == "linux" else None
   with open(log, "a", encoding="utf-8") if log else contextlib.nullcontext() as out:
     proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if log else None,
                             start_new_session=True,
                             preexec_fn=_term_with_parent(libc) if libc else None, **popen)
     try:
-      status, usage = _wait(proc, stop_at, kill_at)
+      status, usage = _wait(proc, stop_at, kill_at, stop_when)
     except BaseException:  # KeyboardInterrupt, SIGTERM made one: let the child save and exit
       proc.terminate()
       status, usage = _wait(proc, None, time.monotonic() + 120)
@@ -232,10 +235,17 @@ def supervise(command: list[str], log: Path | None = None, stop_at: float | None
   return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
 
 
-def _wait(proc: subprocess.Popen, stop_at: float | None, kill_at: float | None):
+def _wait(proc: subprocess.Popen, stop_at: float | None, kill_at: float | None,
+          stop_when: Callable[[], bool] | None = None):
   """(wait status, resource usage) of `proc`, signalled at the deadlines."""
+  checked = time.monotonic()
   while True:
-    if stop_at is None and kill_at is None:
+    if stop_when is not None and time.monotonic() - checked >= 1:
+      checked = time.monotonic()
+      if stop_when():
+        stop_at, stop_when = checked, None
+        kill_at = min(kill_at, checked + 15) if kill_at is not None else checked + 15
+    if stop_at is None and kill_at is None and stop_when is None:
       _, status, usage = os.wait4(proc.pid, 0)
       break
     pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -37,6 +37,35 @@ def test_speedrun_block_is_rendered_from_the_saved_runs():
   assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
+  sys.path.insert(0, str(REPO))
+  from benchmarks import record_speedrun  # pylint: disable=import-outside-toplevel
+  summary = lambda m, s, n=25: {"mean": m, "std": s, "median": m, "n": n}  # noqa: E731
+  ours = {"date": "2026-12-06", "device": "NVIDIA H200", "jax": "0.11.2", "seeds_asked": 25,
+          "train_images": 50000, "test_images": 10000, "compile_seconds": 41.23,
+          "recipe": {"epochs": 8, "batch_size": 2000, "dtype": "float16", "widths": [64, 256, 256]},
+          "test_accuracy": summary(0.9405, 0.0012), "train_seconds": summary(2.5, 0.02)}
+  table = record_speedrun.render({
+      "date": "2026-12-06", "device": "NVIDIA H200", "ours": ours,
+      "airbench94_muon": {"runs_asked": 25, "staged": {"commit": "abcdef123456"},
+                          "test_accuracy": summary(0.9398, 0.0014),
+                          "train_seconds": summary(2.1, 0.01)},
+      "airbench94": {"runs_asked": 25, "runs": [], "staged": {"commit": "abcdef123456"}}})
+  assert table.startswith("Measured 2026-12-06 on NVIDIA H200, jax 0.11.2:")
+  assert ("| ours (JAX) | `python -m cnn.speedrun --seeds 25` | 25 | 94.05 ± 0.12 % | yes | "
+          "2.500 ± 0.020 | 2.500 | 41.2 |") in table
+  assert ("| airbench94_muon (PyTorch) | `python airbench94_muon.py` at abcdef1, unchanged, "
+          "stopped after 25 runs | 25 | 93.98 ± 0.14 % | no | 2.100 ± 0.010 |") in table
+  assert "| airbench94 (PyTorch) |" in table and "| 0 | no run finished |" in table
+  assert "Ours takes 1.19x airbench94_muon's mean training seconds" in table
+  cpu = {**ours, "device": "cpu", "host": "AMD EPYC (2 cores)", "seeds_asked": 1,
+         "recipe": {**ours["recipe"], "dtype": "float32"}, "test_accuracy": summary(0.94, 0, 1),
+         "train_seconds": summary(6000.0, 0, 1)}
+  table = record_speedrun.render(cpu)  # ours alone, as `python -m cnn.speedrun --out` writes it
+  assert table.startswith("Measured 2026-12-06 on AMD EPYC (2 cores), jax 0.11.2:")
+  assert "`python -m cnn.speedrun --seeds 1 --dtype float32` | 1 | 94.00 % (n = 1) |" in table
+
+
 def test_profile_groups_ops_by_layer_and_direction():
   sys.path.insert(0, str(REPO))
   from benchmarks import profile_step  # pylint: disable=import-outside-toplevel

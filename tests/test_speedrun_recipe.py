@@ -63,6 +63,8 @@ def test_the_network_has_no_batchnorm_scale_and_a_frozen_whitening_layer():
            jax.tree_util.tree_leaves_with_path(variables["params"])}
   assert not any("scale" in p for p in paths) and "['whiten_bias']" in paths
   assert "whiten" in variables and "kernel" not in str(variables["params"].get("whiten_bias"))
+  bias = np.asarray(variables["params"]["whiten_bias"])  # PyTorch's Conv2d default, as airbench
+  assert 0 < np.abs(bias).max() <= 1 / np.sqrt(2 * 2 * 3) and len(set(bias.tolist())) == net.WHITEN_WIDTH
   groups = {p: optim.group_of(p, leaf) for p, leaf in
             jax.tree_util.tree_leaves_with_path(variables["params"])}
   count = {g: sum(1 for v in groups.values() if v == g) for g in set(groups.values())}

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))  # run as a script
 
 from benchmarks import run as bench  # noqa: E402
 from cnn.errors import UserError  # noqa: E402
-from tools import carry  # noqa: E402
+from tools import box_airbench, carry  # noqa: E402
 
 MIB = 2**20
 BOX = Path(".box")  # here, ignored by git: what the visit carries
@@ -178,6 +178,7 @@ def cpu_size() -> Size:
 
 
 SIZES: dict[str, Callable[[], Size]] = {"box": box_size, "cpu": cpu_size}
+QUEUES = ("rows", "speedrun")
 
 # ------------------------------------------------------------------ helpers
 
@@ -552,17 +553,18 @@ class Visit:
     self.piece(row.name, status="stopped, returned", wall_s=round(wall), estimate_s=estimate)
 
   def run(self) -> int:
-    say(f"main: {self.left():.0f} s; size {self.args.size}")
+    say(f"main: {self.left():.0f} s; size {self.args.size}; queue {self.args.queue}")
     self.back.publish()
-    self.throughput()
-    for row in self.size.rows:
-      if self.left() < self.size.margin_s + 5:
-        break
-      if row.name in self.args.done:
-        say(f"{row.name}: recorded by an earlier visit; skipped")
-        continue
-      self.train_row(row)
-    speedrun_piece(self)
+    if self.args.queue == "rows":
+      self.throughput()
+      for row in self.size.rows:
+        if self.left() < self.size.margin_s + 5:
+          break
+        if row.name in self.args.done:
+          say(f"{row.name}: recorded by an earlier visit; skipped")
+          continue
+        self.train_row(row)
+    speedrun_pieces(self)
     self.back.visit["ended"] = now_iso()
     self.back.publish()
     say(f"main: done, {self.left():.0f} s left; {VISIT_JSON} and "
@@ -570,35 +572,80 @@ class Visit:
     return 0
 
 
-def speedrun_piece(visit: Visit) -> None:
-  """After the rows (the speedrun issue's box time comes after a visit's rows):
-  `python -m cnn.speedrun`, stopped `margin_s` before the end; the seeds that
-  finished return in speedrun.json (it is rewritten after every seed)."""
+def speedrun_pieces(visit: Visit) -> None:
+  """Ours, then airbench94 and airbench94_muon as published when their
+  scripts were carried (`--airbench`; tools/box_airbench.py): each piece gets
+  an equal share of what is left (a piece done early hands its time on) and
+  starts only with `speedrun_min_s` in its share; each returns its JSON."""
+  pieces = [("speedrun", speedrun_piece)]
+  if visit.args.airbench:
+    pieces += [(name, airbench_piece) for name in box_airbench.SCRIPTS]
+  for i, (name, piece) in enumerate(pieces):
+    share = (visit.left() - visit.size.margin_s) / (len(pieces) - i)
+    if not visit.size.speedrun_seeds or share < visit.size.speedrun_min_s:
+      visit.piece(name, status=f"not started: {max(share, 0):.0f} s for it, "
+                  f"{visit.size.speedrun_min_s:.0f} s needed")
+      continue
+    piece(visit, name, share)
+
+
+def speedrun_piece(visit: Visit, name: str, seconds: float) -> None:
+  """`python -m cnn.speedrun` for `seconds` at most (SIGTERM then); the seeds
+  that finished return in speedrun.json (it is rewritten after every seed)."""
   size = visit.size
-  left = visit.left() - size.margin_s
-  if not size.speedrun_seeds or left < size.speedrun_min_s:
-    visit.piece("speedrun", status=f"not started: {max(left, 0):.0f} s left, "
-                f"{size.speedrun_min_s:.0f} s needed")
-    return
   out = visit.scratch / "speedrun.json"
   command = [sys.executable, "-m", "cnn.speedrun", "--seeds", str(size.speedrun_seeds),
              f"--out={out}", *size.speedrun]
-  say(f"speedrun: {' '.join(command[1:])}, {left:.0f} s left")
+  say(f"{name}: {' '.join(command[1:])}, {seconds:.0f} s for it")
   (visit.scratch / "logs").mkdir(parents=True, exist_ok=True)
   start = time.monotonic()
   code, _ = bench.supervise(command, visit.scratch / "logs" / "speedrun.log", cwd=ROOT,
-                            stop_at=start + left, kill_at=start + left + 15)
+                            stop_at=start + seconds, kill_at=start + seconds + 15)
   wall = time.monotonic() - start
   if out.exists():
     shutil.copy(out, visit.back.root / "speedrun.json")
     result = json.loads(out.read_text())
     acc, sec = result["test_accuracy"], result["train_seconds"]
-    say(f"speedrun: {acc['n']} seeds, test accuracy {100 * acc['mean']:.2f} ± "
+    say(f"{name}: {acc['n']} seeds, test accuracy {100 * acc['mean']:.2f} ± "
         f"{100 * acc['std']:.2f}%, {sec['mean']:.3f} ± {sec['std']:.3f} s each")
-    visit.piece("speedrun", status="done" if code == 0 else f"stopped ({code})",
+    visit.piece(name, status="done" if code == 0 else f"stopped ({code})",
                 seeds=acc["n"], wall_s=round(wall))
   else:
-    visit.piece("speedrun", status=f"failed ({code}), nothing finished", wall_s=round(wall))
+    visit.piece(name, status=f"failed ({code}), nothing finished", wall_s=round(wall))
+
+
+def airbench_piece(visit: Visit, name: str, seconds: float) -> None:
+  """airbench's script `name`, unchanged, on the carried CIFAR-10 (its
+  cifar10/*.pt written by a child first), stopped after `speedrun_seeds`
+  runs or at the end of its share; returns NAME.json."""
+  start = time.monotonic()
+  folder = visit.scratch / "airbench"
+  if not (folder / "cifar10" / "test.pt").exists():
+    shutil.copytree(ROOT / visit.args.airbench, folder, dirs_exist_ok=True)
+    code, _ = bench.supervise([sys.executable, "tools/box_airbench.py", "data", "--folder",
+                               str(folder)], visit.scratch / "logs" / "airbench_data.log",
+                              cwd=ROOT, kill_at=start + seconds)
+    if code:
+      log = (visit.scratch / "logs" / "airbench_data.log").read_text(errors="replace")
+      say(f"{name}: writing its data failed ({code}):\n{log[-2000:]}")
+      visit.piece(name, status=f"failed ({code}) writing cifar10/*.pt")
+      return
+  left = seconds - (time.monotonic() - start)
+  say(f"{name}: up to {visit.size.speedrun_seeds} runs, {left:.0f} s for it")
+  result = box_airbench.run_script(name, folder, visit.size.speedrun_seeds, left,
+                                   visit.scratch / "logs" / f"{name}.log")
+  result["staged"] = json.loads((folder / box_airbench.MANIFEST).read_text())
+  write_json(visit.back.root / f"{name}.json", result)
+  if result["runs"]:
+    acc, sec = result["test_accuracy"], result["train_seconds"]
+    say(f"{name}: {acc['n']} runs, test accuracy {100 * acc['mean']:.2f} ± "
+        f"{100 * acc['std']:.2f}%, {sec['mean']:.3f} ± {sec['std']:.3f} s each")
+  else:
+    say(f"{name}: no run finished (exit status {result['exit_status']}); its log ends:\n"
+        + result["log_tail"][-1500:])
+  visit.piece(name, status="done" if len(result["runs"]) == result["runs_asked"] else
+              f"{len(result['runs'])} of {result['runs_asked']} runs", runs=len(result["runs"]),
+              wall_s=round(time.monotonic() - start))
 
 
 def unpack_resumes(scratch: Path) -> None:
@@ -677,6 +724,12 @@ def command_prepare(args: argparse.Namespace) -> int:
   from tools import box_data  # pylint: disable=import-outside-toplevel
   if not args.archive_dir:
     raise UserError("no dataset files: set CNN_ARCHIVE_DIR or pass --archive-dir")
+  if args.airbench:
+    bare = not (args.airbench / ".git").exists() and (args.airbench / "HEAD").is_file()
+    staged = (box_airbench.stage_from_git if bare else box_airbench.stage)(
+        args.airbench, ROOT / BOX / "airbench")
+    say(f"airbench's scripts at {staged['commit'][:12]} in {BOX / 'airbench'} "
+        "(`visit --queue speedrun` carries them)")
   command_wheels(argparse.Namespace(dest=ROOT / WHEELS))
   wheels = sum(f.stat().st_size for f in (ROOT / WHEELS).glob("*.whl"))
   part_bytes = box_data.default_part_bytes(ROOT, wheels)
@@ -764,11 +817,16 @@ def rows_done(size: Size, results_dir: Path) -> list[str]:
 
 
 def visit_commands(size: str, commit: str, box: Path = BOX,
-                   results_dir: Path = ROOT / "results") -> list[dict]:
+                   results_dir: Path = ROOT / "results", queue: str = "rows") -> list[dict]:
   """The visit: [{name, command, carry, timeout_s, send_mib}], within the
   limits. `box`: the folder (relative to the repo, ignored by git) prepared;
-  rows recorded in `results_dir` by earlier visits are skipped."""
+  rows recorded in `results_dir` by earlier visits are skipped. `queue`:
+  "rows" (throughput, the rows, then the speedrun with what is left) or
+  "speedrun" (only the speedrun side by side: ours, and airbench's scripts
+  when `prepare --airbench` staged them)."""
   wheels, data_dir, resume_dir = box / WHEELS.name, box / DATA.name, box / RESUME.name
+  airbench = box / "airbench"
+  staged = (ROOT / airbench / box_airbench.MANIFEST).exists()
   manifest_path = ROOT / data_dir / "manifest.json"
   if not manifest_path.exists() or not list((ROOT / wheels).glob("*.whl")):
     raise UserError(f"no data parts or wheels in {box}: run `python tools/accelerator_kit.py "
@@ -789,6 +847,7 @@ def visit_commands(size: str, commit: str, box: Path = BOX,
     commands.append({"name": f"data {part}", "carry": [data("manifest.json"), data(part)],
                      "timeout_s": 120, "command": head(None) + add_part(data(part))})
   resumes = sorted((ROOT / resume_dir).glob("*")) if (ROOT / resume_dir).exists() else []
+  resumes = resumes if queue == "rows" else []
   for resume in resumes:
     commands.append({"name": f"resume {resume.name}", "carry": [str(resume_dir / resume.name)],
                      "timeout_s": 120, "command": head(None) +
@@ -800,9 +859,11 @@ def visit_commands(size: str, commit: str, box: Path = BOX,
           + f"python3 tools/box_data.py assemble --staging {SCRATCH}/parts --manifest "
           f"{data_dir}/manifest.json --data-dir {SCRATCH}/data; CNN_ARCHIVE_DIR={SCRATCH}/data "
           f"python3 tools/accelerator_kit.py main --out $OUT --size {size} --until "
-          f"$((T0+{main_s})) --commit {commit}" + (f" --done {','.join(done)}" if done else "")
-          + f" 2>&1 | tee $OUT/{MAIN_LOG}")
-  commands.append({"name": "main", "carry": [str(wheels), data("manifest.json"), data(last)],
+          f"$((T0+{main_s})) --commit {commit} --queue {queue}"
+          + (f" --done {','.join(done)}" if done else "")
+          + (f" --airbench {airbench}" if staged else "") + f" 2>&1 | tee $OUT/{MAIN_LOG}")
+  commands.append({"name": "main", "carry": [str(wheels), data("manifest.json"), data(last),
+                                             *([str(airbench)] if staged else [])],
                    "timeout_s": min(main_s + 30, LIMITS.command_s), "command": main})
   check_limits(commands)
   return commands
@@ -838,7 +899,8 @@ def head_commit() -> str:
 
 
 def command_visit(args: argparse.Namespace) -> int:
-  commands = visit_commands(args.size, head_commit(), results_dir=Path(args.results_dir))
+  commands = visit_commands(args.size, head_commit(), results_dir=Path(args.results_dir),
+                            queue=args.queue)
   if args.json:
     print(json.dumps(commands, indent=1))
     return 0
@@ -881,14 +943,7 @@ def command_land(args: argparse.Namespace) -> int:
         "carries it")
   if (payload / "throughput.json").exists():
     keep_speeds(json.loads((payload / "throughput.json").read_text()), Path(args.speeds))
-  if (payload / "speedrun.json").exists():
-    result = json.loads((payload / "speedrun.json").read_text())
-    kept = Path(args.bench_dir) / f"speedrun_box_{result['date']}.json"
-    shutil.copy(payload / "speedrun.json", kept)
-    acc = result["test_accuracy"]
-    say(f"speedrun: {acc['n']} seeds on {result['device']}, test accuracy "
-        f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}%, "
-        f"{result['train_seconds']['mean']:.3f} s each; kept in {kept}")
+  keep_side_by_side(payload, visit, Path(args.bench_dir))
   if args.readme and list((payload / "records").glob("*.json")):
     from cnn.report import results_table  # pylint: disable=import-outside-toplevel
     results_table.rewrite_readme(args.readme, results_table.render(results_dir))
@@ -898,6 +953,28 @@ def command_land(args: argparse.Namespace) -> int:
       say(f"{name}: estimated {piece['estimate_s']:.0f} s, took {piece['wall_s']} s "
           f"({piece['wall_s'] / piece['estimate_s']:.2f}x), {piece['status']}")
   return 0
+
+
+def keep_side_by_side(payload: Path, visit: dict, bench_dir: Path) -> Path | None:
+  """Ours and airbench's scripts from one visit, in one file
+  (benchmarks/results/record_speedrun_box_<date>.json) that
+  benchmarks/record_speedrun.py turns into docs/experiments.md's table."""
+  names = {"speedrun": "ours", **{n: n for n in box_airbench.SCRIPTS}}
+  found = {key: json.loads((payload / f"{name}.json").read_text())
+           for name, key in names.items() if (payload / f"{name}.json").exists()}
+  if not found:
+    return None
+  date = visit["started"][:10]
+  kept = bench_dir / f"record_speedrun_box_{date}.json"
+  write_json(kept, {"date": date, "visit_started": visit["started"],
+                    "device": found.get("ours", {}).get("device"), **found})
+  for key, result in found.items():
+    if result.get("test_accuracy"):
+      acc, sec = result["test_accuracy"], result["train_seconds"]
+      say(f"{key}: n={acc['n']}, test accuracy {100 * acc['mean']:.2f} ± "
+          f"{100 * acc['std']:.2f}%, {sec['mean']:.3f} ± {sec['std']:.3f} s each")
+  say(f"the speedrun side by side kept in {kept}")
+  return kept
 
 
 def keep_speeds(throughput: dict, path: Path = SPEEDS) -> None:
@@ -924,11 +1001,17 @@ def parser() -> argparse.ArgumentParser:
                     help="the original dataset files (default: $CNN_ARCHIVE_DIR)")
   prep.add_argument("--datasets", default="cifar10", help="comma-separated (cifar10,mnist)")
   prep.add_argument("--again", action="store_true", help="write the data parts even if kept")
+  prep.add_argument("--airbench", type=Path, default=None,
+                    help="a clone (or a bare snapshot) of KellerJordan/cifar10-airbench: its "
+                    "two scripts go to .box/airbench/ for `visit --queue speedrun`")
   wheels = sub.add_parser("wheels", help="here: the box's wheels (requirements-accelerator.txt)")
   wheels.add_argument("--dest", type=Path, default=ROOT / WHEELS)
   visit = sub.add_parser("visit", help="here: print the visit's commands")
   visit.add_argument("--size", choices=SIZES, default="box")
   visit.add_argument("--json", action="store_true", help="as JSON (the rehearsal reads it)")
+  visit.add_argument("--queue", choices=QUEUES, default="rows",
+                     help="rows: throughput, the paper rows, then the speedrun with what is "
+                     "left; speedrun: only ours beside airbench's (issue #48)")
   visit.add_argument("--results-dir", default=str(ROOT / "results"),
                      help="rows recorded here by earlier visits are skipped")
   land = sub.add_parser("land", help="here, after a visit: record what returned")
@@ -951,6 +1034,9 @@ def parser() -> argparse.ArgumentParser:
   main.add_argument("--scratch", default=SCRATCH)
   main.add_argument("--done", type=lambda s: s.split(","), default=[],
                     help="rows recorded by earlier visits (comma-separated): skipped")
+  main.add_argument("--queue", choices=QUEUES, default="rows")
+  main.add_argument("--airbench", default="",
+                    help="airbench's staged scripts (tools/box_airbench.py): run after ours")
   cells = sub.add_parser("cells", help="child: time cells of one determinism setting")
   for flag in ("--size", "--keys", "--json"):
     cells.add_argument(flag, required=True, type=Path if flag == "--json" else str)

@@ -11,6 +11,8 @@ the device. At CPU size, e.g.:
 import argparse
 import datetime
 import json
+import os
+import platform
 import statistics
 import sys
 
@@ -34,7 +36,19 @@ def summary(runs: list[dict], key: str) -> dict:
   values = [r[key] for r in runs]
   return {"mean": statistics.fmean(values),
           "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-          "min": min(values), "max": max(values), "n": len(values)}
+          "median": statistics.median(values), "min": min(values), "max": max(values),
+          "n": len(values)}
+
+
+def host() -> str:
+  """This machine's CPU and its cores (the device of a CPU run)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return f"{names[0] if names else platform.processor() or 'unknown CPU'} " \
+         f"({os.cpu_count()} cores)"
 
 
 def main(argv=None) -> int:
@@ -48,7 +62,7 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=int, default=Recipe.epochs)
   parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
   parser.add_argument("--widths", default=",".join(map(str, Recipe.widths)))
-  parser.add_argument("--dtype", default=Recipe.dtype, choices=("bfloat16", "float32"))
+  parser.add_argument("--dtype", default=Recipe.dtype, choices=("float16", "bfloat16", "float32"))
   args = parser.parse_args(argv)
   try:
     train, test = load(args.train_images, args.test_images)
@@ -71,6 +85,7 @@ def main(argv=None) -> int:
     print(f"seed {seed}: test accuracy {100 * runs[-1]['test_accuracy']:.2f}%, "
           f"{runs[-1]['train_seconds']:.3f} s", flush=True)
     result = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+              "host": host(),
               "backend": jax.default_backend(), "jax": jax.__version__, "recipe": vars(recipe),
               "train_images": len(train[1]), "test_images": len(test[1]),
               "compile_seconds": speedrun.compile_s, "seeds_asked": args.seeds, "runs": runs,

@@ -55,6 +55,15 @@ def identity_init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax
   return kernel.at[..., :n].set(dirac)
 
 
+def torch_bias_init(fan_in: int):
+  """PyTorch's default conv/linear bias: uniform in +-1/sqrt(fan_in). airbench
+  keeps it for the whitening layer's bias (its `reset` re-draws it; only the
+  weight is replaced by the whitening kernel)."""
+  bound = 1 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                   bound)
+
+
 def unit_uniform(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
   """Uniform with standard deviation 1 (airbench's head: PyTorch's init rescaled)."""
   return jax.random.uniform(key, shape, dtype, -np.sqrt(3), np.sqrt(3))
@@ -89,7 +98,8 @@ class CifarNet(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     kernel = self.variable("whiten", "kernel", jnp.zeros,
                            (WHITEN_SIZE, WHITEN_SIZE, x.shape[-1], WHITEN_WIDTH)).value
-    bias = self.param("whiten_bias", nn.initializers.zeros, (WHITEN_WIDTH,))
+    bias = self.param("whiten_bias", torch_bias_init(WHITEN_SIZE * WHITEN_SIZE * x.shape[-1]),
+                      (WHITEN_WIDTH,))
     x = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (1, 1),
                                      "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     x = nn.gelu(x + bias.astype(self.dtype), approximate=False)
