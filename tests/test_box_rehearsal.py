@@ -200,9 +200,10 @@ def test_the_kits_visit_passes_its_rehearsal(tmp_path, data_env):
                  str(tmp_path / "speeds.json"), "--readme", "")
     assert landed.returncode == 0, landed.stderr[-3000:]
     print(landed.stdout)
-    record = json.loads((results / "tiny_cifar10_seed1.json").read_text())
+    record = json.loads((results / "tiny_cifar10_box_seed1.json").read_text())
     assert record["sweep"]["seeds"] == [0, 1] and "jax 0.11.2" in record["hardware"]
-    assert (results / "weights" / "tiny_cifar10_seed1.safetensors").exists()
+    assert record["tag"] == "box"
+    assert (results / "weights" / "tiny_cifar10_box_seed1.safetensors").exists()
     assert (resume_dir / "tiny_cifar10_long").is_dir()
     second = rehearse_visit(env_dir, tmp_path / "visit2", results)
     assert any(c["name"] == "resume tiny_cifar10_long" for c in second["visit"])

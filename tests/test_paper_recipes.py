@@ -17,7 +17,8 @@ from conftest import lr_schedule
 CONFIGS = Path(__file__).parents[1] / "configs"
 HE_V1 = ("resnet20v1_cifar10", "resnet32v1_cifar10", "resnet44v1_cifar10",
          "resnet56v1_cifar10", "resnet110v1_cifar10")
-HE_V2 = ("resnet20v2_cifar10", "resnet56v2_cifar10", "resnet110v2_cifar10")
+HE_V2 = ("resnet20v2_cifar10", "resnet56v2_cifar10", "resnet110v2_cifar10",
+         "resnet164v2_cifar10")
 
 
 def load(name: str, *args):

@@ -109,3 +109,66 @@ def test_a_run_without_a_held_out_split_says_why_it_has_no_temperature(tmp_path)
                        results, weights=False)
   row = results_table.render_robustness(results).splitlines()[2]
   assert "| 91.74 | 5.19 | — (no held-out split to fit T on) | 0.3527 | — |" in row
+
+
+def test_each_protocol_gets_its_row_and_a_box_sweep_sits_beside_the_cpu_run(tmp_path):
+  """Records of the same config and seed from the box (tag "box") and the CPU
+  coexist; the row shows the larger sample and where the other lies; a
+  validation-protocol run is a row of its own, never averaged in."""
+  results = tmp_path / "results"
+  cpu = fake_workdir(tmp_path / "cpu", 0, 0.9133)
+  results_table.record(str(cpu), "resnet20v1_cifar10", "2-core CPU", "python main.py ...",
+                       results, weights=False)
+  for seed, accuracy in enumerate((0.9170, 0.9180, 0.9160)):
+    results_table.record(str(fake_workdir(tmp_path / f"box{seed}", seed, accuracy)),
+                         "resnet20v1_cifar10", "1x NVIDIA H200 (jax 0.11.2)", "python main.py",
+                         results, weights=False, tag="box")
+  assert sorted(p.name for p in results.glob("*.json")) == [
+      "resnet20v1_cifar10_box_seed0.json", "resnet20v1_cifar10_box_seed1.json",
+      "resnet20v1_cifar10_box_seed2.json", "resnet20v1_cifar10_seed0.json"]
+  rows = [line for line in results_table.render(results).splitlines()
+          if "`resnet20v1_cifar10`" in line]
+  assert len(rows) == 1  # both samples are the validation protocol (fake_workdir's default)
+  # t(0.975, 2 dof) = 4.303: 91.70 ± 4.303 * 0.10 / sqrt(3) = 91.45-91.95
+  assert ("| 91.70 ± 0.10 (3) | 91.45-91.95; the CPU run (91.33, seed 0) lies outside it | "
+          "validation |") in rows[0]
+  assert "1x NVIDIA H200 (jax 0.11.2)" in rows[0]
+  paper = fake_workdir(tmp_path / "paper", 7, 0.9150)
+  data = json.loads((paper / "results.json").read_text())
+  (paper / "results.json").write_text(json.dumps({**data, "protocol": "paper"}))
+  results_table.record(str(paper), "resnet20v1_cifar10", "2-core CPU", "python main.py ...",
+                       results, weights=False)
+  rows = [line for line in results_table.render(results).splitlines()
+          if "`resnet20v1_cifar10`" in line]
+  assert [r.split(" | ")[6] for r in rows] == ["paper", "validation"]
+  assert "| 91.50 (1) | — (one seed) | paper |" in rows[0]
+
+
+def test_he_table_tests_resnet110_against_the_published_mean_and_std(tmp_path):
+  """Welch's t of our errors against 2016a's 6.61 ± 0.16 (n = 5), checked by
+  hand: t = (6.60 - 6.61) / sqrt(0.10^2 / 3 + 0.16^2 / 5) = -0.109; single
+  published numbers get "inside/outside our interval" instead."""
+  results = tmp_path / "results"
+  for name, accuracies in (("resnet110v1_cifar10", (0.935, 0.933, 0.934)),
+                           ("resnet56v1_cifar10", (0.9300, 0.9310, 0.9320))):
+    for seed, accuracy in enumerate(accuracies):
+      workdir = fake_workdir(tmp_path / f"{name}{seed}", seed, accuracy)
+      data = json.loads((workdir / "results.json").read_text())
+      (workdir / "results.json").write_text(json.dumps({**data, "protocol": "paper"}))
+      results_table.record(str(workdir), name, "1x H200", "python main.py", results,
+                           weights=False, tag="box")
+  rows = {line.split(" | ")[0][2:]: line for line in
+          results_table.render_he2016(results).splitlines()[2:]}
+  r110 = rows["ResNet-110"]
+  assert "| 6.43 (6.61 ± 0.16, n = 5) | 6.60 ± 0.10 (n = 3) |" in r110
+  assert "Welch: t = -0.11, p = 0.92: no difference at the 5 % level" in r110
+  # 56: 6.90 ± 0.10, interval 6.90 ± 4.303 * 0.10 / sqrt(3) = 6.65-7.15 holds 6.97
+  assert "| 6.90 ± 0.10 (n = 3) | 6.65-7.15 | the published 6.97 lies inside" in rows["ResNet-56"]
+  assert "no paper-protocol run yet" in rows["ResNet-32"]
+
+
+def test_readme_he_table_is_the_rendered_one():
+  from cnn.report import he2016  # pylint: disable=import-outside-toplevel
+  readme = (REPO / "README.md").read_text()
+  block = readme.split(he2016.BEGIN)[1].split(he2016.END)[0]
+  assert block.strip() == results_table.render_he2016().strip()

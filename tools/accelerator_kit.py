@@ -149,7 +149,19 @@ def box_size() -> Size:
       rows=(Row("resnet56v1_cifar10", "configs/resnet56v1_cifar10.py", BOX_RUN, "resnet56_v1", 7),
             Row("resnet56v2_cifar10", "configs/resnet56v2_cifar10.py", BOX_RUN, "resnet56_v1", 7),
             Row("vgg16_cifar10", "configs/vgg16_cifar10.py", (*BOX_RUN, *PAPER_SPLITS), "vgg16",
-                115)),
+                115),
+            # He et al.'s table (cnn/report/he2016.py), then the one-seed CPU rows as sweeps.
+            # A model without measured cells has no estimate: it runs, stops, returns, resumes.
+            Row("resnet110v1_cifar10", "configs/resnet110v1_cifar10.py", BOX_RUN,
+                "resnet110_v1", 14),
+            Row("resnet20v1_cifar10", "configs/resnet20v1_cifar10.py", BOX_RUN, "resnet20_v1", 2.2),
+            Row("resnet20v2_cifar10", "configs/resnet20v2_cifar10.py", BOX_RUN, "resnet20_v1", 2.2),
+            Row("resnet32v1_cifar10", "configs/resnet32v1_cifar10.py", BOX_RUN, "resnet32_v1", 3.7),
+            Row("resnet44v1_cifar10", "configs/resnet44v1_cifar10.py", BOX_RUN, "resnet44_v1", 5.3),
+            Row("resnet110v2_cifar10", "configs/resnet110v2_cifar10.py", BOX_RUN,
+                "resnet110_v1", 14),
+            Row("resnet164v2_cifar10", "configs/resnet164v2_cifar10.py", BOX_RUN,
+                "resnet164_v2", 14)),
       seed_choices=(5, 4, 3), margin_s=45, min_row_s=120, overhead=1.1, startup_s=60,
       main_s=570, speedrun_seeds=25, speedrun_min_s=120)
 
@@ -510,7 +522,8 @@ class Visit:
     records = self.back.root / "records"
     done = subprocess.run(
         [sys.executable, "-m", "cnn.report.results_table", "record", str(workdir), "--name",
-         row.name, "--hardware", label, "--command", shlex.join(command).replace(
+         row.name, "--tag", "box", "--hardware", label, "--command",
+         shlex.join(command).replace(
              f"{self.scratch}/runs/", "runs/"), "--results-dir", str(records),
          *(["--commit", self.args.commit] if self.args.commit else [])],
         cwd=ROOT, capture_output=True, text=True)
@@ -806,12 +819,12 @@ def head(wheels: Path | None) -> str:
 
 
 def rows_done(size: Size, results_dir: Path) -> list[str]:
-  """Rows an earlier visit recorded (labels ending in "(jax X)" are the kit's)
-  with at least the fewest seeds a visit trains: the next visit skips them."""
+  """Rows an earlier visit recorded (the kit records with the tag "box") with
+  at least the fewest seeds a visit trains: the next visit skips them."""
   done = []
   for row in size.rows:
-    records = [json.loads(p.read_text()) for p in results_dir.glob(f"{row.name}_seed*.json")]
-    if sum("(jax " in r.get("hardware", "") for r in records) >= min(size.seed_choices):
+    records = [json.loads(p.read_text()) for p in results_dir.glob(f"{row.name}_box_seed*.json")]
+    if sum(r.get("tag") == "box" for r in records) >= min(size.seed_choices):
       done.append(row.name)
   return done
 
@@ -946,7 +959,7 @@ def command_land(args: argparse.Namespace) -> int:
   keep_side_by_side(payload, visit, Path(args.bench_dir))
   if args.readme and list((payload / "records").glob("*.json")):
     from cnn.report import results_table  # pylint: disable=import-outside-toplevel
-    results_table.rewrite_readme(args.readme, results_table.render(results_dir))
+    results_table.rewrite_tables(Path(args.readme), results_dir)
     say(f"{args.readme}: the results table rendered again")
   for name, piece in visit["pieces"].items():
     if piece.get("estimate_s") and piece.get("wall_s") and piece["status"] == "recorded":

@@ -84,8 +84,9 @@ def torchvision_arrays(archive_dir: str) -> dict:
   """{"train"|"test": (images uint8 NHWC, labels int64)} in the order of the
   binary batch files (torchvision's `CIFAR10(...).data` and `.targets`), and
   the class names, from the original CIFAR-10 files (checksums verified)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from cnn.datasets import archives, find_archives, get_spec  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import numpy as np
+  from cnn.datasets import archives, find_archives, get_spec
   root = find_archives(get_spec("cifar10"), archive_dir)
   if root is None:
     raise UserError(f"no CIFAR-10 files in {archive_dir!r}: set CNN_ARCHIVE_DIR")

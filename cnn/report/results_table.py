@@ -5,6 +5,8 @@
   python -m cnn.report.results_table render                    # print the table
   python -m cnn.report.results_table render --readme README.md # rewrite the README's tables
 
+The README's tables: the experiments, He et al.'s (cnn/report/he2016.py), robustness.
+
 Both take `--results-dir DIR` for another directory than the repository's results/.
 
 `record` keeps the numbers of a finished workdir as
@@ -32,6 +34,7 @@ from typing import Sequence
 
 from cnn import robustness
 from cnn import workdir as workdirs
+from cnn.report import he2016
 from cnn.report.compare import load_results
 from cnn.errors import UserError
 
@@ -78,6 +81,9 @@ EXPERIMENTS = {
                             "102 images/s"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
                             "after the queue: about 22 h at ResNet-110 v1's speed"),
+    "resnet164v2_cifar10": ("—", "94.54 (He, pre-act.)", "≥ 94.5",
+                            "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
+                            "queue"),
 }
 KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch",
         "last_test_accuracy", "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
@@ -87,38 +93,42 @@ KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epo
 def record(workdir: str, name: str, hardware: str, command: str,
            results_dir: Path = RESULTS_DIR, commit: str | None = None,
            resumes: int | None = None, weights: bool = True,
-           publish_dir: Path | None = None) -> list[Path]:
+           publish_dir: Path | None = None, tag: str | None = None) -> list[Path]:
   """Copies a finished run's numbers into `results_dir`, with the commit the
   run was pinned to and how many times it was resumed, when given, and its
   evaluation weights (`weights`). A seed sweep's workdir records each of its
   seeds (`<name>_seed<s>.json`, replacing earlier records of those seeds) and
   notes the sweep in each. `publish_dir`: the weights go there (outside git)
-  instead of results/weights/."""
+  instead of results/weights/. `tag` (e.g. "box") keeps these records apart
+  from other runs of the same config and seeds (`<name>_<tag>_seed<s>.json`):
+  the table shows each sample on its own."""
   sweep_file = workdirs.Workdir.of(workdir).sweep
   if not sweep_file.is_file():
     return [record_run(workdir, name, hardware, command, results_dir, commit, resumes, weights,
-                       publish_dir)]
+                       publish_dir, tag=tag)]
   sweep = json.loads(sweep_file.read_text())
   note = {"seeds": sweep["seeds"], "placement": sweep["placement"], "mesh": sweep["mesh"]}
   return [record_run(str(workdirs.Workdir.of(workdir).seed(s)), name, hardware, command,
-                     results_dir, commit, resumes, weights, publish_dir, sweep=note)
+                     results_dir, commit, resumes, weights, publish_dir, sweep=note, tag=tag)
           for s in sweep["seeds"]]
 
 
 def record_run(workdir: str, name: str, hardware: str, command: str, results_dir: Path,
                commit: str | None, resumes: int | None, weights: bool,
-               publish_dir: Path | None = None, sweep: dict | None = None) -> Path:
+               publish_dir: Path | None = None, sweep: dict | None = None,
+               tag: str | None = None) -> Path:
   """`record` of one run (one seed)."""
   results = load_results(workdir)
   entry = {"name": name, "hardware": hardware, "command": command,
            **({"commit": commit} if commit else {}),
            **({"resumes": resumes} if resumes is not None else {}),
            **({"sweep": sweep} if sweep else {}),
+           **({"tag": tag} if tag else {}),
            **{k: results.get(k) for k in KEPT}}
   robustness = workdirs.Workdir.of(workdir).report / "robustness.json"
   if robustness.is_file():  # --mode=evaluate ran: calibration, corruptions, attacks
     entry["robustness"] = json.loads(robustness.read_text())
-  stem = f"{name}_seed{results['seed']}"
+  stem = f"{name}_{tag}_seed{results['seed']}" if tag else f"{name}_seed{results['seed']}"
   if weights and publish_dir is not None:
     if Path(publish_dir).resolve().is_relative_to(RESULTS_DIR.parent):
       raise UserError(f"--publish-dir {publish_dir} is inside the repository; give a directory "
@@ -185,24 +195,58 @@ def weights_cell(entries: list[dict]) -> str:
   return ", ".join(links) or f"— ({entries[0].get('weights_missing', 'not shipped')})"
 
 
+def samples(entries: list[dict]) -> list[tuple[str, list[dict]]]:
+  """A config's runs under one protocol as its samples: the runs recorded with
+  a tag (e.g. "box": one seed sweep on the GPU box) apart from the untagged
+  ones (the CPU's long runs), largest first (a tie goes to the tagged one)."""
+  groups: dict[str, list[dict]] = {}
+  for e in entries:
+    groups.setdefault(e.get("tag") or "", []).append(e)
+  return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0] == ""))
+
+
+def beside(main: list[dict], other: list[dict]) -> str:
+  """Where another sample of the same config and protocol lies against the
+  row's 95 % interval (or its one value): "the CPU run (91.33, seed 0) lies
+  inside"."""
+  accuracies = [100 * e["test_accuracy"] for e in other]
+  value = (f"{accuracies[0]:.2f}, seed {other[0]['seed']}" if len(other) == 1 else
+           f"{statistics.mean(accuracies):.2f} mean of {len(other)}")
+  where = "the CPU run" if not other[0].get("tag") else f"the {other[0]['tag']} runs"
+  if len(main) < 2:
+    return f"{where} ({value}) beside it"
+  from cnn import seeds  # pylint: disable=import-outside-toplevel (scipy's t quantiles)
+  low, high = seeds.summary([100 * e["test_accuracy"] for e in main])["interval"]
+  inside = all(low <= a <= high for a in accuracies)
+  return f"{where} ({value}) lies {'inside' if inside else 'outside'} it"
+
+
 def render(results_dir: Path = RESULTS_DIR) -> str:
+  """One row per config and protocol; a config measured both on the box (a
+  tagged sweep) and on the CPU shows the larger sample and where the other
+  lies against its interval."""
   runs = load_all(results_dir)
   lines = ["| config | seed codebase | published | target | ours (test %, mean ± std (seeds)) "
            "| 95 % interval | protocol | epochs | measured on, wall time | weights |",
            "|---|---:|---|---|---|---|---|---:|---|---|"]
   for name in list(EXPERIMENTS) + sorted(set(runs) - set(EXPERIMENTS)):
     seed, published, target, why = EXPERIMENTS.get(name, ("—", "—", "—", ""))
-    entries = runs.get(name)
-    if not entries:
+    if not runs.get(name):
       lines.append(f"| `{name}` | {seed} | {published} | {target} | no result yet ({why}) "
                    "| | | | | |")
       continue
-    hours = statistics.mean(e["wall_time_s"] for e in entries) / 3600
-    mean_std, interval = ours(entries)
-    lines.append(
-        f"| `{name}` | {seed} | {published} | {target} | {mean_std} | {interval} | "
-        f"{protocol(entries[0])} | {entries[0]['epochs']} | "
-        f"{entries[0]['hardware']}, {hours:.2f} h | {weights_cell(entries)} |")
+    by_protocol: dict[str, list[dict]] = {}
+    for e in runs[name]:
+      by_protocol.setdefault(protocol(e), []).append(e)
+    for kind in sorted(by_protocol, key=lambda k: (k != "paper", k)):
+      (_, entries), *others = samples(by_protocol[kind])
+      hours = statistics.mean(e["wall_time_s"] for e in entries) / 3600
+      mean_std, interval = ours(entries)
+      interval = "; ".join([interval, *(beside(entries, o) for _, o in others)])
+      lines.append(
+          f"| `{name}` | {seed} | {published} | {target} | {mean_std} | {interval} | "
+          f"{kind} | {entries[0]['epochs']} | "
+          f"{entries[0]['hardware']}, {hours:.2f} h | {weights_cell(entries)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -236,6 +280,29 @@ def render_robustness(results_dir: Path = RESULTS_DIR) -> str:
   return "\n".join(lines) + "\n"
 
 
+def render_he2016(results_dir: Path = RESULTS_DIR) -> str:
+  """He et al.'s table (cnn/report/he2016.py) with each config's paper-protocol
+  runs: its largest sample, as the results table shows it."""
+  runs = load_all(results_dir)
+  chosen = {}
+  for paper in he2016.PUBLISHED:
+    entries = [e for e in runs.get(paper.config, []) if protocol(e) == "paper"]
+    if entries:
+      chosen[paper.config] = samples(entries)[0][1]
+  return he2016.render(chosen)
+
+
+def rewrite_tables(readme: Path, results_dir: Path = RESULTS_DIR) -> str:
+  """Every table of `readme` made from results/ (experiments, He et al.'s,
+  robustness), rewritten; returns them as printed."""
+  tables = [(render(results_dir), BEGIN, END), (render_he2016(results_dir), he2016.BEGIN,
+                                                 he2016.END),
+            (render_robustness(results_dir), ROBUSTNESS_BEGIN, ROBUSTNESS_END)]
+  for table, begin, end in tables:
+    rewrite_readme(readme, table, begin, end)
+  return "\n".join(t for t, _, _ in tables)
+
+
 def rewrite_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
   """Replaces what lies between the `begin` and `end` markers with `table`."""
   text = readme.read_text()
@@ -255,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   add.add_argument("--hardware", required=True, help='e.g. "2-core CPU" or "1x H100"')
   add.add_argument("--command", required=True, help="the exact training command")
   add.add_argument("--commit", default=None, help="the commit the run was pinned to")
+  add.add_argument("--tag", default=None,
+                   help="keep these records apart from other runs of the config (e.g. box: "
+                   "results/<name>_box_seed<s>.json); the table shows each sample")
   add.add_argument("--resumes", type=int, default=None, help="times the run was resumed")
   add.add_argument("--no-weights", dest="weights", action="store_false",
                    help="numbers only: do not ship the evaluation weights")
@@ -271,14 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.action == "record":
       for path in record(args.workdir, args.name, args.hardware, args.command, results_dir,
-                         args.commit, args.resumes, args.weights, args.publish_dir):
+                         args.commit, args.resumes, args.weights, args.publish_dir, args.tag):
         print(path)
     else:
-      table, robustness = render(results_dir), render_robustness(results_dir)
       if args.readme:
-        rewrite_readme(Path(args.readme), table)
-        rewrite_readme(Path(args.readme), robustness, ROBUSTNESS_BEGIN, ROBUSTNESS_END)
-      sys.stdout.write(table + "\n" + robustness)
+        sys.stdout.write(rewrite_tables(Path(args.readme), results_dir))
+      else:
+        sys.stdout.write("\n".join([render(results_dir), render_he2016(results_dir),
+                                    render_robustness(results_dir)]))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
