@@ -90,6 +90,13 @@ def render(result: dict) -> str:
     lines.append(f"| {label} | {command} | {acc['n']} | {spread(acc, 100, 2, ' %')} | "
                  f"{'yes' if acc['mean'] >= TARGET else 'no'} | {spread(sec, 1, 3)} | "
                  f"{median:.3f} | {compile_s} |")
+  if ours and ours.get("breakdown"):
+    b = ours["breakdown"]
+    lines += ["", f"Where ours spends a run (seed {b['seed']} once more, each phase waited for, "
+              f"{b['total_s']:.3f} s): whitening fit {b['fit_s']:.3f} s, each epoch's data "
+              f"{b['data_s']:.3f} s, steps {b['steps_s']:.3f} s ({b['step_ms']:.2f} ms a step; "
+              f"dispatching them took the host {b['dispatch_s']:.3f} s), evaluation "
+              f"{b['eval_s']:.3f} s."]
   muon = result.get("airbench94_muon", {}).get("train_seconds")
   if ours and muon:
     lines += ["", f"Ours takes {ours['train_seconds']['mean'] / muon['mean']:.2f}x "

@@ -44,7 +44,9 @@ def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
   ours = {"date": "2026-12-06", "device": "NVIDIA H200", "jax": "0.11.2", "seeds_asked": 25,
           "train_images": 50000, "test_images": 10000, "compile_seconds": 41.23,
           "recipe": {"epochs": 8, "batch_size": 2000, "dtype": "float16", "widths": [64, 256, 256]},
-          "test_accuracy": summary(0.9405, 0.0012), "train_seconds": summary(2.5, 0.02)}
+          "test_accuracy": summary(0.9405, 0.0012), "train_seconds": summary(2.5, 0.02),
+          "breakdown": {"seed": 25, "fit_s": 0.01, "data_s": 0.08, "steps_s": 2.2,
+                        "dispatch_s": 0.4, "eval_s": 0.2, "total_s": 2.49, "step_ms": 11.0}}
   table = record_speedrun.render({
       "date": "2026-12-06", "device": "NVIDIA H200", "ours": ours,
       "airbench94_muon": {"runs_asked": 25, "staged": {"commit": "abcdef123456"},
@@ -58,7 +60,9 @@ def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
           "stopped after 25 runs | 25 | 93.98 ± 0.14 % | no | 2.100 ± 0.010 |") in table
   assert "| airbench94 (PyTorch) |" in table and "| 0 | no run finished |" in table
   assert "Ours takes 1.19x airbench94_muon's mean training seconds" in table
-  cpu = {**ours, "device": "cpu", "host": "AMD EPYC (2 cores)", "seeds_asked": 1,
+  assert ("whitening fit 0.010 s, each epoch's data 0.080 s, steps 2.200 s (11.00 ms a step; "
+          "dispatching them took the host 0.400 s), evaluation 0.200 s.") in table
+  cpu = {**ours, "breakdown": None, "device": "cpu", "host": "AMD EPYC (2 cores)", "seeds_asked": 1,
          "recipe": {**ours["recipe"], "dtype": "float32"}, "test_accuracy": summary(0.94, 0, 1),
          "train_seconds": summary(6000.0, 0, 1)}
   table = record_speedrun.render(cpu)  # ours alone, as `python -m cnn.speedrun --out` writes it

@@ -193,6 +193,11 @@ def test_the_timer_excludes_compilation_and_includes_all_device_work(tiny_speedr
   one_by_one = time.perf_counter() - start
   assert result["train_seconds"] > 0.5 * one_by_one, (result, one_by_one)
   assert 0 <= result["test_accuracy"] <= 1 and np.isfinite(result["last_loss"])
+  parts = s.breakdown(2)  # each phase waited for: they add up to about a run
+  assert set(parts) == {"fit_s", "data_s", "steps_s", "dispatch_s", "eval_s", "total_s",
+                        "step_ms", "train_images_per_s"}
+  assert 0 < parts["dispatch_s"] <= parts["steps_s"] and parts["total_s"] > 0.5 * one_by_one
+  assert parts["step_ms"] == pytest.approx(1000 * parts["steps_s"] / s.total_steps, rel=1e-3)
 
 
 @pytest.mark.slow
@@ -200,10 +205,11 @@ def test_the_command_trains_a_fraction_of_an_epoch_on_real_data(data_env, cifar1
   out = tmp_path / "speedrun.json"
   subprocess.run([sys.executable, "-m", "cnn.speedrun", "--seeds", "2", "--train-images",
                   "4000", "--test-images", "1000", "--epochs", "1", "--batch-size", "500",
-                  "--widths", "16,32,32", "--dtype", "float32", f"--out={out}"],
+                  "--widths", "16,32,32", "--dtype", "float32", "--breakdown", f"--out={out}"],
                  cwd=REPO, env=data_env, check=True, capture_output=True, text=True, timeout=900)
   result = json.loads(out.read_text())
   assert result["train_images"] == 4000 and result["test_accuracy"]["n"] == 2
   assert result["compile_seconds"] > 0 and result["train_seconds"]["mean"] > 0
   assert result["test_accuracy"]["mean"] > 0.13  # 8 steps of 500 beat chance (0.10)
   assert [r["seed"] for r in result["runs"]] == [0, 1]
+  assert result["breakdown"]["seed"] == 2 and result["breakdown"]["steps_s"] > 0

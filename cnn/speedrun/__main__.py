@@ -63,6 +63,10 @@ def main(argv=None) -> int:
   parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
   parser.add_argument("--widths", default=",".join(map(str, Recipe.widths)))
   parser.add_argument("--dtype", default=Recipe.dtype, choices=("float16", "bfloat16", "float32"))
+  parser.add_argument("--breakdown", action="store_true",
+                      help="after the timed seeds, one more (seed N) with each phase waited "
+                      "for: where the time goes (whitening fit, data, steps and their "
+                      "dispatch, evaluation)")
   args = parser.parse_args(argv)
   try:
     train, test = load(args.train_images, args.test_images)
@@ -92,6 +96,12 @@ def main(argv=None) -> int:
               "test_accuracy": summary(runs, "test_accuracy"),
               "train_seconds": summary(runs, "train_seconds")}
     if args.out:  # after every seed: a run stopped early still leaves what finished
+      with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=str)
+  if args.breakdown:
+    result["breakdown"] = {"seed": args.seeds, **speedrun.breakdown(args.seeds)}
+    print(f"breakdown: {result['breakdown']}", flush=True)
+    if args.out:
       with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)
   acc, sec = result["test_accuracy"], result["train_seconds"]

@@ -133,24 +133,62 @@ class Speedrun:
     self.fit_fn = jax.jit(self._fit_whitening).lower(variables).compile()
     return time.perf_counter() - start
 
-  def run(self, seed: int) -> dict:
-    """Trains and evaluates seed `seed`; the clock covers the whitening fit, every
-    epoch and the evaluation, each finished on the device before it stops."""
+  def _start(self, seed: int) -> tuple:
+    """Seed `seed`'s fresh variables, optimiser state (ready on the device:
+    outside the clock) and data key."""
     init_key, data_key = jax.random.split(jax.random.key(seed))
-    variables, opt_state = self.init(init_key)
-    jax.block_until_ready((variables, opt_state))
-    start = time.perf_counter()
-    variables = self.fit_fn(variables)
+    return (*jax.block_until_ready(self.init(init_key)), data_key)
+
+  def _train(self, variables, opt_state, data_key, phases: dict | None = None):
+    """Fits the whitening layer, trains every epoch and evaluates; returns
+    (variables, logits, last loss) as dispatched. With
+    `phases` each phase is waited for and its seconds added there: "fit",
+    "data", "steps" (the epochs' steps, done), "dispatch" (the host's time
+    to enqueue them, before waiting) and "eval"."""
+    clock = time.perf_counter
+
+    def phase(name, start, value):
+      if phases is not None:
+        jax.block_until_ready(value)
+        phases[name] = phases.get(name, 0.0) + clock() - start
+      return value
+
+    variables = phase("fit", clock(), self.fit_fn(variables))
     params, stats, whiten = variables["params"], variables["batch_stats"], variables["whiten"]
     for epoch in range(self.recipe.epochs):
-      images, order = self.data_fn(epoch, data_key)
+      images, order = phase("data", clock(), self.data_fn(epoch, data_key))
+      start = clock()
       for i in range(self.steps_per_epoch):  # one dispatch per step, ahead of the device
         params, stats, opt_state, loss = self.step_fn(params, stats, opt_state, whiten, images,
                                                       order, i)
+      if phases is not None:
+        phases["dispatch"] = phases.get("dispatch", 0.0) + clock() - start
+      phase("steps", start, (params, stats, opt_state))
     variables = {"params": params, "batch_stats": stats, "whiten": whiten}
-    logits = self.eval_fn(variables)
+    logits = phase("eval", clock(), self.eval_fn(variables))
+    return variables, logits, loss
+
+  def run(self, seed: int) -> dict:
+    """Trains and evaluates seed `seed`; the clock covers the whitening fit, every
+    epoch and the evaluation, each finished on the device before it stops."""
+    started = self._start(seed)
+    start = time.perf_counter()
+    variables, logits, loss = self._train(*started)
     jax.block_until_ready((variables, logits))
     seconds = time.perf_counter() - start
     accuracy = float((np.asarray(logits).argmax(-1) == self.test_labels).mean())
     return {"seed": seed, "test_accuracy": accuracy, "train_seconds": seconds,
             "last_loss": float(loss) / self.recipe.batch_size}
+
+  def breakdown(self, seed: int) -> dict:
+    """Where a run's time goes: seed `seed` once more (not a timed run), each
+    phase waited for. `dispatch_s` close to `steps_s` means the host's
+    dispatch, not the device, sets the steps' pace."""
+    phases: dict[str, float] = {}
+    self._train(*self._start(seed), phases)
+    found = {f"{k}_s": round(v, 4) for k, v in phases.items()}
+    found["total_s"] = round(sum(v for k, v in phases.items() if k != "dispatch"), 4)
+    found["step_ms"] = round(1000 * phases["steps"] / self.total_steps, 3)
+    found["train_images_per_s"] = round(
+        self.total_steps * self.recipe.batch_size / phases["steps"], 1)
+    return found
