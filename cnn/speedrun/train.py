@@ -86,24 +86,29 @@ class Speedrun:
     variables = self.model.init(key, self.train_images[:2], train=False)
     return variables, self.tx.init(variables["params"])
 
-  def _fit_whitening(self, variables: dict) -> dict:
-    kernel = net.whitening_kernel(self.train_images[:WHITEN_IMAGES])
+  # The jitted functions take the data as arguments: a closed-over array
+  # would be a constant of the compiled program, and XLA folds constants at
+  # compile time (the whitening fit would then be done before the clock).
+
+  def _fit_whitening(self, variables: dict, train_images: jax.Array) -> dict:
+    kernel = net.whitening_kernel(train_images[:WHITEN_IMAGES])
     return {**variables, "whiten": {"kernel": kernel.astype(variables["whiten"]["kernel"].dtype)}}
 
-  def _epoch_data(self, epoch, key):
+  def _epoch_data(self, train_images, epoch, key):
     """The split as epoch `epoch` sees it (flipped, translated) and its batches' indices."""
     mask_key, shift_key, order_key = jax.random.split(key, 3)
-    images = data.epoch_images(self.train_images, data.flip_mask(mask_key, len(self.train_labels)),
-                               epoch, jax.random.fold_in(shift_key, epoch), self.recipe.translate)
-    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), len(self.train_labels))
+    count = len(train_images)
+    images = data.epoch_images(train_images, data.flip_mask(mask_key, count), epoch,
+                               jax.random.fold_in(shift_key, epoch), self.recipe.translate)
+    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), count)
     return images, order[:self.steps_per_epoch * self.recipe.batch_size].reshape(
         self.steps_per_epoch, self.recipe.batch_size)
 
-  def _step(self, params, stats, opt_state, whiten, images, order, i):
+  def _step(self, params, stats, opt_state, whiten, images, labels, order, i):
     """Step `i` of an epoch, on the batch `images[order[i]]`; returns the new state and
     the summed loss."""
     indices = order[i]
-    x, y = images[indices], self.train_labels[indices]
+    x, y = images[indices], labels[indices]
 
     def loss(p):
       logits, updates = self.model.apply({"params": p, "batch_stats": stats, "whiten": whiten},
@@ -114,9 +119,8 @@ class Speedrun:
     updates, opt_state = self.tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, value
 
-  def _evaluate(self, variables):
-    batches = self.test_images.reshape(-1, self.recipe.eval_batch_size,
-                                       *self.test_images.shape[1:])
+  def _evaluate(self, variables, test_images):
+    batches = test_images.reshape(-1, self.recipe.eval_batch_size, *test_images.shape[1:])
     return jax.lax.map(lambda x: tta_logits(self.model.apply, variables, x), batches).reshape(
         -1, self.num_classes)
 
@@ -124,13 +128,14 @@ class Speedrun:
     """Compiles the epoch and the evaluation ahead of time; returns the seconds."""
     start = time.perf_counter()
     variables, opt_state = self.init(jax.random.key(0))
-    self.data_fn = jax.jit(self._epoch_data).lower(0, jax.random.key(0)).compile()
-    images, order = self.data_fn(0, jax.random.key(0))
+    self.data_fn = jax.jit(self._epoch_data).lower(self.train_images, 0,
+                                                   jax.random.key(0)).compile()
+    images, order = self.data_fn(self.train_images, 0, jax.random.key(0))
     self.step_fn = jax.jit(self._step, donate_argnums=(0, 1, 2)).lower(
         variables["params"], variables["batch_stats"], opt_state, variables["whiten"], images,
-        order, 0).compile()
-    self.eval_fn = jax.jit(self._evaluate).lower(variables).compile()
-    self.fit_fn = jax.jit(self._fit_whitening).lower(variables).compile()
+        self.train_labels, order, 0).compile()
+    self.eval_fn = jax.jit(self._evaluate).lower(variables, self.test_images).compile()
+    self.fit_fn = jax.jit(self._fit_whitening).lower(variables, self.train_images).compile()
     return time.perf_counter() - start
 
   def _start(self, seed: int) -> tuple:
@@ -153,19 +158,19 @@ class Speedrun:
         phases[name] = phases.get(name, 0.0) + clock() - start
       return value
 
-    variables = phase("fit", clock(), self.fit_fn(variables))
+    variables = phase("fit", clock(), self.fit_fn(variables, self.train_images))
     params, stats, whiten = variables["params"], variables["batch_stats"], variables["whiten"]
     for epoch in range(self.recipe.epochs):
-      images, order = phase("data", clock(), self.data_fn(epoch, data_key))
+      images, order = phase("data", clock(), self.data_fn(self.train_images, epoch, data_key))
       start = clock()
       for i in range(self.steps_per_epoch):  # one dispatch per step, ahead of the device
         params, stats, opt_state, loss = self.step_fn(params, stats, opt_state, whiten, images,
-                                                      order, i)
+                                                      self.train_labels, order, i)
       if phases is not None:
         phases["dispatch"] = phases.get("dispatch", 0.0) + clock() - start
       phase("steps", start, (params, stats, opt_state))
     variables = {"params": params, "batch_stats": stats, "whiten": whiten}
-    logits = phase("eval", clock(), self.eval_fn(variables))
+    logits = phase("eval", clock(), self.eval_fn(variables, self.test_images))
     return variables, logits, loss
 
   def run(self, seed: int) -> dict:
