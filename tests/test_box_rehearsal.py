@@ -156,10 +156,10 @@ def kit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=1800, check=False)
 
 
-def rehearse_visit(env_dir: Path, results: Path, recorded: Path) -> dict:
+def rehearse_visit(env_dir: Path, results: Path, recorded: Path, queue: str = "rows") -> dict:
   """`visit --json --size cpu` through the emulated box; the main command's
   visit.json, after every command succeeded within its limits."""
-  got = kit("visit", "--json", "--size", "cpu", "--results-dir", str(recorded))
+  got = kit("visit", "--json", "--size", "cpu", "--results-dir", str(recorded), "--queue", queue)
   assert got.returncode == 0, f"accelerator_kit.py visit --json --size cpu:\n{got.stderr[-3000:]}"
   visit = json.loads(got.stdout)
   outcome = box.run_visit(visit, results, env_dir=env_dir)
@@ -213,3 +213,55 @@ def test_the_kits_visit_passes_its_rehearsal(tmp_path, data_env):
     assert second["json"]["pieces"]["tiny_cifar10_long"]["resumed"] is True
   finally:
     shutil.rmtree(resume_dir, ignore_errors=True)
+
+
+@pytest.mark.rehearsal
+def test_the_speedrun_visit_passes_its_rehearsal(tmp_path, data_env):
+  """`visit --queue speedrun` at CPU size on the emulated box: ours (`python -m
+  cnn.speedrun`, 2 seeds and the breakdown), then airbench's two scripts,
+  here stand-ins (theirs need CUDA; tests/airbench_standin.py prints their
+  table) staged as `prepare --airbench` stages a clone, with the cifar10/*.pt
+  files the box would write (that needs torch; tested in test_box_airbench);
+  `land` keeps the three in one file that benchmarks/record_speedrun.py renders."""
+  from tools import box_airbench  # pylint: disable=import-outside-toplevel
+  env_dir = box.build_env()
+  prepared = kit("prepare", env={**os.environ, **data_env})
+  assert prepared.returncode == 0, prepared.stderr[-3000:]
+  staged, kept = REPO / ".box" / "airbench", tmp_path / "staged-before"
+  if staged.exists():
+    shutil.move(staged, kept)
+  try:
+    clone = tmp_path / "clone"
+    for path in box_airbench.SCRIPTS.values():
+      (clone / path).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy(REPO / "tests" / "airbench_standin.py", clone / path)
+    box_airbench.stage(clone, staged)
+    (staged / "cifar10").mkdir()
+    for split in ("train", "test"):
+      (staged / "cifar10" / f"{split}.pt").write_bytes(b"stand-in")
+    results = tmp_path / "results"
+    results.mkdir()
+    visit = rehearse_visit(env_dir, tmp_path / "visit", results, queue="speedrun")
+    main = next(c for c in visit["visit"] if c["name"] == "main")
+    assert ".box/airbench" in main["carry"] and "--queue speedrun" in main["command"]
+    pieces = visit["json"]["pieces"]
+    assert set(pieces) == {"speedrun", *box_airbench.SCRIPTS}, pieces
+    assert pieces["speedrun"]["status"] == "done" and pieces["speedrun"]["seeds"] == 2
+    assert all(pieces[n]["status"] == "done" and pieces[n]["runs"] == 2
+               for n in box_airbench.SCRIPTS), pieces
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    landed = kit("land", str(visit["dir"]), "--results-dir", str(results), "--speeds",
+                 str(tmp_path / "speeds.json"), "--readme", "", "--bench-dir", str(bench))
+    assert landed.returncode == 0, landed.stderr[-3000:]
+    kept_file = next(bench.glob("record_speedrun_box_*.json"))
+    side = json.loads(kept_file.read_text())
+    assert side["ours"]["jax"] == "0.11.2" and side["ours"]["breakdown"]["seed"] == 2
+    assert side["airbench94_muon"]["test_accuracy"]["n"] == 2
+    table = subprocess.run([sys.executable, "benchmarks/record_speedrun.py", str(kept_file)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    assert "| airbench94_muon (PyTorch) |" in table.stdout and "Ours takes" in table.stdout
+  finally:
+    shutil.rmtree(staged, ignore_errors=True)
+    if kept.exists():
+      shutil.move(kept, staged)

@@ -634,8 +634,9 @@ def airbench_piece(visit: Visit, name: str, seconds: float) -> None:
   runs or at the end of its share; returns NAME.json."""
   start = time.monotonic()
   folder = visit.scratch / "airbench"
-  if not (folder / "cifar10" / "test.pt").exists():
+  if not (folder / box_airbench.MANIFEST).exists():
     shutil.copytree(ROOT / visit.args.airbench, folder, dirs_exist_ok=True)
+  if not (folder / "cifar10" / "test.pt").exists():
     code, _ = bench.supervise([sys.executable, "tools/box_airbench.py", "data", "--folder",
                                str(folder)], visit.scratch / "logs" / "airbench_data.log",
                               cwd=ROOT, kill_at=start + seconds)
