@@ -697,6 +697,12 @@ info["smoke"] = {"compile_s": round(step.compile_s, 2),
                  "images_per_s": round(step.images_per_s(50), 1), "seconds": 0}
 info["smoke"]["seconds"] = round(time.perf_counter() - start, 1)
 import cnn.train, cnn.sweep, cnn.augment, main  # the training command's imports, all of them
+try:  # what airbench's scripts need beside us (the speedrun queue)
+  import importlib.util, torch
+  info["torch"] = {"version": torch.__version__, "cuda": torch.cuda.is_available(),
+                   "triton": importlib.util.find_spec("triton") is not None}
+except ImportError as e:
+  info["torch"] = f"not here ({e})"
 json.dump(info, open(out, "w"), indent=1)
 print(info["nvidia_smi"]); print({k: v for k, v in info.items() if k != "nvidia_smi"})
 """
