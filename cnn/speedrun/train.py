@@ -101,7 +101,9 @@ class Speedrun:
     images = data.epoch_images(train_images, data.flip_mask(mask_key, count), epoch,
                                jax.random.fold_in(shift_key, epoch), self.recipe.translate)
     order = jax.random.permutation(jax.random.fold_in(order_key, epoch), count)
-    return images, order[:self.steps_per_epoch * self.recipe.batch_size].reshape(
+    # In the compute dtype already: each step gathers half the bytes in float16,
+    # and the network's first cast is then a no-op (the same numbers).
+    return images.astype(self.model.dtype), order[:self.steps_per_epoch * self.recipe.batch_size].reshape(
         self.steps_per_epoch, self.recipe.batch_size)
 
   def _step(self, params, stats, opt_state, whiten, images, labels, order, i):
