@@ -70,6 +70,16 @@ def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
   assert "`python -m cnn.speedrun --seeds 1 --dtype float32` | 1 | 94.00 % (n = 1) |" in table
 
 
+def test_record_speedrun_block_is_rendered_from_the_saved_runs():
+  saved = sorted(str(p.relative_to(REPO)) for p in (REPO / "benchmarks/results").glob(
+      "record_speedrun_*.json"))
+  assert saved
+  result = subprocess.run(
+      [sys.executable, "benchmarks/record_speedrun.py", *saved, "--readme",
+       "docs/experiments.md", "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_profile_groups_ops_by_layer_and_direction():
   sys.path.insert(0, str(REPO))
   from benchmarks import profile_step  # pylint: disable=import-outside-toplevel
