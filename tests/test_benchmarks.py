@@ -27,13 +27,15 @@ def test_speedrun_table_reports_time_to_target_only_when_reached():
   assert "on 1x H100 (16 host cores), backend gpu" in table
 
 
-def test_speedrun_block_is_rendered_from_the_saved_runs():
-  saved = sorted(str(p.relative_to(REPO)) for p in (REPO / "benchmarks/results").glob(
-      "speedrun*.json"))
+@pytest.mark.parametrize("pattern,render", [
+    ("speedrun*.json", ["benchmarks/speedrun.py", "--render"]),
+    ("record_speedrun_*.json", ["benchmarks/record_speedrun.py"])])
+def test_speedrun_blocks_are_rendered_from_the_saved_runs(pattern, render):
+  saved = sorted(str(p.relative_to(REPO)) for p in (REPO / "benchmarks/results").glob(pattern))
   assert saved
   result = subprocess.run(
-      [sys.executable, "benchmarks/speedrun.py", "--render", *saved, "--readme",
-       "docs/experiments.md", "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
+      [sys.executable, *render, *saved, "--readme", "docs/experiments.md", "--check"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -68,16 +70,6 @@ def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
   table = record_speedrun.render(cpu)  # ours alone, as `python -m cnn.speedrun --out` writes it
   assert table.startswith("Measured 2026-12-06 on AMD EPYC (2 cores), jax 0.11.2:")
   assert "`python -m cnn.speedrun --seeds 1 --dtype float32` | 1 | 94.00 % (n = 1) |" in table
-
-
-def test_record_speedrun_block_is_rendered_from_the_saved_runs():
-  saved = sorted(str(p.relative_to(REPO)) for p in (REPO / "benchmarks/results").glob(
-      "record_speedrun_*.json"))
-  assert saved
-  result = subprocess.run(
-      [sys.executable, "benchmarks/record_speedrun.py", *saved, "--readme",
-       "docs/experiments.md", "--check"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_profile_groups_ops_by_layer_and_direction():

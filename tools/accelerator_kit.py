@@ -746,9 +746,7 @@ def command_prepare(args: argparse.Namespace) -> int:
   if not args.archive_dir:
     raise UserError("no dataset files: set CNN_ARCHIVE_DIR or pass --archive-dir")
   if args.airbench:
-    bare = not (args.airbench / ".git").exists() and (args.airbench / "HEAD").is_file()
-    staged = (box_airbench.stage_from_git if bare else box_airbench.stage)(
-        args.airbench, ROOT / BOX / "airbench")
+    staged = box_airbench.stage_any(args.airbench, ROOT / BOX / "airbench")
     say(f"airbench's scripts at {staged['commit'][:12]} in {BOX / 'airbench'} "
         "(`visit --queue speedrun` carries them)")
   command_wheels(argparse.Namespace(dest=ROOT / WHEELS))

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))  # run as a script
 
 from benchmarks import run as bench  # noqa: E402
 from cnn.errors import UserError  # noqa: E402
+from cnn.speedrun import summary  # noqa: E402
 
 SCRIPTS = {"airbench94": "legacy/airbench94.py", "airbench94_muon": "airbench94_muon.py"}
 UPSTREAM = "https://github.com/KellerJordan/cifar10-airbench"
@@ -78,6 +78,12 @@ def stage_from_git(git_dir: Path, dest: Path) -> dict:
   (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
   shutil.rmtree(tree)
   return manifest
+
+
+def stage_any(source: Path, dest: Path) -> dict:
+  """`stage` from a clone, `stage_from_git` from a bare snapshot."""
+  bare = not (source / ".git").exists() and (source / "HEAD").is_file()
+  return (stage_from_git if bare else stage)(source, dest)
 
 
 def torchvision_arrays(archive_dir: str) -> dict:
@@ -135,12 +141,6 @@ def finished_runs(text: str) -> list[dict]:
   return runs
 
 
-def summary(values: list[float]) -> dict:
-  return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
-          else 0.0, "median": statistics.median(values), "min": min(values), "max": max(values),
-          "n": len(values)}
-
-
 def run_script(name: str, folder: Path, runs: int, seconds: float, log: Path,
                python: str = sys.executable) -> dict:
   """Script `name` in `folder` until `runs` runs finished or `seconds` passed
@@ -177,8 +177,7 @@ def main(argv: list[str]) -> int:
   args = p.parse_args(argv)
   try:
     if args.command == "stage":
-      bare = not (args.airbench / ".git").exists() and (args.airbench / "HEAD").is_file()
-      manifest = (stage_from_git if bare else stage)(args.airbench, args.dest)
+      manifest = stage_any(args.airbench, args.dest)
       print(f"{', '.join(SCRIPTS)} at {manifest['commit'][:12]} in {args.dest}")
     else:
       write_data(args.archive_dir, args.folder)

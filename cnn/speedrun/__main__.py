@@ -13,13 +13,13 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 
 import jax
 
 from cnn import datasets
 from cnn.errors import UserError
+from cnn.speedrun import summary
 from cnn.speedrun.train import Recipe, Speedrun
 
 
@@ -30,14 +30,6 @@ def load(train_images: int, test_images: int) -> tuple[tuple, tuple]:
   train = source.load_split(f"train[:{train_images}]" if train_images else "train")
   test = source.load_split(f"test[:{test_images}]" if test_images else "test")
   return train, test
-
-
-def summary(runs: list[dict], key: str) -> dict:
-  values = [r[key] for r in runs]
-  return {"mean": statistics.fmean(values),
-          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-          "median": statistics.median(values), "min": min(values), "max": max(values),
-          "n": len(values)}
 
 
 def host() -> str:
@@ -93,8 +85,8 @@ def main(argv=None) -> int:
               "backend": jax.default_backend(), "jax": jax.__version__, "recipe": vars(recipe),
               "train_images": len(train[1]), "test_images": len(test[1]),
               "compile_seconds": speedrun.compile_s, "seeds_asked": args.seeds, "runs": runs,
-              "test_accuracy": summary(runs, "test_accuracy"),
-              "train_seconds": summary(runs, "train_seconds")}
+              "test_accuracy": summary([r["test_accuracy"] for r in runs]),
+              "train_seconds": summary([r["train_seconds"] for r in runs])}
     if args.out:  # after every seed: a run stopped early still leaves what finished
       with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)
