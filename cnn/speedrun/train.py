@@ -7,7 +7,8 @@ of the device (a `lax.scan` over an epoch's steps ran 25x slower on XLA:CPU),
 then evaluates the 10,000 test images with
 translate + flip test-time augmentation. Label smoothing 0.2, the loss summed
 over the batch; float16 compute (airbench's half precision) with float32
-parameters and BatchNorm.
+BatchNorm, as airbench's, and float32 parameters and optimiser state (airbench
+stores them in float16: docs/experiments.md).
 
 Timing follows airbench: the clock runs over the whitening layer's fit, the
 epochs and the test-time-augmented evaluation, and stops only after
