@@ -208,9 +208,12 @@ def test_fusion_barrier_is_the_identity_for_values_and_gradients():
   np.testing.assert_array_equal(grad, 2 * x)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("shape", [(3, 8, 8, 5), (2, 4, 6, 3), (2, 7, 7, 3)])  # 7x7: "SAME" pads
-def test_max_pool_is_nn_max_pool_bitwise_values_and_gradients(dtype, shape):
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape,window", [
+    ((3, 8, 8, 5), 2), ((2, 4, 6, 3), 2),
+    ((2, 7, 7, 3), 2),  # odd: "SAME" pads (nn.max_pool), "VALID" drops the last row and column
+    ((2, 9, 9, 3), 3), ((2, 8, 7, 3), 3)])  # 3x3 windows (the speedrun net's last pool)
+def test_max_pool_is_nn_max_pool_bitwise_values_and_gradients(dtype, shape, window):
   """Ties included: after a ReLU, and small integers, many windows share their maximum;
   the gradient must go to the first of them (row-major), as select_and_scatter's does."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
@@ -218,9 +221,10 @@ def test_max_pool_is_nn_max_pool_bitwise_values_and_gradients(dtype, shape):
   rng = np.random.default_rng(0)
   inputs = (np.maximum(rng.normal(size=shape), 0), rng.integers(0, 3, size=shape),
             rng.normal(size=shape))
+  k = (window, window)
   for padding in ("SAME", "VALID"):
-    ours = lambda x, p=padding: max_pool(x, (2, 2), (2, 2), p)  # noqa: E731
-    flax = lambda x, p=padding: nn.max_pool(x, (2, 2), strides=(2, 2), padding=p)  # noqa: E731
+    ours = lambda x, p=padding: max_pool(x, k, k, p)  # noqa: E731
+    flax = lambda x, p=padding: nn.max_pool(x, k, strides=k, padding=p)  # noqa: E731
     for values in inputs:
       x = jnp.asarray(values, dtype)
       weights = jnp.arange(flax(x).size, dtype=jnp.float32).reshape(flax(x).shape) - 7

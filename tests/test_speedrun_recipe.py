@@ -73,6 +73,42 @@ def test_the_network_has_no_batchnorm_scale_and_a_frozen_whitening_layer():
   assert out.shape == (2, 10) and out.dtype == jnp.float32
 
 
+def test_the_cpu_kernels_train_the_net_as_flax_layers_do():
+  """On the CPU the net is built from the CPU's kernels, as every model is
+  (train.layer_spec: the planned convolutions, oneDNN's BatchNorm where built,
+  the reshape max pool, also on the odd 31x31 and 7x7 maps and the final 3x3);
+  the parameters, the loss, the gradients and the BatchNorm statistics are
+  flax's own layers' (float32: within float rounding)."""
+  from cnn.kernels import batchnorm, onednn, pool  # pylint: disable=import-outside-toplevel
+  from cnn.models.layers import Conv, LayerSpec  # pylint: disable=import-outside-toplevel
+  cpu = train.layer_spec("float32", backend="cpu")
+  assert cpu.pool is pool.max_pool and cpu.conv.compute is not None
+  # oneDNN's BatchNorm, here without a scale, where built
+  assert cpu.norm.training is (batchnorm.BatchNorm if onednn.available() else None)
+  assert train.layer_spec("float16", backend="gpu") == LayerSpec("float16", conv=Conv("same"))
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  y = jax.random.randint(jax.random.key(2), (8,), 0, 10)
+  models = [net.CifarNet(10, (16, 32, 32), spec) for spec in (LayerSpec(conv=Conv("same")), cpu)]
+  inits = [m.init(jax.random.key(0), x[:2], train=False) for m in models]
+  same = jax.tree.map(lambda a, b: bool((a == b).all()), *inits)
+  assert all(jax.tree.leaves(same))
+  variables = {**inits[0], "whiten": {"kernel": net.whitening_kernel(x)}}
+
+  def loss(model, params):
+    logits, updates = model.apply({**variables, "params": params}, x, train=True,
+                                  mutable=["batch_stats"])
+    return train.loss_fn(logits, y, 10), updates["batch_stats"]
+
+  (flax_loss, flax_stats), flax_grads = jax.value_and_grad(
+      lambda p: loss(models[0], p), has_aux=True)(variables["params"])
+  (cpu_loss, cpu_stats), cpu_grads = jax.jit(jax.value_and_grad(
+      lambda p: loss(models[1], p), has_aux=True))(variables["params"])
+  np.testing.assert_allclose(cpu_loss, flax_loss, rtol=1e-5)
+  for want, got in zip(jax.tree.leaves((flax_grads, flax_stats)),
+                       jax.tree.leaves((cpu_grads, cpu_stats))):
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4 * np.abs(want).max())
+
+
 def test_alternating_flips_are_deterministic_and_alternate():
   images = jnp.arange(6 * 2 * 4 * 1, dtype=jnp.float32).reshape(6, 2, 4, 1)
   mask = data.flip_mask(jax.random.key(3), 6)

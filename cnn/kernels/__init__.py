@@ -8,7 +8,8 @@ slow at some shapes, so `for_backend` swaps in this package's pieces:
   gradients by the algorithm its shape runs fastest with (oneDNN's where
   built: `onednn.py`, native/onednn);
 - `batchnorm.BatchNorm`: BatchNorm trained by oneDNN, its ReLU fused;
-- `pool.max_pool`: the 2x2 stride-2 max pool as a reshape (a fast gradient);
+- `pool.max_pool`: max pools over non-overlapping windows as a reshape (a fast
+  gradient);
 - `barrier.fusion_barrier`: each residual block's output kept in memory.
 
 Every piece gives the values of the layer it replaces (bitwise, or within
@@ -32,7 +33,7 @@ def for_backend(spec: LayerSpec, backend: str, conv_algorithm: str = "auto",
   """`spec` with this package's kernels where `backend` is "cpu" (unchanged
   elsewhere): convolutions by `conv_algorithm`'s rule, BatchNorm trained by
   oneDNN (with "auto", oneDNN built, one device, global BatchNorm, fp32/bf16),
-  the fast 2x2 max pool, and the fusion barrier if `fusion_barrier`."""
+  the reshape max pool, and the fusion barrier if `fusion_barrier`."""
   if backend != "cpu":
     return spec
   with_onednn = conv_algorithm == "auto" and onednn.available()

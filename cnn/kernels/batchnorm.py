@@ -26,6 +26,7 @@ class BatchNorm(nn.Module):
   momentum: float = MOMENTUM
   epsilon: float = EPSILON
   dtype: Any = jnp.float32
+  use_scale: bool = True
   scale_init: Callable = nn.initializers.ones
   fuses_relu = True  # layers.norm_act calls it with relu=True for a BN-ReLU
 

@@ -41,8 +41,10 @@ def batchnorm_variables(module: nn.Module, features: int):
   """(scale, bias, running mean, running variance) of a BatchNorm module, with
   `nn.BatchNorm`'s names, shapes and initial values (so checkpoints are
   interchangeable between flax's and this project's); call from a compact
-  `__call__` of a module with `scale_init`."""
-  scale = module.param("scale", module.scale_init, (features,), jnp.float32)
+  `__call__` of a module with `scale_init` and `use_scale` (False: no scale
+  parameter, as `nn.BatchNorm(use_scale=False)`; the scale is then 1)."""
+  scale = (module.param("scale", module.scale_init, (features,), jnp.float32)
+           if module.use_scale else jnp.ones((features,), jnp.float32))
   bias = module.param("bias", nn.initializers.zeros, (features,), jnp.float32)
   ra_mean = module.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
   ra_var = module.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
@@ -77,6 +79,7 @@ class BatchNorm(nn.Module):
   momentum: float = MOMENTUM
   epsilon: float = EPSILON
   dtype: Any = jnp.float32
+  use_scale: bool = True
   scale_init: Callable = nn.initializers.ones
 
   @nn.compact

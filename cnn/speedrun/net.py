@@ -1,18 +1,24 @@
 """The speedrun's network (airbench94's, Jordan 2024, arXiv 2404.00498): a
 frozen patch-whitening first layer, three conv groups of 64, 256, 256
 channels, each conv starting as the identity on its first channels, BatchNorm
-without a learned scale, GELU, a max-pool head. NHWC, pure flax.linen.
+without a learned scale, GELU, a max-pool head. NHWC, pure flax.linen, its
+layers built from a `LayerSpec` as every model's (cnn/models/layers.py):
+flax's own by default, the CPU's kernels where train.py builds for the CPU
+(cnn/kernels/), with the same parameters and values either way.
 
 The whitening kernel is not a parameter: it is computed once per run from
 training images (`whitening_kernel`) and passed in the `whiten` collection;
 only its bias trains (for the first epochs: cnn/speedrun/optim.py).
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cnn.models.layers import Conv, LayerSpec
 
 WIDTHS = (64, 256, 256)
 WHITEN_SIZE = 2  # 2x2 patches
@@ -72,27 +78,31 @@ def unit_uniform(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.
 class ConvGroup(nn.Module):
   """conv -> 2x2 max-pool -> BN -> GELU -> conv -> BN -> GELU."""
   width: int
-  dtype: Any = jnp.float32
+  spec: LayerSpec = LayerSpec(conv=Conv("same"))
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv = lambda name: nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False,  # noqa: E731
-                                kernel_init=identity_init, dtype=self.dtype, name=name)
+    conv = functools.partial(self.spec.conv, self.width, (3, 3), padding="SAME",
+                             kernel_init=identity_init, dtype=self.spec.dtype)
     # BatchNorm without a learned scale; torch momentum 0.4 (flax 0.6), eps 1e-12, in float32.
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.6,  # noqa: E731
-                                     epsilon=1e-12, use_scale=False, dtype=jnp.float32,
-                                     name=name)
-    x = nn.max_pool(conv("conv1")(x), (2, 2), (2, 2))
-    x = nn.gelu(norm("norm1")(x), approximate=False).astype(self.dtype)
-    x = conv("conv2")(x)
-    return nn.gelu(norm("norm2")(x), approximate=False).astype(self.dtype)
+    norm = functools.partial(self.spec.norm(train, jnp.float32), momentum=0.6, epsilon=1e-12,
+                             use_scale=False)
+    x = self.spec.pool(conv(name="conv1")(x), (2, 2), (2, 2))
+    x = nn.gelu(norm(name="norm1")(x), approximate=False).astype(self.spec.dtype)
+    x = conv(name="conv2")(x)
+    return nn.gelu(norm(name="norm2")(x), approximate=False).astype(self.spec.dtype)
 
 
 class CifarNet(nn.Module):
   """airbench94's network; `variables["whiten"]["kernel"]` is the frozen first layer."""
   num_classes: int = 10
   widths: tuple[int, ...] = WIDTHS
-  dtype: Any = jnp.float32
+  spec: LayerSpec = LayerSpec(conv=Conv("same"))
+
+  @property
+  def dtype(self) -> Any:
+    """The compute dtype (the spec's)."""
+    return self.spec.dtype
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -100,12 +110,13 @@ class CifarNet(nn.Module):
                            (WHITEN_SIZE, WHITEN_SIZE, x.shape[-1], WHITEN_WIDTH)).value
     bias = self.param("whiten_bias", torch_bias_init(WHITEN_SIZE * WHITEN_SIZE * x.shape[-1]),
                       (WHITEN_WIDTH,))
-    x = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (1, 1),
-                                     "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = self.spec.conv.compute or jax.lax.conv_general_dilated
+    x = conv(x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), "VALID",
+             dimension_numbers=("NHWC", "HWIO", "NHWC"))
     x = nn.gelu(x + bias.astype(self.dtype), approximate=False)
     for i, width in enumerate(self.widths):
-      x = ConvGroup(width, self.dtype, name=f"group{i + 1}")(x, train)
-    x = nn.max_pool(x, (3, 3), (3, 3)).reshape(len(x), -1)
+      x = ConvGroup(width, self.spec, name=f"group{i + 1}")(x, train)
+    x = self.spec.pool(x, (3, 3), (3, 3)).reshape(len(x), -1)
     logits = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, name="head",
                       kernel_init=unit_uniform)(x)
     return logits.astype(jnp.float32) / x.shape[-1]

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnn import kernels
 from cnn.augment import normalize
 from cnn.datasets import DatasetSpec, get_spec
+from cnn.models.layers import Conv, LayerSpec
 from cnn.speedrun import data, net, optim
 
 LABEL_SMOOTHING = 0.2
@@ -43,6 +45,16 @@ class Recipe:
   dtype: str = "float16"  # airbench's; bfloat16 keeps 3 fewer mantissa bits
   whiten_bias_epochs: int = 3
   eval_batch_size: int = 2000
+
+
+def layer_spec(dtype: Any, backend: str | None = None) -> LayerSpec:
+  """The net's layers in compute dtype `dtype`: flax's (XLA's) on GPUs and
+  TPUs; on the CPU backend (default: JAX's) the kernels `model_fn.build`
+  gives every model there (oneDNN's convolutions and BatchNorm where built,
+  in float32 and bfloat16; the reshape max pool). The same parameters and
+  values under either."""
+  spec = LayerSpec(dtype=dtype, conv=Conv("same"))
+  return kernels.for_backend(spec, backend or jax.default_backend(), fusion_barrier=False)
 
 
 def loss_fn(logits: jnp.ndarray, labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
@@ -71,7 +83,7 @@ class Speedrun:
   def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                recipe: Recipe = Recipe(), spec: DatasetSpec = get_spec("cifar10")):
     self.recipe, self.num_classes = recipe, spec.num_classes
-    self.model = net.CifarNet(spec.num_classes, recipe.widths, jnp.dtype(recipe.dtype))
+    self.model = net.CifarNet(spec.num_classes, recipe.widths, layer_spec(recipe.dtype))
     self.train_images = jax.device_put(normalize(train[0], spec.mean, spec.std))
     self.train_labels = jax.device_put(jnp.asarray(train[1], jnp.int32))
     self.test_images = jax.device_put(normalize(test[0], spec.mean, spec.std))
