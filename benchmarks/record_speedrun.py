@@ -62,7 +62,8 @@ def spread(summary: dict, scale: float, digits: int, unit: str = "") -> str:
 def render(result: dict) -> str:
   result = side_by_side(result)
   ours = result.get("ours")
-  versions = [f"jax {ours['jax']}"] if ours else []
+  versions = [f"jax {ours['jax']}"] + ([f"code {ours['code']}"] if ours.get("code") else []) \
+      if ours else []
   where = result.get("device") or "the borrowed GPU box"
   if result.get("host"):
     where = f"{result['host']}" if where == "cpu" else f"{where} ({result['host']})"
