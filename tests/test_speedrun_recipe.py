@@ -254,3 +254,12 @@ def test_the_command_trains_a_fraction_of_an_epoch_on_real_data(data_env, cifar1
   assert result["test_accuracy"]["mean"] > 0.13  # 8 steps of 500 beat chance (0.10)
   assert [r["seed"] for r in result["runs"]] == [0, 1]
   assert result["breakdown"]["seed"] == 2 and result["breakdown"]["steps_s"] > 0
+
+
+def test_auto_dtype_is_airbench_half_on_gpus_and_native_elsewhere():
+  from cnn.speedrun.__main__ import default_dtype  # pylint: disable=import-outside-toplevel
+  assert (default_dtype("gpu"), default_dtype("tpu"), default_dtype("cpu")) == (
+      "float16", "bfloat16", "float32")
+  # the box's command names no dtype: it runs airbench's float16
+  from tools import accelerator_kit  # pylint: disable=import-outside-toplevel
+  assert "--dtype" not in accelerator_kit.SIZES["box"]().speedrun

@@ -32,6 +32,13 @@ def load(train_images: int, test_images: int) -> tuple[tuple, tuple]:
   return train, test
 
 
+def default_dtype(backend: str) -> str:
+  """`--dtype auto`: airbench's float16 on a GPU; elsewhere a dtype the backend
+  computes natively (a CPU has no fast float16: oneDNN's kernels take float32
+  and bfloat16)."""
+  return {"gpu": "float16", "tpu": "bfloat16"}.get(backend, "float32")
+
+
 def host() -> str:
   """This machine's CPU and its cores (the device of a CPU run)."""
   try:
@@ -54,7 +61,11 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=int, default=Recipe.epochs)
   parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
   parser.add_argument("--widths", default=",".join(map(str, Recipe.widths)))
-  parser.add_argument("--dtype", default=Recipe.dtype, choices=("float16", "bfloat16", "float32"))
+  parser.add_argument("--dtype", default="auto",
+                      choices=("auto", "float16", "bfloat16", "float32"),
+                      help="compute dtype; auto: float16 on a GPU (airbench's half), bfloat16 "
+                      "on a TPU, float32 on a CPU (bfloat16 is faster on CPUs with AVX512-BF16 "
+                      "or AMX: docs/experiments.md)")
   parser.add_argument("--breakdown", action="store_true",
                       help="after the timed seeds, one more (seed N) with each phase waited "
                       "for: where the time goes (whitening fit, data, steps and their "
@@ -62,7 +73,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     train, test = load(args.train_images, args.test_images)
-    recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
+    recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs,
+                    dtype=default_dtype(jax.default_backend()) if args.dtype == "auto"
+                    else args.dtype,
                     widths=tuple(int(w) for w in args.widths.split(",")),
                     eval_batch_size=min(Recipe.eval_batch_size, len(test[1])))
     if args.seeds < 1:
