@@ -45,6 +45,9 @@ ROWS = {
         "test_predict.py::test_mistakes_are_one_line_and_nothing_is_written",
     "weights file damaged or replaced":
         "test_weights.py::test_record_ships_weights_that_predict_like_the_workdir",
+    "speedrun: a bad argument":
+        "test_speedrun_recipe.py::"
+        "test_the_command_refuses_bad_arguments_in_one_line_before_loading_data",
 }
 
 

@@ -263,3 +263,18 @@ def test_auto_dtype_is_airbench_half_on_gpus_and_native_elsewhere():
   # the box's command names no dtype: it runs airbench's float16
   from tools import accelerator_kit  # pylint: disable=import-outside-toplevel
   assert "--dtype" not in accelerator_kit.SIZES["box"]().speedrun
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--widths", "8,x"], "--widths takes 3 positive channel counts"),
+    (["--widths", "8,16"], "--widths takes 3 positive channel counts"),
+    (["--widths", "8,0,16"], "--widths takes 3 positive channel counts"),
+    (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--test-images", "-1"], "--test-images must be at least 0")])
+def test_the_command_refuses_bad_arguments_in_one_line_before_loading_data(argv, says, capsys):
+  from cnn.speedrun.__main__ import main  # pylint: disable=import-outside-toplevel
+  assert main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {says}") and err.count("\n") == 1, err

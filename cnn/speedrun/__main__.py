@@ -39,6 +39,18 @@ def default_dtype(backend: str) -> str:
   return {"gpu": "float16", "tpu": "bfloat16"}.get(backend, "float32")
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+  """--widths: the three conv groups' channels, e.g. "64,256,256"."""
+  try:
+    widths = tuple(int(w) for w in text.split(","))
+  except ValueError:
+    widths = ()
+  if len(widths) != len(Recipe.widths) or min(widths) < 1:
+    raise UserError(f"--widths takes {len(Recipe.widths)} positive channel counts, one per conv "
+                    f"group, e.g. --widths {','.join(map(str, Recipe.widths))}; not {text!r}")
+  return widths
+
+
 def host() -> str:
   """This machine's CPU and its cores (the device of a CPU run)."""
   try:
@@ -72,14 +84,18 @@ def main(argv=None) -> int:
                       "dispatch, evaluation)")
   args = parser.parse_args(argv)
   try:
+    widths = parse_widths(args.widths)
+    for flag, value, least in (("--seeds", args.seeds, 1), ("--epochs", args.epochs, 1),
+                               ("--batch-size", args.batch_size, 1),
+                               ("--train-images", args.train_images, 0),
+                               ("--test-images", args.test_images, 0)):
+      if value < least:
+        raise UserError(f"{flag} must be at least {least}, not {value}")
     train, test = load(args.train_images, args.test_images)
     recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs,
                     dtype=default_dtype(jax.default_backend()) if args.dtype == "auto"
                     else args.dtype,
-                    widths=tuple(int(w) for w in args.widths.split(",")),
-                    eval_batch_size=min(Recipe.eval_batch_size, len(test[1])))
-    if args.seeds < 1:
-      raise UserError("--seeds must be at least 1")
+                    widths=widths, eval_batch_size=min(Recipe.eval_batch_size, len(test[1])))
     if len(test[1]) % recipe.eval_batch_size or len(train[1]) < recipe.batch_size:
       raise UserError(f"--test-images must be a multiple of {recipe.eval_batch_size} and "
                       f"--train-images at least --batch-size={recipe.batch_size}")
