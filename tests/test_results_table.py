@@ -172,3 +172,10 @@ def test_readme_he_table_is_the_rendered_one():
   readme = (REPO / "README.md").read_text()
   block = readme.split(he2016.BEGIN)[1].split(he2016.END)[0]
   assert block.strip() == results_table.render_he2016().strip()
+
+
+def test_render_names_a_missing_readme_in_one_line(tmp_path, capsys):
+  assert results_table.main(["render", "--readme", str(tmp_path / "nope.md")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "nope.md not found" in err and err.count("\n") == 1
+  assert not (tmp_path / "nope.md").exists()

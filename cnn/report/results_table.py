@@ -307,6 +307,9 @@ def rewrite_tables(readme: Path, results_dir: Path = RESULTS_DIR) -> str:
 
 def rewrite_readme(readme: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
   """Replaces what lies between the `begin` and `end` markers with `table`."""
+  if not readme.is_file():
+    raise UserError(f"{readme} not found; give the README whose tables to rewrite, e.g. "
+                    "--readme README.md")
   text = readme.read_text()
   if begin not in text or end not in text:
     raise UserError(f"{readme} has no {begin} ... {end} block for the table")
