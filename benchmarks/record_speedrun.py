@@ -59,6 +59,21 @@ def spread(summary: dict, scale: float, digits: int, unit: str = "") -> str:
   return f"{scale * summary['mean']:.{digits}f} ± {scale * summary['std']:.{digits}f}{unit}"
 
 
+def profile_line(profile: dict, top: int = 8) -> str:
+  """`--profile`'s device time by program and its costliest operations, in words."""
+  if "error" in profile:
+    return f"The kernel profile could not be taken: {profile['error']}."
+  short = lambda module: module.removeprefix("jit_").lstrip("_")  # noqa: E731 (jit__step: step)
+  programs = ", ".join(f"{short(name)} {ms:.1f}" for name, ms in profile["modules"].items())
+  ops = "; ".join(f"{o['op']} in {short(o['module'])} {o['ms']:.1f} ms "
+                  f"({100 * o['share']:.1f} %, {o['calls']} calls"
+                  + (f", `{o['kernel'][:60]}`" if o.get("kernel") and o["kernel"] != o["op"]
+                     else "") + ")" for o in profile["top"][:top])
+  return (f"Device time of one more run (seed {profile['seed']}, traced with jax.profiler, "
+          f"{profile['where']}): {profile['device_ms']:.1f} ms; by program (ms): {programs}. "
+          f"Its costliest operations: {ops}.")
+
+
 def render(result: dict) -> str:
   result = side_by_side(result)
   ours = result.get("ours")
@@ -95,6 +110,8 @@ def render(result: dict) -> str:
               f"{b['data_s']:.3f} s, steps {b['steps_s']:.3f} s ({b['step_ms']:.2f} ms a step; "
               f"dispatching them took the host {b['dispatch_s']:.3f} s), evaluation "
               f"{b['eval_s']:.3f} s."]
+  if ours and ours.get("profile"):
+    lines += ["", profile_line(ours["profile"])]
   muon = result.get("airbench94_muon", {}).get("train_seconds")
   if ours and muon:
     lines += ["", f"Ours takes {ours['train_seconds']['mean'] / muon['mean']:.2f}x "

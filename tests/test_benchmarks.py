@@ -48,7 +48,12 @@ def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
           "recipe": {"epochs": 8, "batch_size": 2000, "dtype": "float16", "widths": [64, 256, 256]},
           "test_accuracy": summary(0.9405, 0.0012), "train_seconds": summary(2.5, 0.02),
           "breakdown": {"seed": 25, "fit_s": 0.01, "data_s": 0.08, "steps_s": 2.2,
-                        "dispatch_s": 0.4, "eval_s": 0.2, "total_s": 2.49, "step_ms": 11.0}}
+                        "dispatch_s": 0.4, "eval_s": 0.2, "total_s": 2.49, "step_ms": 11.0},
+          "profile": {"seed": 26, "where": "/device:GPU:0", "device_ms": 2100.0,
+                      "modules": {"jit__step": 1900.0, "jit__evaluate": 150.0},
+                      "top": [{"module": "jit__step", "op": "cudnn-conv-bw-filter.3",
+                               "kernel": "sm90_xmma_wgrad_implicit_gemm", "ms": 300.0,
+                               "calls": 200, "share": 0.1429}]}}
   table = record_speedrun.render({
       "date": "2026-12-06", "device": "NVIDIA H200", "ours": ours,
       "airbench94_muon": {"runs_asked": 25, "staged": {"commit": "abcdef123456"},
@@ -64,7 +69,13 @@ def test_record_speedrun_table_puts_ours_beside_airbench_on_the_same_gpu():
   assert "Ours takes 1.19x airbench94_muon's mean training seconds" in table
   assert ("whitening fit 0.010 s, each epoch's data 0.080 s, steps 2.200 s (11.00 ms a step; "
           "dispatching them took the host 0.400 s), evaluation 0.200 s.") in table
-  cpu = {**ours, "breakdown": None, "device": "cpu", "host": "AMD EPYC (2 cores)", "seeds_asked": 1,
+  assert ("Device time of one more run (seed 26, traced with jax.profiler, /device:GPU:0): "
+          "2100.0 ms; by program (ms): step 1900.0, evaluate 150.0. Its costliest operations: "
+          "cudnn-conv-bw-filter.3 in step 300.0 ms (14.3 %, 200 calls, "
+          "`sm90_xmma_wgrad_implicit_gemm`).") in table
+  failed = record_speedrun.render({**ours, "profile": {"seed": 26, "error": "RuntimeError: x"}})
+  assert "The kernel profile could not be taken: RuntimeError: x." in failed
+  cpu = {**ours, "breakdown": None, "profile": None, "device": "cpu", "host": "AMD EPYC (2 cores)", "seeds_asked": 1,
          "recipe": {**ours["recipe"], "dtype": "float32"}, "test_accuracy": summary(0.94, 0, 1),
          "train_seconds": summary(6000.0, 0, 1)}
   table = record_speedrun.render(cpu)  # ours alone, as `python -m cnn.speedrun --out` writes it

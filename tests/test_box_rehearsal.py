@@ -218,7 +218,7 @@ def test_the_kits_visit_passes_its_rehearsal(tmp_path, data_env):
 @pytest.mark.rehearsal
 def test_the_speedrun_visit_passes_its_rehearsal(tmp_path, data_env):
   """`visit --queue speedrun` at CPU size on the emulated box: ours (`python -m
-  cnn.speedrun`, 2 seeds and the breakdown), then airbench's two scripts,
+  cnn.speedrun`, 2 seeds, the breakdown and the kernel profile), then airbench's two scripts,
   here stand-ins (theirs need CUDA; tests/airbench_standin.py prints their
   table) staged as `prepare --airbench` stages a clone, with the cifar10/*.pt
   files the box would write (that needs torch; tested in test_box_airbench);
@@ -257,6 +257,8 @@ def test_the_speedrun_visit_passes_its_rehearsal(tmp_path, data_env):
     kept_file = next(bench.glob("record_speedrun_box_*.json"))
     side = json.loads(kept_file.read_text())
     assert side["ours"]["jax"] == "0.11.2" and side["ours"]["breakdown"]["seed"] == 2
+    # the kernel profile works under the box's jax (here its CPU's trace)
+    assert "error" not in side["ours"]["profile"] and side["ours"]["profile"]["top"]
     assert side["airbench94_muon"]["test_accuracy"]["n"] == 2
     table = subprocess.run([sys.executable, "benchmarks/record_speedrun.py", str(kept_file)],
                            cwd=REPO, capture_output=True, text=True, timeout=120, check=True)

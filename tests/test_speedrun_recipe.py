@@ -246,7 +246,8 @@ def test_the_command_trains_a_fraction_of_an_epoch_on_real_data(data_env, cifar1
   out = tmp_path / "speedrun.json"
   subprocess.run([sys.executable, "-m", "cnn.speedrun", "--seeds", "2", "--train-images",
                   "4000", "--test-images", "1000", "--epochs", "1", "--batch-size", "500",
-                  "--widths", "16,32,32", "--dtype", "float32", "--breakdown", f"--out={out}"],
+                  "--widths", "16,32,32", "--dtype", "float32", "--breakdown", "--profile",
+                  f"--out={out}"],
                  cwd=REPO, env=data_env, check=True, capture_output=True, text=True, timeout=900)
   result = json.loads(out.read_text())
   assert result["train_images"] == 4000 and result["test_accuracy"]["n"] == 2
@@ -254,6 +255,9 @@ def test_the_command_trains_a_fraction_of_an_epoch_on_real_data(data_env, cifar1
   assert result["test_accuracy"]["mean"] > 0.13  # 8 steps of 500 beat chance (0.10)
   assert [r["seed"] for r in result["runs"]] == [0, 1]
   assert result["breakdown"]["seed"] == 2 and result["breakdown"]["steps_s"] > 0
+  profile = result["profile"]  # a third run, traced: the step's kernels take most of it
+  assert profile["seed"] == 3 and "error" not in profile, profile
+  assert max(profile["modules"], key=profile["modules"].get) == "jit__step"
 
 
 def test_auto_dtype_is_airbench_half_on_gpus_and_native_elsewhere():
@@ -278,3 +282,46 @@ def test_the_command_refuses_bad_arguments_in_one_line_before_loading_data(argv,
   assert main(argv) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"error: {says}") and err.count("\n") == 1, err
+
+
+def test_the_kernel_profile_reads_a_real_trace_and_counts_each_kernel_once(tmp_path):
+  """A real trace (this CPU's) read back: the traced program's operations,
+  their calls and shares; on a GPU plane the stream lines count and the lines
+  that summarise them do not (a plane built as the profiler builds it)."""
+  from cnn.speedrun import profile  # pylint: disable=import-outside-toplevel
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b).sum())
+  a = jnp.ones((256, 256))
+  jax.block_until_ready(f(a, a))
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(3):
+      jax.block_until_ready(f(a, a))
+  found = profile.read_trace(str(tmp_path))
+  assert found["where"] == "/host:CPU" and found["device_ms"] > 0
+  mine = [o for o in found["top"] if "lambda" in o["module"]]
+  assert mine and all(o["calls"] % 3 == 0 for o in mine)
+  assert abs(sum(o["share"] for o in found["top"]) - 1) < 0.02 or len(found["top"]) == 15
+
+  class Event:  # what jax.profiler.ProfileEvent gives: name, duration_ns, stats
+    def __init__(self, name, ns, **stats):
+      self.name, self.duration_ns, self.stats = name, ns, list(stats.items())
+
+  class Line:
+    def __init__(self, name, events):
+      self.name, self.events = name, events
+
+  class Plane:
+    def __init__(self, name, lines):
+      self.name, self.lines = name, lines
+
+  conv = Event("sm90_xmma_fprop", 3e6, hlo_op="cudnn-conv.1", hlo_module="jit__step")
+  fusion = Event("loop_fusion", 1e6, hlo_op="fusion.2", hlo_module="jit__step")
+  data = type("Data", (), {"planes": [
+      Plane("/host:CPU", [Line("python", [Event("x", 5e6, hlo_op="y")])]),
+      Plane("/device:GPU:0", [Line("Stream #13(Compute)", [conv, fusion, conv]),
+                              Line("XLA Ops", [conv, fusion, conv]),
+                              Line("XLA Modules", [Event("jit__step", 7e6)])])]})()
+  where, events = profile.device_events(data)
+  table = profile.kernel_table(events)
+  assert where == "/device:GPU:0" and table["device_ms"] == 7.0
+  assert table["top"][0] == {"module": "jit__step", "op": "cudnn-conv.1",
+                             "kernel": "sm90_xmma_fprop", "ms": 6.0, "calls": 2, "share": 0.8571}

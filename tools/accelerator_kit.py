@@ -163,7 +163,7 @@ def box_size() -> Size:
             Row("resnet164v2_cifar10", "configs/resnet164v2_cifar10.py", BOX_RUN,
                 "resnet164_v2", 14)),
       seed_choices=(5, 4, 3), margin_s=45, min_row_s=120, overhead=1.1, startup_s=60,
-      main_s=570, speedrun=("--breakdown",), speedrun_seeds=25, speedrun_min_s=120)
+      main_s=570, speedrun=("--breakdown", "--profile"), speedrun_seeds=25, speedrun_min_s=120)
 
 
 TINY_ROW = ("--config.num_epochs=1", "--config.data.train_split=train[:1024]",
@@ -186,7 +186,7 @@ def cpu_size() -> Size:
       seed_choices=(2,), margin_s=40, min_row_s=60, overhead=1.3, startup_s=30, main_s=330,
       speedrun=("--train-images", "1000", "--test-images", "500", "--epochs", "1",
                 "--batch-size", "250", "--widths", "8,16,16", "--dtype", "float32",
-                "--breakdown"),
+                "--breakdown", "--profile"),
       speedrun_seeds=2, speedrun_min_s=60)
 
 

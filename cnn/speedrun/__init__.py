@@ -8,6 +8,7 @@ net.py     the network: frozen patch-whitening layer, identity-initialised
 data.py    alternating flips and 2-pixel translations, for a whole epoch at once
 optim.py   Muon for the filters, Nesterov SGD for the rest, linear decays
 train.py   one run: a jitted step per batch, translate + flip TTA, the timer
+profile.py a traced run's device time by program and kernel (--profile)
 __main__   N seeds back to back on one device: mean and spread of accuracy and
            seconds, compilation apart
 

@@ -4,7 +4,8 @@
 
 Prints and writes (--out) each seed's test accuracy and training seconds, their
 mean and standard deviation, the compile seconds (before any clock starts) and
-the device. At CPU size, e.g.:
+the device; with --breakdown and --profile, where one more run's time goes (its
+phases; its kernels' device time). At CPU size, e.g.:
   python -m cnn.speedrun --seeds 2 --train-images 4000 --test-images 1000 --epochs 1 \\
       --batch-size 500 --widths 16,32,32
 """
@@ -14,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 
 import jax
 
@@ -51,6 +53,17 @@ def parse_widths(text: str) -> tuple[int, ...]:
   return widths
 
 
+def traced(speedrun: Speedrun, seed: int) -> dict:
+  """`Speedrun.profile` in a scratch folder; a profiler that cannot run here
+  (no CUPTI, a trace it cannot read) is reported, not raised: the timed
+  seeds are written already."""
+  with tempfile.TemporaryDirectory(prefix="speedrun-trace-") as trace_dir:
+    try:
+      return speedrun.profile(seed, trace_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      return {"seed": seed, "error": f"{type(e).__name__}: {e}"}
+
+
 def host() -> str:
   """This machine's CPU and its cores (the device of a CPU run)."""
   try:
@@ -82,6 +95,9 @@ def main(argv=None) -> int:
                       help="after the timed seeds, one more (seed N) with each phase waited "
                       "for: where the time goes (whitening fit, data, steps and their "
                       "dispatch, evaluation)")
+  parser.add_argument("--profile", action="store_true",
+                      help="at the end, one more run (seed N + 1) traced with jax.profiler: "
+                      "device time by kernel (cnn/speedrun/profile.py)")
   args = parser.parse_args(argv)
   try:
     widths = parse_widths(args.widths)
@@ -122,6 +138,12 @@ def main(argv=None) -> int:
   if args.breakdown:
     result["breakdown"] = {"seed": args.seeds, **speedrun.breakdown(args.seeds)}
     print(f"breakdown: {result['breakdown']}", flush=True)
+    if args.out:
+      with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, default=str)
+  if args.profile:
+    result["profile"] = traced(speedrun, args.seeds + 1)
+    print(f"profile: {json.dumps(result['profile'])}", flush=True)
     if args.out:
       with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2, default=str)

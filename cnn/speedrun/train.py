@@ -30,6 +30,7 @@ from cnn.augment import normalize
 from cnn.datasets import DatasetSpec, get_spec
 from cnn.models.layers import Conv, LayerSpec
 from cnn.speedrun import data, net, optim
+from cnn.speedrun import profile as kernel_profile
 
 LABEL_SMOOTHING = 0.2
 WHITEN_IMAGES = 5000  # the training images the whitening layer is fitted on
@@ -212,3 +213,12 @@ class Speedrun:
     found["train_images_per_s"] = round(
         self.total_steps * self.recipe.batch_size / phases["steps"], 1)
     return found
+
+  def profile(self, seed: int, trace_dir: str, top: int = 15) -> dict:
+    """Device time by kernel: seed `seed` once more (not a timed run) under
+    `jax.profiler.trace(trace_dir)`, read back by cnn/speedrun/profile.py."""
+    started = self._start(seed)
+    with jax.profiler.trace(trace_dir):
+      variables, logits, _ = self._train(*started)
+      jax.block_until_ready((variables, logits))
+    return {"seed": seed, **kernel_profile.read_trace(trace_dir, top)}
