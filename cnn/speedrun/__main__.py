@@ -34,6 +34,13 @@ def load(train_images: int, test_images: int) -> tuple[tuple, tuple]:
   return train, test
 
 
+def write(result: dict, path: str | None) -> None:
+  """`result` as JSON at `path` (--out), if given."""
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2, default=str)
+
+
 def default_dtype(backend: str) -> str:
   """`--dtype auto`: airbench's float16 on a GPU; elsewhere a dtype the backend
   computes natively (a CPU has no fast float16: oneDNN's kernels take float32
@@ -132,21 +139,15 @@ def main(argv=None) -> int:
               "compile_seconds": speedrun.compile_s, "seeds_asked": args.seeds, "runs": runs,
               "test_accuracy": summary([r["test_accuracy"] for r in runs]),
               "train_seconds": summary([r["train_seconds"] for r in runs])}
-    if args.out:  # after every seed: a run stopped early still leaves what finished
-      with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=str)
+    write(result, args.out)  # after every seed: a run stopped early still leaves what finished
   if args.breakdown:
     result["breakdown"] = {"seed": args.seeds, **speedrun.breakdown(args.seeds)}
     print(f"breakdown: {result['breakdown']}", flush=True)
-    if args.out:
-      with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=str)
+    write(result, args.out)
   if args.profile:
     result["profile"] = traced(speedrun, args.seeds + 1)
     print(f"profile: {json.dumps(result['profile'])}", flush=True)
-    if args.out:
-      with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=str)
+    write(result, args.out)
   acc, sec = result["test_accuracy"], result["train_seconds"]
   print(f"{acc['n']} runs: test accuracy {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}%, "
         f"{sec['mean']:.3f} ± {sec['std']:.3f} s (compile {speedrun.compile_s:.1f} s apart)")
