@@ -319,9 +319,15 @@ def test_the_kernel_profile_reads_a_real_trace_and_counts_each_kernel_once(tmp_p
       Plane("/host:CPU", [Line("python", [Event("x", 5e6, hlo_op="y")])]),
       Plane("/device:GPU:0", [Line("Stream #13(Compute)", [conv, fusion, conv]),
                               Line("XLA Ops", [conv, fusion, conv]),
+                              Line("TensorFlow Ops", [conv]),
                               Line("XLA Modules", [Event("jit__step", 7e6)])])]})()
   where, events = profile.device_events(data)
   table = profile.kernel_table(events)
   assert where == "/device:GPU:0" and table["device_ms"] == 7.0
   assert table["top"][0] == {"module": "jit__step", "op": "cudnn-conv.1",
                              "kernel": "sm90_xmma_fprop", "ms": 6.0, "calls": 2, "share": 0.8571}
+  tpu = type("Data", (), {"planes": [Plane("/device:TPU:0", [
+      Line("Steps", [Event("0", 9e6)]), Line("XLA Ops", [conv, fusion]),
+      Line("XLA Modules", [Event("jit__step", 4e6)])])]})()
+  where, events = profile.device_events(tpu)
+  assert where == "/device:TPU:0" and profile.kernel_table(events)["device_ms"] == 4.0

@@ -15,13 +15,27 @@ import glob
 import os
 from typing import Iterable
 
-# A GPU plane's lines that summarise its streams (counting them would count each kernel twice).
-DERIVED_LINES = ("XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework Ops",
-                 "Source code", "Launch Stats", "SparseCore")
+# The lines a device plane's stream lines are summarised into (the profiler's
+# kStepLineName, kXlaModuleLineName, kXlaOpLineName, ...): counting them would
+# count each kernel twice.
+DERIVED_LINES = ("Steps", "XLA Modules", "XLA Ops", "Async XLA Ops", "XLA TraceMe",
+                 "TensorFlow Ops", "TensorFlow Name Scope", "Framework Ops", "Launch Stats",
+                 "Source code", "SparseCore")
 
 
 def stats(event) -> dict:
   return dict(event.stats)
+
+
+def plane_lines(plane) -> list:
+  """The lines of a device plane that hold what it executed, each once: a
+  GPU's streams (CUPTI's "Stream #N" lines; else every line but the
+  derived ones), a TPU's "XLA Ops"."""
+  lines = list(plane.lines)
+  if plane.name.startswith("/device:TPU:"):
+    return [line for line in lines if line.name == "XLA Ops"]
+  streams = [line for line in lines if line.name.startswith("Stream")]
+  return streams or [line for line in lines if not line.name.startswith(DERIVED_LINES)]
 
 
 def device_events(data) -> tuple[str, list]:
@@ -29,8 +43,7 @@ def device_events(data) -> tuple[str, list]:
   host's XLA operations (events with an `hlo_op` stat)."""
   for plane in data.planes:
     if plane.name.startswith(("/device:GPU:", "/device:TPU:")):
-      events = [e for line in plane.lines if not line.name.startswith(DERIVED_LINES)
-                for e in line.events]
+      events = [e for line in plane_lines(plane) for e in line.events]
       if events:
         return plane.name, events
   events = [e for plane in data.planes if plane.name.startswith("/host:CPU")
