@@ -73,8 +73,8 @@ EXPERIMENTS = {
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted 2026-12-04 at commit "
-                           "472dbce on a new machine, 52 of 164 epochs on 2026-12-05 (about 8 h "
-                           "left at its median 192 images/s); first for the GPU box"),
+                           "472dbce on a new machine, 70 of 164 epochs on 2026-12-05 (about 6-7 h "
+                           "left at 192-229 images/s); first for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 11 h of the 2-core CPU at "
                            "201 images/s"),
