@@ -23,6 +23,9 @@ from cnn.models.layers import Conv, LayerSpec
 WIDTHS = (64, 256, 256)
 WHITEN_SIZE = 2  # 2x2 patches
 WHITEN_WIDTH = 2 * 3 * WHITEN_SIZE ** 2  # the eigenvectors and their negatives
+# flax's own layers in float32 ("same" padding, as airbench's convs): the nets'
+# default; train.layer_spec sets the dtype and, on the CPU, the CPU's kernels
+LAYERS = LayerSpec(conv=Conv("same"))
 
 
 def patches(images: jnp.ndarray, size: int = WHITEN_SIZE) -> jnp.ndarray:
@@ -78,7 +81,7 @@ def unit_uniform(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.
 class ConvGroup(nn.Module):
   """conv -> 2x2 max-pool -> BN -> GELU -> conv -> BN -> GELU."""
   width: int
-  spec: LayerSpec = LayerSpec(conv=Conv("same"))
+  spec: LayerSpec = LAYERS
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -97,7 +100,7 @@ class CifarNet(nn.Module):
   """airbench94's network; `variables["whiten"]["kernel"]` is the frozen first layer."""
   num_classes: int = 10
   widths: tuple[int, ...] = WIDTHS
-  spec: LayerSpec = LayerSpec(conv=Conv("same"))
+  spec: LayerSpec = LAYERS
 
   @property
   def dtype(self) -> Any:

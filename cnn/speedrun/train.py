@@ -28,7 +28,7 @@ import optax
 from cnn import kernels
 from cnn.augment import normalize
 from cnn.datasets import DatasetSpec, get_spec
-from cnn.models.layers import Conv, LayerSpec
+from cnn.models.layers import LayerSpec
 from cnn.speedrun import data, net, optim
 from cnn.speedrun import profile as kernel_profile
 
@@ -54,7 +54,7 @@ def layer_spec(dtype: Any, backend: str | None = None) -> LayerSpec:
   gives every model there (oneDNN's convolutions and BatchNorm where built,
   in float32 and bfloat16; the reshape max pool). The same parameters and
   values under either."""
-  spec = LayerSpec(dtype=dtype, conv=Conv("same"))
+  spec = dataclasses.replace(net.LAYERS, dtype=dtype)
   return kernels.for_backend(spec, backend or jax.default_backend(), fusion_barrier=False)
 
 
