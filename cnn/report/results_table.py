@@ -61,8 +61,8 @@ EXPERIMENTS = {
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88",
-                                "queued 6th: seed 0 again, about 2 h of a 2-core CPU, for the "
-                                "weights its record lacks"),
+                                "seeds 0-2 as one sweep on the 2-core Intel Xeon, about 34 min "
+                                "a seed"),
     "resnet20v2_cifar10": ("90.98", "—", "≥ 91.7",
                            "64k iterations (164 epochs): 4.6 h of the 2-core AMD EPYC"),
     "resnet32v1_cifar10": ("—", "92.49 (He)", "≥ 92.5",
@@ -72,9 +72,9 @@ EXPERIMENTS = {
                            "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "in progress, 1st of the CPU queue: restarted 2026-12-04 at commit "
-                           "472dbce on a new machine, 70 of 164 epochs on 2026-12-05 (about 6-7 h "
-                           "left at 192-229 images/s); first for the GPU box"),
+                           "in progress, 1st of the CPU queue: restarted from epoch 0 on "
+                           "2026-12-05 at d579c61 on a new machine (2-core Intel Xeon, about "
+                           "6.2 h alone at 366 images/s); first for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 11 h of the 2-core CPU at "
                            "201 images/s"),
