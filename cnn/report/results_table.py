@@ -45,19 +45,21 @@ ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
                                    "<!-- robustness-table:end -->")
 
 # name -> (seed codebase %, published %, our target %, why not run yet). The CPU hours are
-# estimates from the fp32 train-step speeds measured on the 2-core AMD EPYC with oneDNN's
-# convolutions and BatchNorm-ReLU and glibc keeping freed memory (benchmarks/baseline_cpu.json,
-# 2026-12-02: ResNet-20 v1/v2 691/696, ResNet-56 v1 225, VGG-16 116 images/s; ResNet-56 v2 201
-# and ResNet-110 v1 102 timed the same way), the queue order in results/README.md.
+# estimates from main.py's own images/s on the 2-core Intel Xeon (AMX) that runs the queue now
+# (2026-12-06: each config trained alone, the median of steps 41-160's three 40-step windows:
+# ResNet-56 v1 258, ResNet-56 v2 248, ResNet-110 v1 121, VGG-16 CIFAR 94, VGG-16 MNIST 127
+# images/s), beside the 2-core AMD EPYC's fp32 train-step speeds (benchmarks/baseline_cpu.json,
+# 2026-12-02: ResNet-56 v1 225, v2 201, ResNet-110 v1 102, VGG-16 116 images/s); the queue
+# order is in results/README.md.
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "queued 5th: seeds 1 and 2, about 5.4 h of the 2-core AMD EPYC at the 183 "
-                    "images/s of seed 0's run, to tell whether its 4 images under the target "
-                    "are the seed's"),
+                    "queued 5th: seeds 1 and 2, about 7 h of the 2-core Intel Xeon at 127 "
+                    "images/s (seed 0 ran at 183 on the AMD EPYC), to tell whether its 4 "
+                    "images under the target are the seed's"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5",
-                      "queued 3rd: 200 epochs of 45k images, about 22 h of the 2-core CPU at "
-                      "116 images/s"),
+                      "queued 3rd: 200 epochs of 45k images, about 27 h of the 2-core Intel "
+                      "Xeon at 94 images/s (22 h of the AMD EPYC at 116)"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
     "resnet20v1_cifar10_30ep": ("—", "— (30-epoch check)", "≥ 88",
@@ -73,16 +75,17 @@ EXPERIMENTS = {
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 on "
-                           "2026-12-05 at d579c61 on a new machine (2-core Intel Xeon, about "
-                           "6.2 h alone at 366 images/s); first for the GPU box"),
+                           "2026-12-05 at d579c61 on a 2-core Intel Xeon; at epoch 33 of 164 on "
+                           "2026-12-06, about 7 h left alone at 250 images/s; first for the "
+                           "GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
-                           "queued 2nd: 64k iterations, about 11 h of the 2-core CPU at "
-                           "201 images/s"),
+                           "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
+                           "248 images/s (11 h of the AMD EPYC at 201)"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
-                            "queued 4th: 64k iterations, about 22 h of the 2-core CPU at "
-                            "102 images/s"),
+                            "queued 4th: 64k iterations, about 19 h of the 2-core Intel Xeon "
+                            "at 121 images/s (22 h of the AMD EPYC at 102)"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
-                            "after the queue: about 22 h at ResNet-110 v1's speed"),
+                            "after the queue: about 19 h at ResNet-110 v1's speed"),
     "resnet164v2_cifar10": ("—", "94.54 (He, pre-act.)", "≥ 94.5",
                             "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
                             "queue"),
