@@ -161,10 +161,13 @@ def test_the_return_fits_the_limits_dropping_the_largest_weights_first(tmp_path)
   back = kit.Back(out, scratch)
   records = back.root / "records"
   (records / "weights").mkdir()
-  sizes = {"small": 5 * 2**20, "big": 40 * 2**20, "huge": 50 * 2**20}
-  for stem, size in sizes.items():
-    (records / "weights" / f"{stem}.safetensors").write_bytes(b"\0" * size)
-    (records / f"{stem}.json").write_text(json.dumps({"name": stem, "weights": {"bytes": size}}))
+  (records / kit.PUBLISHED).mkdir()
+  sizes = {"small": 1 * 2**20, "big": 40 * 2**20, "huge": 50 * 2**20}
+  for stem, size in sizes.items():  # over git's 2 MiB: recorded as published
+    key, folder = ("weights", "weights") if size <= 2 * 2**20 else ("weights_published",
+                                                                     kit.PUBLISHED)
+    (records / folder / f"{stem}.safetensors").write_bytes(b"\0" * size)
+    (records / f"{stem}.json").write_text(json.dumps({"name": stem, key: {"bytes": size}}))
   back.publish()
   files = sorted(p.name for p in out.iterdir())
   assert len(files) <= 8 - 1  # main.log is the eighth
@@ -172,8 +175,10 @@ def test_the_return_fits_the_limits_dropping_the_largest_weights_first(tmp_path)
   assert sum(p.stat().st_size for p in out.iterdir()) <= 62 * 2**20
   visit = json.loads((out / "visit.json").read_text())
   assert visit["weights_dropped"] == ["huge.safetensors"]
-  assert "weights_missing" in json.loads((records / "huge.json").read_text())
-  assert "weights" in json.loads((records / "big.json").read_text())
+  huge = json.loads((records / "huge.json").read_text())
+  assert "weights_missing" in huge and "weights_published" not in huge
+  assert "weights_published" in json.loads((records / "big.json").read_text())
+  assert "weights" in json.loads((records / "small.json").read_text())
 
 
 def test_land_puts_records_speeds_and_a_stopped_row_where_the_next_visit_finds_them(tmp_path):
@@ -183,6 +188,9 @@ def test_land_puts_records_speeds_and_a_stopped_row_where_the_next_visit_finds_t
   (back.root / "records" / "weights").mkdir()
   (back.root / "records" / "row_seed0.json").write_text('{"name": "row"}')
   (back.root / "records" / "weights" / "row_seed0.safetensors").write_bytes(b"w" * 100)
+  (back.root / "records" / kit.PUBLISHED).mkdir()
+  (back.root / "records" / "deep_seed0.json").write_text('{"name": "deep"}')
+  (back.root / "records" / kit.PUBLISHED / "deep_seed0.safetensors").write_bytes(b"d" * 300)
   (back.root / "resume" / "long_row" / "seed_0").mkdir(parents=True)
   (back.root / "resume" / "long_row" / "seed_0" / "ckpt").write_bytes(b"c" * 20_000)
   machine = {"backend": "gpu", "devices": ["NVIDIA H200"], "jax": "0.11.2", "date": "2026-12-04"}
@@ -196,17 +204,20 @@ def test_land_puts_records_speeds_and_a_stopped_row_where_the_next_visit_finds_t
       "train_seconds": summary(2.5)}))
   back.publish()
   results, speeds, resume = tmp_path / "results", tmp_path / "speeds.json", tmp_path / "resume"
-  bench_dir = tmp_path / "bench"
+  bench_dir, published = tmp_path / "bench", tmp_path / "published"
   results.mkdir()
   bench_dir.mkdir()
   done = subprocess.run([sys.executable, "tools/accelerator_kit.py", "land", str(out),
                          "--results-dir", str(results), "--speeds", str(speeds),
                          "--resume-dir", str(resume), "--readme", "",
-                         "--bench-dir", str(bench_dir)],
+                         "--bench-dir", str(bench_dir), "--publish-dir", str(published)],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert (results / "row_seed0.json").exists()
   assert (results / "weights" / "row_seed0.safetensors").read_bytes() == b"w" * 100
+  assert (results / "deep_seed0.json").exists()  # its weights outside the repository
+  assert (published / "deep_seed0.safetensors").read_bytes() == b"d" * 300
+  assert not (results / "weights" / "deep_seed0.safetensors").exists()
   kept = json.loads(speeds.read_text())["box"]["resnet56_v1/float32/seeds1/det"]
   assert kept["step_s"] == 0.004 and kept["on"] == "1x NVIDIA H200 (jax 0.11.2)"
   assert "estimated 100 s, took 150 s (1.50x)" in done.stdout

@@ -2,6 +2,7 @@
 with their checksum; `predictor.load` takes the file and predicts exactly what
 the workdir predicts; the weights shipped in results/ reproduce their
 recorded test accuracy."""
+import functools
 import json
 import os
 from pathlib import Path
@@ -49,12 +50,15 @@ def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp
 
 
 def test_record_publishes_weights_outside_git_with_their_checksum(tiny_run, tmp_path):
-  """--publish-dir: the file goes there, not to results/weights/; the JSON
-  keeps its size and SHA-256; a directory inside the repository is refused."""
+  """--publish-dir: a file over the git limit goes there, not to
+  results/weights/; the JSON keeps its size and SHA-256; one under it stays in
+  git; without --publish-dir an oversized file is refused with nothing written;
+  a directory inside the repository is refused."""
   workdir, _ = tiny_run
   results, published = tmp_path / "results", tmp_path / "published"
-  [path] = results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
-                                results, publish_dir=published)
+  record = functools.partial(results_table.record, str(workdir), "tiny_mnist", "2-core CPU",
+                             "python main.py ...", results)
+  [path] = record(publish_dir=published, git_limit_bytes=0)
   entry = json.loads(path.read_text())
   assert "weights" not in entry and not (results / "weights").exists()
   kept = entry["weights_published"]
@@ -64,10 +68,21 @@ def test_record_publishes_weights_outside_git_with_their_checksum(tiny_run, tmp_
   assert predictor.load(str(published / kept["file"]), sha256=kept["sha256"]).source["step"] \
       == kept["step"]
   assert f"outside git (SHA-256 {kept['sha256'][:12]}…)" in results_table.render(results)
+
+  path.unlink()
+  with pytest.raises(UserError, match=r"over the 0 MiB kept in git; record with --publish-dir"):
+    record(git_limit_bytes=0)
+  assert not path.exists() and not (results / "weights").exists()
+
+  (published / kept["file"]).unlink()
+  [path] = record(publish_dir=published)  # a tiny net: under the limit, kept in git
+  assert json.loads(path.read_text())["weights"]["file"] == "weights/tiny_mnist_seed0.safetensors"
+  assert (results / "weights" / "tiny_mnist_seed0.safetensors").is_file()
+  assert not any(published.iterdir())
+
   inside = results_table.RESULTS_DIR / "weights-elsewhere"
   with pytest.raises(UserError, match="inside the repository"):
-    results_table.record(str(workdir), "tiny_mnist", "2-core CPU", "python main.py ...",
-                         results, publish_dir=inside)
+    record(publish_dir=inside)
   assert not inside.exists()
 
 

@@ -75,6 +75,7 @@ class Limits:
 
 LIMITS = Limits()
 VISIT_JSON, MAIN_LOG, BACK = "visit.json", "main.log", "back"
+PUBLISHED = "published"  # under back/records/: weights over git's limit (results_table record)
 BACK_RESERVE = 2 * MIB  # visit.json and main.log, beside back.tar.NNN
 
 # ------------------------------------------------------------------ the queue
@@ -381,6 +382,7 @@ class Back:
       record = biggest.parent.parent / f"{biggest.stem}.json"
       entry = json.loads(record.read_text())
       entry.pop("weights", None)
+      entry.pop("weights_published", None)
       entry["weights_missing"] = ("not returned: over the box's 64 MiB return limit "
                                   f"({biggest.stat().st_size / MIB:.0f} MiB)")
       write_json(record, entry)
@@ -517,13 +519,15 @@ class Visit:
 
   def record(self, row: Row, workdir: Path, command: list[str], wall: float,
              estimate: float | None) -> bool:
-    """results_table record on the box (weights included; `Back` drops the
-    largest if they cannot all return), as run on the box."""
+    """results_table record on the box (weights included: over git's 2 MiB in
+    records/published/, which `land` puts outside the repository; `Back` drops
+    the largest if they cannot all return), as run on the box."""
     label = hardware_label(self.machine) if self.machine else "the borrowed GPU box"
     records = self.back.root / "records"
     done = subprocess.run(
         [sys.executable, "-m", "cnn.report.results_table", "record", str(workdir), "--name",
-         row.name, "--tag", "box", "--hardware", label, "--command",
+         row.name, "--tag", "box", "--publish-dir", str(records / PUBLISHED), "--hardware",
+         label, "--command",
          shlex.join(command).replace(
              f"{self.scratch}/runs/", "runs/"), "--results-dir", str(records),
          *(["--commit", self.args.commit] if self.args.commit else [])],
@@ -956,6 +960,11 @@ def command_land(args: argparse.Namespace) -> int:
   for weights in sorted((payload / "records" / "weights").glob("*.safetensors")):
     (results_dir / "weights").mkdir(exist_ok=True)
     shutil.copy(weights, results_dir / "weights" / weights.name)
+  for weights in sorted((payload / "records" / PUBLISHED).glob("*.safetensors")):
+    Path(args.publish_dir).mkdir(parents=True, exist_ok=True)
+    shutil.copy(weights, Path(args.publish_dir) / weights.name)
+    say(f"{weights.name}: over git's 2 MiB, kept in {args.publish_dir} (its size and SHA-256 "
+        "are in its record)")
   for row in sorted((payload / "resume").glob("*")) if (payload / "resume").exists() else []:
     carry.pack(row, Path(args.resume_dir) / row.name, 15 * MIB, lambda _: False)
     say(f"{row.name}: its checkpoint is in {args.resume_dir}/{row.name}; the next `visit` "
@@ -1043,6 +1052,9 @@ def parser() -> argparse.ArgumentParser:
                     help="where a stopped row's checkpoint waits for the next visit")
   land.add_argument("--bench-dir", default=str(ROOT / "benchmarks" / "results"),
                     help="where the speedrun's returned JSON is kept")
+  land.add_argument("--publish-dir", default=str(Path.home() / "published_weights"),
+                    help="where returned weights over git's 2 MiB are kept, outside the "
+                         "repository (results/README.md)")
   smoke = sub.add_parser("smoke", help="on the box: versions, devices, a train step")
   smoke.add_argument("--out", required=True)
   main = sub.add_parser("main", help="on the box: the time-boxed queue")

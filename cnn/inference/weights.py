@@ -36,8 +36,11 @@ from cnn.errors import UserError
 
 FORMAT = "cnn-weights/1"
 SUFFIX = ".safetensors"
-# The largest weights file results/ keeps in git; larger ones are published elsewhere.
-GIT_SIZE_LIMIT_BYTES = 8 * 2**20
+# The largest weights file results/ keeps in git; larger ones are published elsewhere. The
+# repository tracks no file over 2 MiB, and the borrowed GPU box carries the whole tree with
+# every command within 64 MiB (tools/accelerator_kit.py): ResNet-20 and -32 fit, ResNet-56's
+# 3.4 MB does not.
+GIT_SIZE_LIMIT_BYTES = 2 * 2**20
 
 
 def sha256(path: str | Path) -> str:

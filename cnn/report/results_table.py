@@ -14,9 +14,11 @@ Both take `--results-dir DIR` for another directory than the repository's result
 results.json reports) as `results/weights/<name>_seed<seed>.safetensors`,
 with the file's size and SHA-256 in the JSON (`--no-weights`: numbers only); a
 seed sweep's workdir (`config.sweep.seeds`) records each of its seeds. Weights
-over the size git keeps (VGG-16's 61 MB) go to `--publish-dir DIR` instead, a
-directory outside the repository, and the JSON keeps their size and SHA-256
-under `"weights_published"`: anyone holding a copy checks it with
+over the size git keeps (2 MiB: ResNet-20 and -32 fit, ResNet-56's 3.4 MB and
+VGG-16's 61 MB do not) go to `--publish-dir DIR` instead, a directory outside
+the repository (without it they are refused, nothing written), and the JSON
+keeps their size and SHA-256 under `"weights_published"`: anyone holding a copy
+checks it with
 `predictor.load(path, sha256=...)`, and `tests/test_weights.py --published`
 checks the copies in `$CNN_PUBLISHED_WEIGHTS`.
 `render` shows each experiment as mean ± standard deviation (number of seeds)
@@ -27,6 +29,7 @@ checkpoint.
 """
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -98,30 +101,37 @@ KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epo
 def record(workdir: str, name: str, hardware: str, command: str,
            results_dir: Path = RESULTS_DIR, commit: str | None = None,
            resumes: int | None = None, weights: bool = True,
-           publish_dir: Path | None = None, tag: str | None = None) -> list[Path]:
+           publish_dir: Path | None = None, tag: str | None = None,
+           git_limit_bytes: int | None = None) -> list[Path]:
   """Copies a finished run's numbers into `results_dir`, with the commit the
   run was pinned to and how many times it was resumed, when given, and its
   evaluation weights (`weights`). A seed sweep's workdir records each of its
   seeds (`<name>_seed<s>.json`, replacing earlier records of those seeds) and
-  notes the sweep in each. `publish_dir`: the weights go there (outside git)
-  instead of results/weights/. `tag` (e.g. "box") keeps these records apart
-  from other runs of the same config and seeds (`<name>_<tag>_seed<s>.json`):
-  the table shows each sample on its own."""
+  notes the sweep in each. Weights files over `git_limit_bytes` (default
+  weights.GIT_SIZE_LIMIT_BYTES) go to `publish_dir` (outside git) instead of
+  results/weights/, and are refused without it. `tag` (e.g. "box") keeps
+  these records apart from other runs of the same config and seeds
+  (`<name>_<tag>_seed<s>.json`): the table shows each sample on its own."""
+  if weights and publish_dir is not None \
+      and Path(publish_dir).resolve().is_relative_to(RESULTS_DIR.parent):
+    raise UserError(f"--publish-dir {publish_dir} is inside the repository; give a directory "
+                    "outside it (the weights there are not kept in git)")
   sweep_file = workdirs.Workdir.of(workdir).sweep
   if not sweep_file.is_file():
     return [record_run(workdir, name, hardware, command, results_dir, commit, resumes, weights,
-                       publish_dir, tag=tag)]
+                       publish_dir, tag=tag, git_limit_bytes=git_limit_bytes)]
   sweep = json.loads(sweep_file.read_text())
   note = {"seeds": sweep["seeds"], "placement": sweep["placement"], "mesh": sweep["mesh"]}
   return [record_run(str(workdirs.Workdir.of(workdir).seed(s)), name, hardware, command,
-                     results_dir, commit, resumes, weights, publish_dir, sweep=note, tag=tag)
+                     results_dir, commit, resumes, weights, publish_dir, sweep=note, tag=tag,
+                     git_limit_bytes=git_limit_bytes)
           for s in sweep["seeds"]]
 
 
 def record_run(workdir: str, name: str, hardware: str, command: str, results_dir: Path,
                commit: str | None, resumes: int | None, weights: bool,
                publish_dir: Path | None = None, sweep: dict | None = None,
-               tag: str | None = None) -> Path:
+               tag: str | None = None, git_limit_bytes: int | None = None) -> Path:
   """`record` of one run (one seed)."""
   results = load_results(workdir)
   entry = {"name": name, "hardware": hardware, "command": command,
@@ -134,34 +144,44 @@ def record_run(workdir: str, name: str, hardware: str, command: str, results_dir
   if robustness.is_file():  # --mode=evaluate ran: calibration, corruptions, attacks
     entry["robustness"] = json.loads(robustness.read_text())
   stem = f"{name}_{tag}_seed{results['seed']}" if tag else f"{name}_seed{results['seed']}"
-  if weights and publish_dir is not None:
-    if Path(publish_dir).resolve().is_relative_to(RESULTS_DIR.parent):
-      raise UserError(f"--publish-dir {publish_dir} is inside the repository; give a directory "
-                      "outside it (the weights there are not kept in git)")
-    entry["weights_published"] = ship_weights(workdir, Path(publish_dir) / f"{stem}.safetensors",
-                                              name, results, in_git=False)
-  elif weights:
-    entry["weights"] = ship_weights(workdir, results_dir / WEIGHTS_DIR / f"{stem}.safetensors",
-                                    name, results)
+  if weights:
+    key, shipped = ship_weights(workdir, results_dir, publish_dir, f"{stem}.safetensors", name,
+                                results, git_limit_bytes)
+    entry[key] = shipped
   results_dir.mkdir(parents=True, exist_ok=True)
   path = results_dir / f"{stem}.json"
   path.write_text(json.dumps(entry, indent=2) + "\n")
   return path
 
 
-def ship_weights(workdir: str, path: Path, name: str, results: dict, in_git: bool = True) -> dict:
-  """Writes the evaluation weights of the checkpoint results.json reports;
-  refuses (nothing written) when a file for git (`in_git`) would be too large."""
+def ship_weights(workdir: str, results_dir: Path, publish_dir: Path | None, file_name: str,
+                 name: str, results: dict, git_limit_bytes: int | None) -> tuple[str, dict]:
+  """Writes the evaluation weights of the checkpoint results.json reports to
+  results_dir/weights/, or, over `git_limit_bytes`, to `publish_dir`; refuses
+  (nothing written) when they are too large for git and there is no
+  `publish_dir`. Returns the entry's key ("weights" or "weights_published")
+  and what it keeps: the file, its size and SHA-256, the step and epoch."""
   from cnn.inference import predictor, weights  # pylint: disable=import-outside-toplevel
   p = predictor.load(workdir, "best")
+  if git_limit_bytes is None:
+    git_limit_bytes = weights.GIT_SIZE_LIMIT_BYTES
+  path = results_dir / WEIGHTS_DIR / file_name
   written = weights.save(p, path, {"name": name, "test_accuracy": results.get("test_accuracy")})
-  if in_git and written["bytes"] > weights.GIT_SIZE_LIMIT_BYTES:
+  kept = {**written, "step": p.source["step"], "epoch": p.source["epoch"]}
+  if written["bytes"] <= git_limit_bytes:
+    return "weights", {"file": f"{WEIGHTS_DIR}/{file_name}", **kept}
+  if publish_dir is not None:
+    Path(publish_dir).mkdir(parents=True, exist_ok=True)
+    shutil.move(path, Path(publish_dir) / file_name)
+  else:
     path.unlink()
+  if not any(path.parent.iterdir()):
+    path.parent.rmdir()
+  if publish_dir is None:
     raise UserError(f"the weights of {workdir} take {written['bytes'] / 2**20:.1f} MiB, over the "
-                    f"{weights.GIT_SIZE_LIMIT_BYTES / 2**20:.0f} MiB kept in git; record with "
+                    f"{git_limit_bytes / 2**20:.0f} MiB kept in git; record with "
                     "--publish-dir DIR (a directory outside the repository) or --no-weights")
-  return {"file": f"{WEIGHTS_DIR}/{path.name}" if in_git else path.name, **written,
-          "step": p.source["step"], "epoch": p.source["epoch"]}
+  return "weights_published", {"file": file_name, **kept}
 
 
 def load_all(results_dir: Path = RESULTS_DIR) -> dict[str, list[dict]]:
@@ -337,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   add.add_argument("--no-weights", dest="weights", action="store_false",
                    help="numbers only: do not ship the evaluation weights")
   add.add_argument("--publish-dir", type=Path, default=None,
-                   help="write the weights here (outside git; their SHA-256 stays in the "
-                        "JSON) instead of results/weights/: for files over the git limit")
+                   help="where weights over the 2 MiB git keeps go (outside git; their size "
+                        "and SHA-256 stay in the JSON); smaller ones stay in results/weights/")
   show = commands.add_parser("render", help="print the table (and rewrite a README's)")
   show.add_argument("--readme", default=None)
   for command in (add, show):
