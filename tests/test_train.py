@@ -1,4 +1,6 @@
 """The train/eval steps and the optimiser/schedule builders."""
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -60,6 +62,28 @@ def test_eval_step_ignores_padding():
   assert float(padded["count"]) == 5
   np.testing.assert_allclose(float(padded["loss"]), float(real["loss"]), rtol=1e-5)
   assert float(padded["correct"]) == float(real["correct"])
+
+
+def test_the_test_split_is_evaluated_at_full_float32_precision():
+  """TEST_PRECISION reaches every matmul and convolution the test evaluation
+  traces (a GPU would otherwise run them on TF32, a TPU in bfloat16 passes,
+  and the recorded test accuracy would not be the weights' anywhere else);
+  the other evaluations keep the backend's default."""
+  layers = default.get_config().layers
+  layers.conv_algorithm = "xla"  # convolutions as XLA ops, whose precision the jaxpr shows
+  model = model_fn.build("resnet8_v1", {}, layers, num_classes=10)
+  state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
+  batch = {"image": np.zeros((4, 28, 28, 1), np.uint8), "label": np.zeros(4, np.int32),
+           "mask": np.ones(4, np.float32)}
+  mnist = datasets.get_spec("mnist")
+  traced = {precision: str(jax.make_jaxpr(functools.partial(
+      train.eval_step, spec=mnist, precision=precision))(state, batch))
+            for precision in (train.TEST_PRECISION, None)}
+  ops = traced[None].count("conv_general_dilated[") + traced[None].count("dot_general[")
+  assert ops >= 8  # resnet8: 7 convolutions and the classifier's matmul
+  assert traced[train.TEST_PRECISION].count("precision=(Precision.HIGHEST, Precision.HIGHEST)") \
+      == ops
+  assert "HIGHEST" not in traced[None]
 
 
 def test_step_schedule_follows_he_et_al():
