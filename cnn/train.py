@@ -379,14 +379,12 @@ class Experiment:
         in_shardings=(replicated, replicated, self.batch_sharding),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1))
-    self.eval_step = shared.eval_step if shared else jax.jit(
-        functools.partial(eval_step, spec=self.spec, flip=config.eval.flip),
+    jit_eval = lambda precision=None: jax.jit(  # noqa: E731
+        functools.partial(eval_step, spec=self.spec, flip=config.eval.flip, precision=precision),
         in_shardings=(replicated, self.batch_sharding), out_shardings=replicated)
+    self.eval_step = shared.eval_step if shared else jit_eval()
     self.test_step = shared.test_step if shared else (
-        self.eval_step if jax.default_backend() == "cpu" else jax.jit(
-            functools.partial(eval_step, spec=self.spec, flip=config.eval.flip,
-                              precision=TEST_PRECISION),
-            in_shardings=(replicated, self.batch_sharding), out_shardings=replicated))
+        self.eval_step if jax.default_backend() == "cpu" else jit_eval(TEST_PRECISION))
     if shared is not None and "device_data" in vars(shared):
       self.device_data = shared.device_data.reseeded(config.seed)
     self.zero_sums = lambda: replicate(zero_sums(), replicated)
