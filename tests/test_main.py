@@ -1,5 +1,6 @@
 """main.py end to end on real data, as a user runs it, and its error lines."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,14 @@ def test_steps_jsonl_holds_every_batch_loss_in_windows_of_log_every_steps(tiny_r
   assert steps[0]["loss_max"] > steps[-1]["loss_max"]  # it learns
 
 
-def test_rerun_resumes_instead_of_starting_over(tiny_run, data_env):
-  workdir, _ = tiny_run
+def own_copy(tiny_run, tmp_path) -> Path:
+  """The shared tiny run's workdir, copied: a test that runs main.py on it
+  takes its lock and rewrites it, which the other worker's tests must not see."""
+  return Path(shutil.copytree(tiny_run[0], tmp_path / "tiny"))
+
+
+def test_rerun_resumes_instead_of_starting_over(tiny_run, data_env, tmp_path):
+  workdir = own_copy(tiny_run, tmp_path)
   before = json.loads((workdir / "results.json").read_text())
   again = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}")
   assert "resumed from" in again.stderr and "at step 64" in again.stderr
@@ -50,8 +57,8 @@ def test_rerun_resumes_instead_of_starting_over(tiny_run, data_env):
   assert after["test_accuracy"] == before["test_accuracy"]
 
 
-def test_checkpoint_of_another_model_is_refused(tiny_run, data_env):
-  workdir, _ = tiny_run
+def test_checkpoint_of_another_model_is_refused(tiny_run, data_env, tmp_path):
+  workdir = own_copy(tiny_run, tmp_path)
   result = run_main(data_env, "--config=configs/tiny_mnist.py", f"--workdir={workdir}",
                     "--config.model=resnet20_v1", check=False)
   assert "incompatible checkpoint (model: checkpoint has 'resnet8_v1'" in only_error_line(result)
