@@ -78,8 +78,8 @@ EXPERIMENTS = {
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 on "
-                           "2026-12-05 at d579c61 on a 2-core Intel Xeon; at epoch 33 of 164 on "
-                           "2026-12-06, about 7 h left alone at 250 images/s; first for the "
+                           "2026-12-05 at d579c61 on a 2-core Intel Xeon; at epoch 117 of 164 on "
+                           "2026-12-06, about 2 h left alone at 330 images/s; first for the "
                            "GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
