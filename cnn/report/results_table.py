@@ -78,9 +78,9 @@ EXPERIMENTS = {
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 on "
-                           "2026-12-05 at d579c61 on a 2-core Intel Xeon; at epoch 117 of 164 on "
-                           "2026-12-06, about 2 h left alone at 330 images/s; first for the "
-                           "GPU box"),
+                           "2026-12-06 at 297b1c7 on a new 2-core Intel Xeon (the last machine, "
+                           "at epoch 123, was gone); about 7 h alone at 308 images/s; first "
+                           "for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
                            "248 images/s (11 h of the AMD EPYC at 201)"),
