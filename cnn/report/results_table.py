@@ -77,10 +77,10 @@ EXPERIMENTS = {
                            "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "in progress, 1st of the CPU queue: restarted from epoch 0 on "
-                           "2026-12-06 at 297b1c7 on a new 2-core Intel Xeon (the last machine, "
-                           "at epoch 123, was gone); at epoch 46 of 164 at 20:31 UTC, about 6 h "
-                           "left alone at 270 images/s; first for the GPU box"),
+                           "in progress, 1st of the CPU queue: restarted from epoch 0 a "
+                           "third time on 2026-12-06 21:07 UTC at 297b1c7 on a 2-core AMD "
+                           "EPYC (the Intel Xeon before it, at epoch 51, was gone); about 12 h "
+                           "left alone at 190 images/s; first for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
                            "248 images/s (11 h of the AMD EPYC at 201)"),
