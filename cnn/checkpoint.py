@@ -73,9 +73,17 @@ def _val_accuracy(metrics: dict) -> float:
   return metrics["val_accuracy"]
 
 
-def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int, track_best: bool = True) -> ocp.CheckpointManager:
   """The trainer's manager; build it with `open_for_training`, which first
-  moves aside what orbax would crash on or delete."""
+  moves aside what orbax would crash on or delete. `track_best`: the run has a
+  validation split, so its end-of-epoch checkpoints carry a val_accuracy and
+  the best one is kept beside the newest `keep`; without one (the paper
+  protocol) there is no metric to track, and orbax would warn at every save."""
+  directory = workdirs.Workdir.of(workdir).checkpoints  # a gs:// URI stays one
+  if not track_best:
+    options = ocp.CheckpointManagerOptions(preservation_policy=policies.LatestN(n=keep),
+                                           create=True)
+    return ocp.CheckpointManager(directory, options=options)
   policy = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep),
       policies.BestN(get_metric_fn=_val_accuracy, n=1,
@@ -87,7 +95,6 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # alone decides what is kept).
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          best_fn=_val_accuracy, best_mode="max")
-  directory = workdirs.Workdir.of(workdir).checkpoints  # a gs:// URI stays one
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -286,7 +293,7 @@ def move_aside(workdir: str, name: str) -> str:
 
 def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, epoch_sums: Any,
                       is_primary: bool = True, barrier: Callable[[], None] = lambda: None,
-                      upgrade: Callable[[dict], dict] = dict
+                      upgrade: Callable[[dict], dict] = dict, track_best: bool = True
                       ) -> tuple[ocp.CheckpointManager, tuple[Any, Any, dict, int] | None]:
   """The trainer's manager, and (state, epoch_sums, meta, step) of the newest
   checkpoint that reads (None: there is none).
@@ -298,7 +305,7 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
   primary process, with one warning line each; a checkpoint of another model
   is refused (UserError), as that is no damage (its fingerprint read through
   `upgrade`, see `check_compatible`). `barrier` lets the other processes wait
-  for the moves."""
+  for the moves; `track_best` as in `make_manager`."""
   directory = workdirs.Workdir.of(workdir).checkpoints
   for name in unfinished(workdir):
     where = move_aside(workdir, name) if is_primary else "aside"
@@ -326,4 +333,4 @@ def open_for_training(workdir: str, keep: int, fingerprint: dict, state: Any, ep
                     f"{'are' if len(damaged) > 1 else 'is'} damaged (moved to "
                     f"{workdirs.Workdir.of(workdir).damaged_checkpoints}); rerun to start over, "
                     "or put back a good copy from a backup")
-  return make_manager(workdir, keep), restored
+  return make_manager(workdir, keep, track_best), restored

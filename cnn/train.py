@@ -491,7 +491,7 @@ class Run:
     self.manager, restored = checkpoint.open_for_training(
         workdir, exp.config.checkpoint.keep, exp.fingerprint, self.state, self.sums,
         is_primary=jax.process_index() == 0, barrier=_barrier,
-        upgrade=settings.upgrade_fingerprint)
+        upgrade=settings.upgrade_fingerprint, track_best="validation" in exp.splits)
     if restored is not None:
       self.state, self.sums, meta, step = restored
       self.history, self.timing = meta["history"], meta["timing"]
