@@ -144,6 +144,19 @@ def test_each_protocol_gets_its_row_and_a_box_sweep_sits_beside_the_cpu_run(tmp_
   assert "| 91.50 (1) | — (one seed) | paper |" in rows[0]
 
 
+def test_several_runs_beside_a_sweep_are_counted_not_averaged_into_inside():
+  """Two CPU seeds beside a box sweep of three (interval 91.45-91.95): the
+  cell counts the runs inside it; one run keeps "lies inside/outside"."""
+  box = [{"test_accuracy": a, "seed": s, "tag": "box"}
+         for s, a in enumerate((0.9170, 0.9180, 0.9160))]
+  cpu = [{"test_accuracy": 0.9133, "seed": 0}, {"test_accuracy": 0.9151, "seed": 1}]
+  assert results_table.beside(box, cpu) == "the CPU runs (mean 91.42 of 2): 1 of 2 inside it"
+  assert results_table.beside(box, cpu[1:]) == "the CPU run (91.51, seed 1) lies inside it"
+  # t(0.975, 1 dof) = 12.71: the two CPU seeds' interval, 90.28-92.56, holds all three
+  assert results_table.beside(cpu, box) == "the box runs (mean 91.70 of 3): 3 of 3 inside it"
+  assert results_table.beside(cpu[:1], box[:1]) == "the box run (91.70, seed 0) beside it"
+
+
 def test_he_table_tests_resnet110_against_the_published_mean_and_std(tmp_path):
   """Welch's t of our errors against 2016a's 6.61 ± 0.16 (n = 5), checked by
   hand: t = (6.60 - 6.61) / sqrt(0.10^2 / 3 + 0.16^2 / 5) = -0.109; single

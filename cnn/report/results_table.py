@@ -233,17 +233,21 @@ def samples(entries: list[dict]) -> list[tuple[str, list[dict]]]:
 def beside(main: list[dict], other: list[dict]) -> str:
   """Where another sample of the same config and protocol lies against the
   row's 95 % interval (or its one value): "the CPU run (91.33, seed 0) lies
-  inside"."""
+  inside it", or for several runs "the CPU runs (mean 91.40 of 2): 1 of 2
+  inside it"."""
   accuracies = [100 * e["test_accuracy"] for e in other]
-  value = (f"{accuracies[0]:.2f}, seed {other[0]['seed']}" if len(other) == 1 else
-           f"{statistics.mean(accuracies):.2f} mean of {len(other)}")
-  where = "the CPU run" if not other[0].get("tag") else f"the {other[0]['tag']} runs"
+  n = len(accuracies)
+  where = f"the {other[0].get('tag') or 'CPU'} run{'s' if n > 1 else ''}"
+  value = (f"{accuracies[0]:.2f}, seed {other[0]['seed']}" if n == 1 else
+           f"mean {statistics.mean(accuracies):.2f} of {n}")
   if len(main) < 2:
     return f"{where} ({value}) beside it"
   from cnn import seeds  # pylint: disable=import-outside-toplevel (scipy's t quantiles)
   low, high = seeds.summary([100 * e["test_accuracy"] for e in main])["interval"]
-  inside = all(low <= a <= high for a in accuracies)
-  return f"{where} ({value}) lies {'inside' if inside else 'outside'} it"
+  inside = sum(low <= a <= high for a in accuracies)
+  if n == 1:
+    return f"{where} ({value}) lies {'inside' if inside else 'outside'} it"
+  return f"{where} ({value}): {inside} of {n} inside it"
 
 
 def render(results_dir: Path = RESULTS_DIR) -> str:
