@@ -78,7 +78,7 @@ EXPERIMENTS = {
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 a "
-                           "third time on 2026-12-06 21:07 UTC at 297b1c7 on a 2-core AMD "
+                           "third time on 2026-12-06 21:07 UTC at 715ed94 on a 2-core AMD "
                            "EPYC (the Intel Xeon before it, at epoch 51, was gone); at epoch 29 "
                            "of 164 at 23:30 UTC, about 9 h left alone at 200 images/s; first "
                            "for the GPU box"),
