@@ -192,3 +192,57 @@ def test_render_names_a_missing_readme_in_one_line(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "nope.md not found" in err and err.count("\n") == 1
   assert not (tmp_path / "nope.md").exists()
+
+
+def paper_run(tmp_path: Path, results: Path, name: str, seed: int, accuracy: float,
+              kind: str = "paper") -> None:
+  workdir = fake_workdir(tmp_path / f"{name}_{kind}{seed}", seed, accuracy)
+  data = json.loads((workdir / "results.json").read_text())
+  (workdir / "results.json").write_text(json.dumps({**data, "protocol": kind}))
+  results_table.record(str(workdir), name, "1x H200", "python main.py", results, weights=False)
+
+
+def test_he_figure_draws_our_seeds_means_intervals_and_the_published_errors(tmp_path):
+  """ResNet-56 v1's three seeds (errors 7.00, 6.90, 6.80: mean 6.90, interval
+  6.90 ± 4.303 * 0.10 / sqrt(3) = 6.65-7.15) as dots and a mean with its bar;
+  ResNet-20 v2's one seed as a mean without spread; a validation-protocol run
+  is not drawn; He et al.'s v1 errors on their dashed line."""
+  from cnn.report import he2016  # pylint: disable=import-outside-toplevel
+  results = tmp_path / "results"
+  for seed, accuracy in enumerate((0.9300, 0.9310, 0.9320)):
+    paper_run(tmp_path, results, "resnet56v1_cifar10", seed, accuracy)
+  paper_run(tmp_path, results, "resnet20v2_cifar10", 0, 0.9174)
+  paper_run(tmp_path, results, "resnet32v1_cifar10", 0, 0.9250, kind="validation")
+  ax = he2016.figure(results_table.paper_samples(results)).axes[0]
+  bars = {c.get_label(): c for c in ax.containers}
+  v1 = bars["ours, post-activation (v1): mean and 95 % interval (seeds as dots)"]
+  assert list(v1.lines[0].get_xdata()) == [56]
+  assert abs(v1.lines[0].get_ydata()[0] - 6.90) < 1e-9
+  (low, high), = [(a[1], b[1]) for a, b in v1.lines[2][0].get_segments()]
+  assert abs(low - 6.652) < 1e-3 and abs(high - 7.148) < 1e-3
+  v2 = bars["ours, pre-activation (v2): mean and 95 % interval (seeds as dots)"]
+  assert list(v2.lines[0].get_xdata()) == [20]
+  assert abs(v2.lines[0].get_ydata()[0] - 8.26) < 1e-9
+  dots = [line for line in ax.get_lines() if line.get_marker() == "."]
+  assert sorted(round(y, 6) for line in dots for y in line.get_ydata()) == [6.8, 6.9, 7.0, 8.26]
+  assert all(x != 32 for line in dots for x in line.get_xdata())
+  published = next(line for line in ax.get_lines()
+                   if line.get_label() == "He et al., post-activation (v1)")
+  assert list(published.get_xdata()) == [20, 32, 44, 56, 110]
+  assert list(published.get_ydata()) == [8.75, 7.51, 7.17, 6.97, 6.43]
+
+
+def test_render_writes_the_he_figure_as_png_and_refuses_another_suffix(tmp_path, capsys):
+  results = tmp_path / "results"
+  paper_run(tmp_path, results, "resnet20v1_cifar10", 0, 0.9133)
+  out = tmp_path / "figures" / "new" / "he2016.png"
+  assert results_table.main(["render", "--results-dir", str(results), "--figure", str(out)]) == 0
+  assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+  assert capsys.readouterr().out.endswith(f"wrote {out}\n")
+  svg, readme = tmp_path / "he2016.svg", tmp_path / "README.md"
+  readme.write_text(f"{results_table.BEGIN}\nold\n{results_table.END}\n")
+  assert results_table.main(["render", "--results-dir", str(results), "--readme", str(readme),
+                             "--figure", str(svg)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --figure=") and ".png" in err and err.count("\n") == 1
+  assert not svg.exists() and "\nold\n" in readme.read_text()  # checked before any writing

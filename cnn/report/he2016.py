@@ -13,8 +13,14 @@ error as mean ± std (n), the 95 % Student-t interval of our mean, and, where
 the paper gives a mean and std, Welch's unequal-variance t-test of our mean
 against it (scipy's `ttest_ind_from_stats`); where it gives one number,
 whether that number lies inside our interval.
+
+`figure(samples)` draws the same comparison against depth: test error of
+every paper-protocol CIFAR ResNet run (v1 and v2, ours at any depth, the
+published ones where the papers give them), each seed a dot, our mean with
+its 95 % interval, the published numbers beside them.
 """
 import dataclasses
+import re
 import statistics
 
 BEGIN, END = "<!-- he2016-table:begin -->", "<!-- he2016-table:end -->"
@@ -42,6 +48,17 @@ PUBLISHED = (
     Published("resnet164v2_cifar10", "ResNet-164, pre-activation (bottleneck)",
               "2016b, Table 3", "1.7M", 5.46),
 )
+
+
+# The CIFAR-10 ResNet configs the figure places by depth: resnet<depth>v<1|2>_cifar10.
+CIFAR_RESNET = re.compile(r"resnet(\d+)(v[12])_cifar10")
+VERSIONS = {"v1": ("post-activation (v1)", "C0"), "v2": ("pre-activation (v2)", "C3")}
+
+
+def depth_and_version(config: str) -> tuple[int, str] | None:
+  """("resnet56v1_cifar10") -> (56, "v1"); None for any other config."""
+  m = CIFAR_RESNET.fullmatch(config)
+  return (int(m.group(1)), m.group(2)) if m else None
 
 
 def welch(errors: list[float], published: tuple[float, float, int]) -> str:
@@ -86,3 +103,65 @@ def render(samples: dict[str, list[dict]]) -> str:
            "|---|---|---:|---:|---|---|---|---|"]
   lines += [row(paper, samples.get(paper.config, [])) for paper in PUBLISHED]
   return "\n".join(lines) + "\n"
+
+
+def errors_by_depth(samples: dict[str, list[dict]]) -> dict[str, dict[int, list[float]]]:
+  """version -> depth -> our test errors (%), from every CIFAR ResNet config in `samples`."""
+  out: dict[str, dict[int, list[float]]] = {}
+  for config, entries in samples.items():
+    placed = depth_and_version(config)
+    if placed and entries:
+      depth, version = placed
+      out.setdefault(version, {})[depth] = [100 * (1 - e["test_accuracy"]) for e in entries]
+  return out
+
+
+def _half_interval(errors: list[float]) -> float:
+  """Half the 95 % Student-t interval of the mean (0 for one seed: no spread known)."""
+  if len(errors) < 2:
+    return 0.0
+  from cnn import seeds  # pylint: disable=import-outside-toplevel (scipy's t quantiles)
+  low, high = seeds.summary(errors)["interval"]
+  return (high - low) / 2
+
+
+def figure(samples: dict[str, list[dict]]):
+  """Test error (%) against depth, v1 and v2: each of our seeds a small dot, our mean
+  (n >= 2: with its 95 % Student-t interval) a large one joined by a line, the
+  published numbers as open squares (ResNet-110 v1 also with 2016a's mean ± std of
+  its 5 runs)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel (slow)
+  ours = errors_by_depth(samples)
+  published = [(*depth_and_version(p.config), p) for p in PUBLISHED]
+  fig = Figure(figsize=(7.5, 4.8))
+  ax = fig.add_subplot()
+  for version, (label, colour) in VERSIONS.items():
+    papers = sorted((depth, p) for depth, v, p in published if v == version)
+    ax.plot([d for d, _ in papers], [p.error for _, p in papers], "s--", color=colour,
+            markerfacecolor="white", label=f"He et al., {label}")
+    for depth, paper in papers:
+      if paper.mean_std_n:
+        mean, std, n = paper.mean_std_n
+        ax.errorbar([depth * 1.03], [mean], [std], fmt="s", color=colour,
+                    markerfacecolor="white", capsize=3,
+                    label=f"He et al., ResNet-{depth} {version}: mean ± std of {n} runs")
+    mine = sorted(ours.get(version, {}).items())
+    for depth, errors in mine:
+      ax.plot([depth] * len(errors), errors, ".", color=colour, alpha=0.45)
+      ax.annotate(f"n = {len(errors)}", (depth, max(errors)), textcoords="offset points",
+                  xytext=(5, 4), fontsize=7, color=colour)
+    if mine:
+      ax.errorbar([d for d, _ in mine], [statistics.mean(e) for _, e in mine],
+                  [_half_interval(e) for _, e in mine], fmt="o-", color=colour, capsize=4,
+                  label=f"ours, {label}: mean and 95 % interval (seeds as dots)")
+  depths = sorted({d for d, _, _ in published} | {d for v in ours.values() for d in v})
+  ax.set_xscale("log")
+  ax.set_xticks(depths, [str(d) for d in depths])
+  ax.minorticks_off()
+  ax.set_xlabel("depth (layers)")
+  ax.set_ylabel("CIFAR-10 test error %")
+  ax.set_title("CIFAR-10 ResNets under the paper protocol (64k iterations, 50k images)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig

@@ -4,6 +4,7 @@
       --hardware "2-core CPU" --command "python main.py --config=configs/resnet20_mnist.py ..."
   python -m cnn.report.results_table render                    # print the table
   python -m cnn.report.results_table render --readme README.md # rewrite the README's tables
+  python -m cnn.report.results_table render --figure he2016.png  # and He et al.'s figure
 
 The README's tables: the experiments, He et al.'s (cnn/report/he2016.py), robustness.
 
@@ -24,8 +25,8 @@ checks the copies in `$CNN_PUBLISHED_WEIGHTS`.
 `render` shows each experiment as mean ± standard deviation (number of seeds)
 with the 95 % Student-t interval of the mean. Rows without a results file say
 so and why. `render` imports the standard library, etils.epath (for workdirs
-that are URIs) and scipy (the t quantiles); `record` also JAX, to read the
-checkpoint.
+that are URIs) and scipy (the t quantiles), `--figure` also matplotlib; `record`
+also JAX, to read the checkpoint.
 """
 import argparse
 import json
@@ -310,16 +311,27 @@ def render_robustness(results_dir: Path = RESULTS_DIR) -> str:
   return "\n".join(lines) + "\n"
 
 
-def render_he2016(results_dir: Path = RESULTS_DIR) -> str:
-  """He et al.'s table (cnn/report/he2016.py) with each config's paper-protocol
-  runs: its largest sample, as the results table shows it."""
-  runs = load_all(results_dir)
+def paper_samples(results_dir: Path = RESULTS_DIR) -> dict[str, list[dict]]:
+  """Each config's paper-protocol runs: its largest sample, as the results table shows it."""
   chosen = {}
-  for paper in he2016.PUBLISHED:
-    entries = [e for e in runs.get(paper.config, []) if protocol(e) == "paper"]
-    if entries:
-      chosen[paper.config] = samples(entries)[0][1]
-  return he2016.render(chosen)
+  for name, entries in load_all(results_dir).items():
+    paper = [e for e in entries if protocol(e) == "paper"]
+    if paper:
+      chosen[name] = samples(paper)[0][1]
+  return chosen
+
+
+def render_he2016(results_dir: Path = RESULTS_DIR) -> str:
+  """He et al.'s table (cnn/report/he2016.py) with each config's paper-protocol runs."""
+  return he2016.render(paper_samples(results_dir))
+
+
+def write_he2016_figure(path: str, results_dir: Path = RESULTS_DIR) -> None:
+  """He et al.'s comparison against depth (`he2016.figure`) as a PNG file."""
+  from cnn.report import plots  # pylint: disable=import-outside-toplevel (matplotlib)
+  target = workdirs.resolve(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  plots.save(he2016.figure(paper_samples(results_dir)), target)
 
 
 def rewrite_tables(readme: Path, results_dir: Path = RESULTS_DIR) -> str:
@@ -366,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "and SHA-256 stay in the JSON); smaller ones stay in results/weights/")
   show = commands.add_parser("render", help="print the table (and rewrite a README's)")
   show.add_argument("--readme", default=None)
+  show.add_argument("--figure", default=None,
+                    help="also draw He et al.'s comparison against depth into this .png file")
   for command in (add, show):
     command.add_argument("--results-dir", type=Path, default=None,
                          help="where the results files are (default: the repository's results/)")
@@ -377,11 +391,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.commit, args.resumes, args.weights, args.publish_dir, args.tag):
         print(path)
     else:
+      if args.figure and not args.figure.lower().endswith(".png"):
+        raise UserError(f"--figure={args.figure}: the figure is written as PNG; give a path "
+                        "ending in .png")
       if args.readme:
         sys.stdout.write(rewrite_tables(Path(args.readme), results_dir))
       else:
         sys.stdout.write("\n".join([render(results_dir), render_he2016(results_dir),
                                     render_robustness(results_dir)]))
+      if args.figure:
+        write_he2016_figure(args.figure, results_dir)
+        print(f"wrote {args.figure}")
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
