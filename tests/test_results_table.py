@@ -246,3 +246,8 @@ def test_render_writes_the_he_figure_as_png_and_refuses_another_suffix(tmp_path,
   err = capsys.readouterr().err
   assert err.startswith("error: --figure=") and ".png" in err and err.count("\n") == 1
   assert not svg.exists() and "\nold\n" in readme.read_text()  # checked before any writing
+  (tmp_path / "file").write_text("")
+  assert results_table.main(["render", "--results-dir", str(results), "--figure",
+                             str(tmp_path / "file" / "he2016.png")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: cannot write ") and "--figure" in err and err.count("\n") == 1

@@ -329,9 +329,13 @@ def render_he2016(results_dir: Path = RESULTS_DIR) -> str:
 def write_he2016_figure(path: str, results_dir: Path = RESULTS_DIR) -> None:
   """He et al.'s comparison against depth (`he2016.figure`) as a PNG file."""
   from cnn.report import plots  # pylint: disable=import-outside-toplevel (matplotlib)
+  figure = he2016.figure(paper_samples(results_dir))
   target = workdirs.resolve(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  plots.save(he2016.figure(paper_samples(results_dir)), target)
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    plots.save(figure, target)
+  except OSError as e:
+    raise UserError(f"cannot write {path} ({e.strerror or e}); choose another --figure") from None
 
 
 def rewrite_tables(readme: Path, results_dir: Path = RESULTS_DIR) -> str:
