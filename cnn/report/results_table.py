@@ -80,9 +80,9 @@ EXPERIMENTS = {
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 a "
                            "third time on 2026-12-06 21:07 UTC at 715ed94 on a 2-core AMD "
-                           "EPYC (the Intel Xeon before it, at epoch 51, was gone); at epoch 29 "
-                           "of 164 at 23:30 UTC, about 9 h left alone at 200 images/s; first "
-                           "for the GPU box"),
+                           "EPYC (the Intel Xeon before it, at epoch 51, was gone); at epoch 64 "
+                           "of 164 on 2026-12-07 02:32 UTC, about 7 h left alone at 194 "
+                           "images/s; first for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
                            "248 images/s (11 h of the AMD EPYC at 201)"),
