@@ -16,6 +16,16 @@ def fake_workdir(path: Path, seed: int, accuracy: float) -> Path:
   return path
 
 
+def paper_run(tmp_path: Path, results: Path, name: str, seed: int, accuracy: float,
+              kind: str = "paper", tag: str | None = None) -> None:
+  """A finished run of `name` under protocol `kind`, recorded into `results`."""
+  workdir = fake_workdir(tmp_path / f"{name}_{kind}{seed}", seed, accuracy)
+  data = json.loads((workdir / "results.json").read_text())
+  (workdir / "results.json").write_text(json.dumps({**data, "protocol": kind}))
+  results_table.record(str(workdir), name, "1x H200", "python main.py", results, weights=False,
+                       tag=tag)
+
+
 def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
   results = tmp_path / "results"
   for seed, accuracy in ((0, 0.9960), (1, 0.9964)):
@@ -165,11 +175,7 @@ def test_he_table_tests_resnet110_against_the_published_mean_and_std(tmp_path):
   for name, accuracies in (("resnet110v1_cifar10", (0.935, 0.933, 0.934)),
                            ("resnet56v1_cifar10", (0.9300, 0.9310, 0.9320))):
     for seed, accuracy in enumerate(accuracies):
-      workdir = fake_workdir(tmp_path / f"{name}{seed}", seed, accuracy)
-      data = json.loads((workdir / "results.json").read_text())
-      (workdir / "results.json").write_text(json.dumps({**data, "protocol": "paper"}))
-      results_table.record(str(workdir), name, "1x H200", "python main.py", results,
-                           weights=False, tag="box")
+      paper_run(tmp_path, results, name, seed, accuracy, tag="box")
   rows = {line.split(" | ")[0][2:]: line for line in
           results_table.render_he2016(results).splitlines()[2:]}
   r110 = rows["ResNet-110"]
@@ -192,14 +198,6 @@ def test_render_names_a_missing_readme_in_one_line(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "nope.md not found" in err and err.count("\n") == 1
   assert not (tmp_path / "nope.md").exists()
-
-
-def paper_run(tmp_path: Path, results: Path, name: str, seed: int, accuracy: float,
-              kind: str = "paper") -> None:
-  workdir = fake_workdir(tmp_path / f"{name}_{kind}{seed}", seed, accuracy)
-  data = json.loads((workdir / "results.json").read_text())
-  (workdir / "results.json").write_text(json.dumps({**data, "protocol": kind}))
-  results_table.record(str(workdir), name, "1x H200", "python main.py", results, weights=False)
 
 
 def test_he_figure_draws_our_seeds_means_intervals_and_the_published_errors(tmp_path):
