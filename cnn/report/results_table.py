@@ -49,8 +49,8 @@ ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
                                    "<!-- robustness-table:end -->")
 
 # name -> (seed codebase %, published %, our target %, why not run yet). The CPU hours are
-# estimates from main.py's own images/s on the 2-core Intel Xeon (AMX) that runs the queue now
-# (2026-12-06: each config trained alone, the median of steps 41-160's three 40-step windows:
+# estimates from main.py's own images/s on the 2-core Intel Xeon (AMX) that ran the queue until
+# 2026-12-06 (each config trained alone, the median of steps 41-160's three 40-step windows:
 # ResNet-56 v1 258, ResNet-56 v2 248, ResNet-110 v1 121, VGG-16 CIFAR 94, VGG-16 MNIST 127
 # images/s), beside the 2-core AMD EPYC's fp32 train-step speeds (benchmarks/baseline_cpu.json,
 # 2026-12-02: ResNet-56 v1 225, v2 201, ResNet-110 v1 102, VGG-16 116 images/s); the queue
@@ -80,8 +80,8 @@ EXPERIMENTS = {
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 a "
                            "third time on 2026-12-06 21:07 UTC at 715ed94 on a 2-core AMD "
-                           "EPYC (the Intel Xeon before it, at epoch 51, was gone); at epoch 64 "
-                           "of 164 on 2026-12-07 02:32 UTC, about 7 h left alone at 194 "
+                           "EPYC (the Intel Xeon before it, at epoch 51, was gone); at epoch "
+                           "104 of 164 on 2026-12-07 05:35 UTC, about 4 h left alone at 216 "
                            "images/s; first for the GPU box"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
