@@ -49,6 +49,23 @@ def test_record_ships_weights_that_predict_like_the_workdir(tiny_run, mnist, tmp
     predictor.load(str(tmp_path / "not.safetensors"))
 
 
+def test_the_same_weights_always_give_the_same_file(tiny_run, tmp_path):
+  """safetensors writes the header's metadata in a new random order on every
+  save (safetensors#584): `weights.save` sorts the header, so one checkpoint
+  gives one SHA-256 however often it is recorded, and the file still loads
+  to the same arrays."""
+  workdir, _ = tiny_run
+  p = predictor.load(str(workdir))
+  saved = [weights.save(p, tmp_path / f"{i}.safetensors", {"name": "tiny_mnist"})
+           for i in range(6)]
+  assert all(s == saved[0] for s in saved), saved
+  loaded = predictor.load(str(tmp_path / "0.safetensors")).variables
+  by_name = weights._by_name  # pylint: disable=protected-access
+  assert by_name(loaded).keys() == by_name(p.variables).keys()
+  for name, array in by_name(p.variables).items():
+    np.testing.assert_array_equal(by_name(loaded)[name], array)
+
+
 def test_record_publishes_weights_outside_git_with_their_checksum(tiny_run, tmp_path):
   """--publish-dir: a file over the git limit goes there, not to
   results/weights/; the JSON keeps its size and SHA-256; one under it stays in
