@@ -3,6 +3,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from cnn.report import results_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +39,9 @@ def test_rows_average_over_seeds_and_unrun_rows_say_why(tmp_path):
   # t(0.975, 1 dof) = 12.706: 99.62 ± 12.706 * 0.0283 / sqrt(2) = 99.37-99.87
   assert ("| 99.62 ± 0.03 (2) | 99.37-99.87 | validation | 30 | 2-core CPU, 1.00 h "
           "| — (not shipped) |") in row
-  why = results_table.EXPERIMENTS["resnet56v2_cifar10"][3]
+  why = results_table.EXPERIMENTS["resnet110v1_cifar10"][3]
   assert re.match(r"queued \d(st|nd|rd|th): 64k iterations, about \d+ h", why), why
-  assert ("| `resnet56v2_cifar10` | 87.51 | 93.0 | ≥ 93.5 | "
+  assert ("| `resnet110v1_cifar10` | — | 93.57 (He) | ≥ 93.8 | "
           f"no result yet ({why}) |") in table
 
 
@@ -107,11 +109,15 @@ def test_record_keeps_the_reports_robustness_and_renders_its_row(tmp_path):
                      "| 99.00 / 98.50 / 90.00 | 10,000 | 30 min |")
 
 
-def test_a_run_without_a_held_out_split_says_why_it_has_no_temperature(tmp_path):
+@pytest.mark.parametrize("seconds, shown", [(6, "6 s"), (0.0135, "< 1 s")])
+def test_a_run_without_a_held_out_split_says_why_it_has_no_temperature(tmp_path, seconds,
+                                                                        shown):
+  """The evaluation's time: calibration on the report's own logits takes
+  milliseconds, shown as under a second rather than 0 s."""
   workdir = fake_workdir(tmp_path / "w", 0, 0.9174)
   (workdir / "report").mkdir()
   (workdir / "report" / "robustness.json").write_text(json.dumps({
-      "seconds": {"calibration": 6},
+      "seconds": {"calibration": seconds},
       "calibration": {"test": {"accuracy": 0.9174, "ece": 0.0519, "nll": 0.3527},
                       "temperature": None, "temperature_note": "no held-out split"}}))
   results = tmp_path / "results"
@@ -119,6 +125,7 @@ def test_a_run_without_a_held_out_split_says_why_it_has_no_temperature(tmp_path)
                        results, weights=False)
   row = results_table.render_robustness(results).splitlines()[2]
   assert "| 91.74 | 5.19 | — (no held-out split to fit T on) | 0.3527 | — |" in row
+  assert row.endswith(f"| {shown} |"), row
 
 
 def test_each_protocol_gets_its_row_and_a_box_sweep_sits_beside_the_cpu_run(tmp_path):

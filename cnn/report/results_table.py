@@ -57,12 +57,12 @@ ROBUSTNESS_BEGIN, ROBUSTNESS_END = ("<!-- robustness-table:begin -->",
 # order is in results/README.md.
 EXPERIMENTS = {
     "vgg16_mnist": ("98.98", "~99.6", "≥ 99.6",
-                    "queued 5th: seeds 1 and 2, about 7 h of the 2-core Intel Xeon at 127 "
+                    "queued 4th: seeds 1 and 2, about 7 h of the 2-core Intel Xeon at 127 "
                     "images/s (seed 0 ran at 183 on the AMD EPYC), to tell whether its 4 "
                     "images under the target are the seed's"),
     "resnet20_mnist": ("99.0", "99.6 (pre-act ResNet-20)", "≥ 99.6", "~1 h of a 2-core CPU"),
     "vgg16_cifar10": ("86.49", "92.6-93.6", "≥ 93.5",
-                      "queued 3rd: 200 epochs of 45k images, about 27 h of the 2-core Intel "
+                      "queued 2nd: 200 epochs of 45k images, about 27 h of the 2-core Intel "
                       "Xeon at 94 images/s (22 h of the AMD EPYC at 116)"),
     "resnet20v1_cifar10": ("90.56", "91.25 (He), 91.73 (re-impl.)", "≥ 91.25",
                            "64k iterations (164 epochs): 11.1 h of the 2-core CPU"),
@@ -78,16 +78,14 @@ EXPERIMENTS = {
                            "for the GPU box's He et al. table (n ≥ 3 seeds); not on the CPU "
                            "queue"),
     "resnet56v1_cifar10": ("85.37", "93.03 (He), 93.39 (re-impl.)", "≥ 93.3",
-                           "in progress, 1st of the CPU queue: restarted from epoch 0 a "
-                           "third time on 2026-12-06 21:07 UTC at 715ed94 on a 2-core AMD "
-                           "EPYC (the Intel Xeon before it, at epoch 51, was gone); at epoch "
-                           "104 of 164 on 2026-12-07 05:35 UTC, about 4 h left alone at 216 "
-                           "images/s; first for the GPU box"),
+                           "64k iterations (164 epochs): 12.1 h of the 2-core AMD EPYC, "
+                           "resumed four times"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
-                           "queued 2nd: 64k iterations, about 9 h of the 2-core Intel Xeon at "
-                           "248 images/s (11 h of the AMD EPYC at 201)"),
+                           "in progress, 1st of the CPU queue: started 2026-12-07 12:53 UTC at "
+                           "b70379f on the 2-core AMD EPYC, about 11 h alone at 212 images/s; "
+                           "first for the GPU box"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
-                            "queued 4th: 64k iterations, about 19 h of the 2-core Intel Xeon "
+                            "queued 3rd: 64k iterations, about 19 h of the 2-core Intel Xeon "
                             "at 121 images/s (22 h of the AMD EPYC at 102)"),
     "resnet110v2_cifar10": ("—", "93.63 (He, pre-act.)", "≥ 93.8",
                             "after the queue: about 19 h at ResNet-110 v1's speed"),
@@ -292,7 +290,8 @@ def robustness_row(path: str, entry: dict) -> str:
   cells = [cell(rob.get(section.name)) for section in robustness.SECTIONS.values()
            for _, cell, _ in section.results_columns]
   minutes = sum((rob.get("seconds") or {}).values()) / 60
-  when = f"{minutes:.0f} min" if minutes >= 1 else f"{60 * minutes:.0f} s"
+  when = (f"{minutes:.0f} min" if minutes >= 1 else f"{60 * minutes:.0f} s"
+          if 60 * minutes >= 0.5 else "< 1 s")  # calibration on the report's own logits
   return " | ".join([f"| [{entry['name']} seed {entry.get('seed', 0)}]({path})", *cells,
                      f"{when} |"])
 
