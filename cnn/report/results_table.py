@@ -289,9 +289,10 @@ def robustness_row(path: str, entry: dict) -> str:
   rob = entry["robustness"]
   cells = [cell(rob.get(section.name)) for section in robustness.SECTIONS.values()
            for _, cell, _ in section.results_columns]
-  minutes = sum((rob.get("seconds") or {}).values()) / 60
-  when = (f"{minutes:.0f} min" if minutes >= 1 else f"{60 * minutes:.0f} s"
-          if 60 * minutes >= 0.5 else "< 1 s")  # calibration on the report's own logits
+  seconds = sum((rob.get("seconds") or {}).values())
+  when = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+  if when == "0 s":  # calibration on the report's own logits takes milliseconds
+    when = "< 1 s"
   return " | ".join([f"| [{entry['name']} seed {entry.get('seed', 0)}]({path})", *cells,
                      f"{when} |"])
 
