@@ -94,8 +94,8 @@ EXPERIMENTS = {
                             "queue"),
 }
 KEPT = ("protocol", "test_accuracy", "test_loss", "best_val_accuracy", "best_epoch",
-        "last_test_accuracy", "train_accuracy", "epochs", "batch_size", "num_params", "wall_time_s", "images_per_s",
-        "devices", "seed", "model", "dataset", "config")
+        "last_test_accuracy", "train_accuracy", "epochs", "batch_size", "num_params",
+        "wall_time_s", "images_per_s", "devices", "seed", "model", "dataset", "config")
 
 
 def record(workdir: str, name: str, hardware: str, command: str,
