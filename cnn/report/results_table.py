@@ -81,9 +81,10 @@ EXPERIMENTS = {
                            "64k iterations (164 epochs): 12.1 h of the 2-core AMD EPYC, "
                            "resumed four times"),
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
-                           "in progress, 1st of the CPU queue: started 2026-12-07 12:53 UTC at "
-                           "b70379f on the 2-core AMD EPYC; epoch 90 of 164 at 23:20 UTC, "
-                           "about 5 h left alone at 210 images/s; first for the GPU box"),
+                           "in progress, 1st of the CPU queue: restarted from epoch 0 "
+                           "2026-12-07 23:55 UTC at 8913c07 on a new 2-core AMD EPYC (the first "
+                           "run's machine was replaced at epoch 95), about 8 h alone at 300 "
+                           "images/s; first for the GPU box"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
                             "queued 3rd: 64k iterations, about 19 h of the 2-core Intel Xeon "
                             "at 121 images/s (22 h of the AMD EPYC at 102)"),
