@@ -83,8 +83,9 @@ EXPERIMENTS = {
     "resnet56v2_cifar10": ("87.51", "93.0", "≥ 93.5",
                            "in progress, 1st of the CPU queue: restarted from epoch 0 "
                            "2026-12-07 23:55 UTC at 8913c07 on a new 2-core AMD EPYC (the first "
-                           "run's machine was replaced at epoch 95), about 8 h alone at 300 "
-                           "images/s; first for the GPU box"),
+                           "run's machine was replaced at epoch 95); epoch 44 of 164 at "
+                           "2026-12-08 02:20 UTC, about 6.5 h left alone at 291 images/s; first "
+                           "for the GPU box"),
     "resnet110v1_cifar10": ("—", "93.57 (He)", "≥ 93.8",
                             "queued 3rd: 64k iterations, about 19 h of the 2-core Intel Xeon "
                             "at 121 images/s (22 h of the AMD EPYC at 102)"),
